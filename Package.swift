@@ -1,0 +1,78 @@
+// swift-tools-version: 6.2
+// dmirr — distributed peer-mirror agent for package repositories.
+// Module layout and dependency direction: ../shared/DESIGN.md §2 (Core ← shells ← CLI).
+
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "dmirr",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "dmirr", targets: ["dmirr"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+    ],
+    targets: [
+        // Pure: value types, parsers and decisions. No I/O, clocks, randomness or threads.
+        .target(name: "DmirrCore", swiftSettings: strict),
+        // SQLite state (GRDB). The only module that imports GRDB.
+        .target(
+            name: "DmirrStore",
+            dependencies: ["DmirrCore", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: strict
+        ),
+        // The one-mirror sync pipeline: lock, rsync runner, verification, publish.
+        .target(
+            name: "DmirrSync",
+            dependencies: [
+                "DmirrCore", "DmirrStore",
+                .product(name: "Subprocess", package: "swift-subprocess"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "dmirr",
+            dependencies: [
+                "DmirrCore", "DmirrStore", "DmirrSync",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+
+        // Test helpers shared by the live tests: rsync daemons, yum repos, running the CLI.
+        .target(
+            name: "DmirrTestSupport",
+            dependencies: ["DmirrCore"],
+            path: "Tests/DmirrTestSupport",
+            swiftSettings: strict
+        ),
+        .testTarget(name: "DmirrCoreTests", dependencies: ["DmirrCore"], swiftSettings: strict),
+        .testTarget(name: "DmirrStoreTests", dependencies: ["DmirrStore"], swiftSettings: strict),
+        .testTarget(
+            name: "DmirrSyncTests",
+            dependencies: [
+                "DmirrSync", "DmirrStore", "DmirrTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "DmirrCLITests",
+            dependencies: ["DmirrTestSupport", "DmirrCore", "dmirr"],
+            swiftSettings: strict
+        ),
+    ]
+)

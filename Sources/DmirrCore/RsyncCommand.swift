@@ -1,0 +1,60 @@
+/// Builds the rsync argument vectors of the sync pipeline (DESIGN.md §3). Pure: the shell runs them.
+public struct RsyncCommand: Sendable, Equatable {
+    /// The scratch directory for rsync's temporary files, relative to the destination root, so that a killed run's
+    /// leftovers sit in one known place (cleaned by the next run) instead of as `.name.XXXXXX` all over the tree.
+    public static let tempDirName = ".dmirr-tmp"
+    /// rsync's own holding directory for `--delay-updates`, one in each directory that had updates.
+    public static let delayDirName = ".~tmp~"
+    /// The `--out-format` dmirr parses: itemized changes, then the name.
+    public static let outFormat = "%i %n"
+
+    /// What a pass does.
+    public enum Stage: Sendable, Equatable {
+        /// Stage 1 of in-place: everything but metadata and the token; no deletions.
+        case content
+        /// Stage 2 of in-place: metadata and deletions, updates delayed to the end.
+        case metadataAndDeletions
+        /// Snapshot mode: the whole tree into a staging directory, hard-linking unchanged files to the live snapshot.
+        case snapshot(linkDest: String?)
+    }
+
+    public var arguments: [String]
+
+    /// Arguments for one transfer pass from `source` into the directory `destination`.
+    public static func transfer(stage: Stage, source: RsyncLocation, destination: String, config: Config) -> RsyncCommand {
+        var args = ["-aH", "--numeric-ids"]
+        args += connectionOptions(source: source, config: config)
+        args += ["--info=progress2", "--outbuf=L", "--stats", "--out-format=\(outFormat)"]
+        args += ["--temp-dir=\(tempDirName)", "--exclude=/\(tempDirName)/"]
+        args += ["--exclude=/\(config.upstream.tokenFile)"]
+        switch stage {
+        case .content:
+            args += config.mirror.metadata.map { "--exclude=\($0)" }
+        case .metadataAndDeletions:
+            args += ["--delete", "--delete-delay", "--delay-updates"]
+        case .snapshot(let linkDest):
+            args += ["--delete"]
+            if let linkDest { args += ["--link-dest=\(linkDest)"] }
+        }
+        if let excludeFrom = config.mirror.excludeFrom { args += ["--exclude-from=\(excludeFrom)"] }
+        args += config.mirror.rsyncArgs
+        args += [source.treeArgument, destination.hasSuffix("/") ? destination : destination + "/"]
+        return RsyncCommand(arguments: args)
+    }
+
+    /// Arguments that copy the source's token file to `destinationFile`.
+    public static func fetchToken(source: RsyncLocation, destinationFile: String, config: Config) -> RsyncCommand {
+        var args = connectionOptions(source: source, config: config)
+        args += ["--no-motd", source.file(config.upstream.tokenFile), destinationFile]
+        return RsyncCommand(arguments: args)
+    }
+
+    static func connectionOptions(source: RsyncLocation, config: Config) -> [String] {
+        var args = ["--timeout=\(DurationText.wholeSeconds(config.upstream.timeout))"]
+        if source.isDaemon {
+            args.append("--contimeout=\(DurationText.wholeSeconds(config.upstream.connectTimeout))")
+            if let passwordFile = config.upstream.passwordFile { args.append("--password-file=\(passwordFile)") }
+        }
+        return args
+    }
+}

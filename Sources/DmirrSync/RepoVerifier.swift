@@ -1,0 +1,152 @@
+import DmirrCore
+import Foundation
+import Logging
+import Subprocess
+
+#if canImport(System)
+    import System
+#else
+    import SystemPackage
+#endif
+
+/// One thing verification found wrong, naming the file.
+public struct VerificationProblem: Sendable, Equatable, CustomStringConvertible {
+    /// Path relative to the tree root.
+    public var path: String
+    public var message: String
+    public var description: String { "\(path): \(message)" }
+}
+
+/// What verification checked and found.
+public struct VerificationReport: Sendable {
+    public var repositories = 0
+    public var metadataFiles = 0
+    public var packages = 0
+    public var problems: [VerificationProblem] = []
+    public var isClean: Bool { problems.isEmpty }
+}
+
+/// Checks a tree against its yum metadata before its token is published (DESIGN.md §3 step 5).
+///
+/// `metadata`: every `repodata/repomd.xml` in the tree → each file it references exists with the listed size and
+/// checksum. `packages`: also each given package (the ones this run changed) against `primary.xml`.
+public struct RepoVerifier: Sendable {
+    public init() {}
+
+    /// - Parameters:
+    ///   - root: the tree's root directory.
+    ///   - changedPackages: paths relative to `root` of packages this run received (checked at `packages` level).
+    public func verify(root: String, level: Config.VerifyLevel, changedPackages: [String], logger: Logger) async
+        -> VerificationReport
+    {
+        var report = VerificationReport()
+        guard level != .none else { return report }
+        let repomdPaths = Self.findRepomd(root: root)
+        var changed = Set(changedPackages)
+        for repomdRelative in repomdPaths {
+            report.repositories += 1
+            let repoRelative = String(repomdRelative.dropLast("repodata/repomd.xml".count))  // "" or "a/b/"
+            let repoRoot = root + "/" + repoRelative
+            let entries: [ExpectedFile]
+            do {
+                entries = try RepoMetadata.parseRepomd(Data(contentsOf: URL(fileURLWithPath: root + "/" + repomdRelative)))
+            } catch {
+                report.problems.append(.init(path: repomdRelative, message: "cannot parse: \(error)"))
+                continue
+            }
+            var primary: ExpectedFile?
+            for entry in entries {
+                report.metadataFiles += 1
+                if let problem = Self.check(entry, repoRoot: repoRoot) {
+                    report.problems.append(.init(path: repoRelative + entry.href, message: problem))
+                } else if entry.type == "primary" {
+                    primary = entry
+                }
+            }
+            guard level == .packages else { continue }
+            let inRepo = changed.filter { repoRelative.isEmpty || $0.hasPrefix(repoRelative) }
+            guard !inRepo.isEmpty else { continue }
+            changed.subtract(inRepo)
+            guard let primary else {
+                report.problems.append(.init(path: repomdRelative, message: "no usable primary metadata to check packages against"))
+                continue
+            }
+            let packages: [ExpectedFile]
+            do {
+                packages = try RepoMetadata.parsePrimary(try await Self.decompress(repoRoot + primary.href))
+            } catch {
+                report.problems.append(.init(path: repoRelative + primary.href, message: "cannot read: \(error)"))
+                continue
+            }
+            let byHref = Dictionary(packages.map { ($0.href, $0) }, uniquingKeysWith: { first, _ in first })
+            for path in inRepo.sorted() {
+                report.packages += 1
+                let href = String(path.dropFirst(repoRelative.count))
+                guard let expected = byHref[href] else {
+                    logger.debug("package not listed in primary.xml", metadata: ["sync.path": "\(path)"])
+                    continue
+                }
+                if let problem = Self.check(expected, repoRoot: repoRoot) {
+                    report.problems.append(.init(path: path, message: problem))
+                }
+            }
+        }
+        return report
+    }
+
+    /// Relative paths of every `repodata/repomd.xml` under `root`, sorted. Does not descend into `repodata/`.
+    static func findRepomd(root: String) -> [String] {
+        var found: [String] = []
+        let fm = FileManager.default
+        guard let walker = fm.enumerator(atPath: root) else { return [] }
+        while let relative = walker.nextObject() as? String {
+            let name = (relative as NSString).lastPathComponent
+            if name == RsyncCommand.tempDirName || name == RsyncCommand.delayDirName {
+                walker.skipDescendants()
+                continue
+            }
+            if name == "repodata" {
+                walker.skipDescendants()
+                if fm.fileExists(atPath: root + "/" + relative + "/repomd.xml") { found.append(relative + "/repomd.xml") }
+            }
+        }
+        return found.sorted()
+    }
+
+    /// Nil when the file matches, else what is wrong.
+    static func check(_ expected: ExpectedFile, repoRoot: String) -> String? {
+        if expected.href.hasPrefix("/") || expected.href.split(separator: "/").contains("..") {
+            return "refusing a location outside the repository"
+        }
+        let path = repoRoot + expected.href
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path) else { return "missing" }
+        if let size = expected.size, let actual = (attributes[.size] as? NSNumber)?.int64Value, actual != size {
+            return "size \(actual) differs from the metadata's \(size)"
+        }
+        do {
+            guard let digest = try FileDigest.hex(of: path, type: expected.checksumType) else {
+                return "unknown checksum type '\(expected.checksumType)'"
+            }
+            if digest != expected.checksum.lowercased() {
+                return "\(expected.checksumType) \(digest) differs from the metadata's \(expected.checksum)"
+            }
+        } catch {
+            return "cannot read: \(error)"
+        }
+        return nil
+    }
+
+    /// The content of a metadata file, decompressed by the matching standard tool (gzip, zstd, xz, bzip2).
+    static func decompress(_ path: String) async throws -> Data {
+        let tools: [(suffix: String, tool: String)] = [(".gz", "gzip"), (".zst", "zstd"), (".xz", "xz"), (".bz2", "bzip2")]
+        guard let (_, tool) = tools.first(where: { path.hasSuffix($0.suffix) }) else {
+            return try Data(contentsOf: URL(fileURLWithPath: path))
+        }
+        let result = try await Subprocess.run(
+            .name(tool), arguments: ["-dc", path], output: .bytes(limit: 2 << 30), error: .string(limit: 4096))
+        guard result.terminationStatus.isSuccess else {
+            throw RepoMetadata.MetadataError(message: "\(tool) -dc failed: \(result.standardError)")
+        }
+        return Data(result.standardOutput)
+    }
+}

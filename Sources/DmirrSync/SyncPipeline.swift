@@ -1,0 +1,310 @@
+import DmirrCore
+import DmirrStore
+import Foundation
+import Logging
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Something the pipeline reports while it works, for a progress line or a log.
+public enum SyncEvent: Sendable {
+    /// A transfer pass started: `stage` is a short label such as `content` or `metadata+deletions`.
+    case stageStarted(stage: String, pass: Int)
+    case progress(stage: String, RsyncOutput.Progress)
+    case stageFinished(stage: String, stats: RsyncOutput.Stats)
+    case verifying
+}
+
+/// How a sync ended: the outcome recorded in the history, the process exit code (DESIGN.md §5) and a sentence.
+public struct SyncReport: Sendable {
+    public var outcome: SyncRun.Outcome
+    /// 0 synced or up to date, 1 failed, 2 setup/config problem, 75 temporary (busy source, lock held).
+    public var exitCode: Int32
+    public var message: String
+    /// The source's token this run aimed for.
+    public var token: Token?
+    public var problems: [VerificationProblem] = []
+    public var bytes: Int64 = 0
+    public var files: Int = 0
+    /// rsync's last stderr lines when rsync failed.
+    public var rsyncStderr: [String] = []
+}
+
+/// The one-mirror, one-token sync of DESIGN.md §3: lock, token check, two-stage transfer (or snapshot staging),
+/// verify, publish the token last, record the run.
+public struct SyncPipeline: Sendable {
+    public var config: Config
+    public var runner: RsyncRunner
+    public var verifier = RepoVerifier()
+
+    public struct Options: Sendable {
+        /// Sync even when the source's token equals the published one.
+        public var force = false
+        public init(force: Bool = false) { self.force = force }
+    }
+
+    public init(config: Config, runner: RsyncRunner = RsyncRunner()) {
+        self.config = config
+        self.runner = runner
+    }
+
+    /// Runs one sync from upstream. Never throws: every failure is a report with its exit code.
+    public func run(options: Options, logger: Logger, onEvent: @escaping @Sendable (SyncEvent) -> Void = { _ in })
+        async -> SyncReport
+    {
+        var logger = logger
+        logger[metadataKey: "sync.source"] = "upstream"
+        // 1. Lock.
+        let lock: SyncLock
+        do {
+            try FileManager.default.createDirectory(atPath: config.state.dir, withIntermediateDirectories: true)
+            lock = try SyncLock(stateDirectory: config.state.dir)
+        } catch let error as SyncError {
+            return SyncReport(outcome: .busy, exitCode: error.code == .locked ? 75 : 2, message: error.message)
+        } catch {
+            return SyncReport(outcome: .failed, exitCode: 2, message: "cannot create the state directory \(config.state.dir): \(error)")
+        }
+        defer { withExtendedLifetime(lock) {} }
+
+        let store: StateStore
+        do {
+            store = try StateStore(directory: config.state.dir)
+        } catch {
+            return SyncReport(outcome: .failed, exitCode: 1, message: error.description)
+        }
+
+        var run = SyncRun(token: nil, source: "upstream", startedAt: Date())
+        var report: SyncReport
+        do {
+            // Leftovers first: a killed run must not leave anything behind for this one to trip over.
+            let interrupted = try store.markInterruptedRuns(at: Date())
+            try cleanLeftovers(afterInterruptedRun: interrupted > 0, logger: logger)
+            run.id = try store.beginRun(run)
+            report = try await syncPasses(options: options, run: &run, store: store, logger: logger, onEvent: onEvent)
+        } catch let error as SyncError {
+            report = Self.report(for: error)
+        } catch let error as StoreError {
+            report = SyncReport(outcome: .failed, exitCode: 1, message: error.description)
+        } catch is CancellationError {
+            report = SyncReport(outcome: .cancelled, exitCode: 1, message: "cancelled; the published token is unchanged")
+        } catch {
+            report = SyncReport(outcome: .failed, exitCode: 1, message: "\(error)")
+        }
+        if Task.isCancelled, report.outcome != .synced {
+            report.outcome = .cancelled
+            report.message = "cancelled (\(report.message)); the published token is unchanged"
+        }
+        if run.id != nil {
+            run.finishedAt = Date()
+            run.outcome = report.outcome.rawValue
+            run.token = report.token?.value ?? run.token
+            run.bytes = report.bytes
+            run.files = report.files
+            run.error = report.exitCode == 0 ? nil : report.message
+            do { try store.finishRun(run) } catch {
+                logger.error("cannot record the sync run", metadata: ["error": "\(error)"])
+            }
+        }
+        return report
+    }
+
+    static func report(for error: SyncError) -> SyncReport {
+        if let failure = error.rsync {
+            return SyncReport(
+                outcome: failure.isTemporary ? .busy : .failed, exitCode: failure.isTemporary ? 75 : 1,
+                message: error.message)
+        }
+        let exit: Int32 = error.code == .setup ? 2 : error.code == .locked ? 75 : 1
+        return SyncReport(outcome: .failed, exitCode: exit, message: error.description)
+    }
+
+    // MARK: - Steps
+
+    var tokenPath: String { config.mirror.path + "/" + config.upstream.tokenFile }
+
+    private func syncPasses(
+        options: Options, run: inout SyncRun, store: StateStore, logger: Logger,
+        onEvent: @escaping @Sendable (SyncEvent) -> Void
+    ) async throws -> SyncReport {
+        let snapshot = config.mirror.publish == .snapshot ? SnapshotLayout(path: config.mirror.path) : nil
+        try snapshot?.prepare()
+        let published = try TreeFiles.readIfPresent(tokenPath).map(Token.init(fileContents:))
+
+        // 2. Token check.
+        var target = try await fetchToken(logger: logger)
+        run.token = target.value
+        var logger = logger
+        logger[metadataKey: "sync.token"] = "\(target.value)"
+        if let published, published == target, !options.force {
+            logger.info("already up to date")
+            return SyncReport(outcome: .upToDate, exitCode: 0, message: "up to date: \(config.upstream.tokenFile) is \(target.value)", token: target)
+        }
+        logger.info("syncing", metadata: ["sync.published": "\(published?.value ?? "none")"])
+
+        // 3–4. Transfer passes, until the source's token holds still across a whole pass.
+        var totals = (bytes: Int64(0), files: 0)
+        var packages = Set<String>()
+        var stable = false
+        for pass in 1...config.mirror.maxPasses {
+            let received = try await transfer(pass: pass, snapshot: snapshot, logger: logger, onEvent: onEvent)
+            totals.bytes += received.bytes
+            totals.files += received.files
+            packages.formUnion(received.packages)
+            let after = try await fetchToken(logger: logger)
+            if after == target {
+                stable = true
+                break
+            }
+            logger.notice("the source's token changed during the sync; syncing again so the published token matches the tree",
+                          metadata: ["sync.token.new": "\(after.value)", "sync.pass": "\(pass)"])
+            target = after
+            run.token = target.value
+            logger[metadataKey: "sync.token"] = "\(target.value)"
+        }
+        guard stable else {
+            return SyncReport(
+                outcome: .busy, exitCode: 75,
+                message: "the source's token kept changing during \(config.mirror.maxPasses) passes; the token was not "
+                    + "published, retry later", token: target, bytes: totals.bytes, files: totals.files)
+        }
+        let tree = snapshot?.staging ?? config.mirror.path
+        _ = rmdir(tree + "/" + RsyncCommand.tempDirName)
+
+        // 5. Verify.
+        if config.mirror.verify != .none {
+            onEvent(.verifying)
+            let verification = await verifier.verify(
+                root: tree, level: config.mirror.verify, changedPackages: packages.sorted(), logger: logger)
+            guard verification.isClean else {
+                let list = verification.problems.prefix(20).map { "  \($0)" }.joined(separator: "\n")
+                return SyncReport(
+                    outcome: .verifyFailed, exitCode: 1,
+                    message: "verification failed, token \(target.value) not published:\n" + list
+                        + (verification.problems.count > 20 ? "\n  … and \(verification.problems.count - 20) more" : ""),
+                    token: target, problems: verification.problems, bytes: totals.bytes, files: totals.files)
+            }
+            logger.info("verified", metadata: [
+                "verify.repositories": "\(verification.repositories)", "verify.metadata": "\(verification.metadataFiles)",
+                "verify.packages": "\(verification.packages)",
+            ])
+        }
+
+        // 6. Publish the token last.
+        try Task.checkCancellation()
+        if let snapshot {
+            try TreeFiles.writeAtomically(target.bytes, to: snapshot.staging + "/" + config.upstream.tokenFile)
+            let name = snapshot.nextName(for: target)
+            try snapshot.promoteStaging(to: name)
+            let removed = try snapshot.prune(keep: config.mirror.keepSnapshots)
+            logger.info("snapshot published", metadata: ["snapshot.name": "\(name)", "snapshot.pruned": "\(removed)"])
+        } else {
+            try TreeFiles.writeAtomically(target.bytes, to: tokenPath)
+        }
+        try store.setPublished(token: target.value, source: "upstream", at: Date())
+        return SyncReport(
+            outcome: .synced, exitCode: 0,
+            message: "synced \(config.upstream.tokenFile) \(published?.value ?? "(none)") → \(target.value)",
+            token: target, bytes: totals.bytes, files: totals.files)
+    }
+
+    /// Fetches the source's token file into the state directory and reads it.
+    func fetchToken(logger: Logger) async throws -> Token {
+        let destination = config.state.dir + "/source-token"
+        unlink(destination)
+        let command = RsyncCommand.fetchToken(source: config.upstream.url, destinationFile: destination, config: config)
+        let result = try await runner.run(command, logger: logger)
+        try Task.checkCancellation()
+        if case .failure(let failure) = result.outcome {
+            let what = "cannot fetch \(config.upstream.tokenFile) from \(config.upstream.url)"
+            throw SyncError(.rsync, "\(what): \(failure)", rsync: failure)
+        }
+        guard let bytes = try TreeFiles.readIfPresent(destination) else {
+            throw SyncError(.badToken, "rsync reported success but \(destination) is missing")
+        }
+        let token = Token(fileContents: bytes)
+        guard !token.isEmpty else {
+            throw SyncError(.badToken, "the source's \(config.upstream.tokenFile) is empty; refusing to sync to an empty token")
+        }
+        return token
+    }
+
+    struct PassResult {
+        var bytes: Int64 = 0
+        var files = 0
+        var packages: [String] = []
+    }
+
+    /// One pass: stage 1 + stage 2 in place, or one staging transfer in snapshot mode.
+    private func transfer(pass: Int, snapshot: SnapshotLayout?, logger: Logger, onEvent: @escaping @Sendable (SyncEvent) -> Void)
+        async throws -> PassResult
+    {
+        var stages: [(String, RsyncCommand.Stage)]
+        let destination: String
+        if let snapshot {
+            destination = snapshot.staging
+            stages = [("snapshot", .snapshot(linkDest: snapshot.liveSnapshot()))]
+        } else {
+            destination = config.mirror.path
+            stages = [("content", .content), ("metadata+deletions", .metadataAndDeletions)]
+        }
+        try TreeFiles.emptyDirectory(destination + "/" + RsyncCommand.tempDirName)
+        var result = PassResult()
+        for (label, stage) in stages {
+            try Task.checkCancellation()
+            onEvent(.stageStarted(stage: label, pass: pass))
+            let command = RsyncCommand.transfer(stage: stage, source: config.upstream.url, destination: destination, config: config)
+            let started = ContinuousClock.now
+            let run = try await runner.run(command, logger: logger) { onEvent(.progress(stage: label, $0)) }
+            try Task.checkCancellation()
+            if case .failure(let failure) = run.outcome {
+                var message = "\(label) transfer from \(config.upstream.url) failed: \(failure.summary)"
+                if !run.stderrTail.isEmpty {
+                    message += "\nrsync said:\n" + run.stderrTail.suffix(8).map { "  \($0)" }.joined(separator: "\n")
+                }
+                throw SyncError(.rsync, message, rsync: failure)
+            }
+            if run.outcome == .vanished {
+                logger.info("some source files vanished during the transfer; the token re-check decides", metadata: ["sync.stage": "\(label)"])
+            }
+            onEvent(.stageFinished(stage: label, stats: run.stats))
+            logger.info("stage done", metadata: [
+                "sync.stage": "\(label)", "sync.pass": "\(pass)", "rsync.files": "\(run.stats.filesTransferred)",
+                "rsync.bytes": "\(run.stats.bytesReceived)", "rsync.deleted": "\(run.deletions)",
+                "rsync.seconds": "\(DurationText.format(ContinuousClock.now - started))",
+            ])
+            result.bytes += run.stats.bytesReceived
+            result.files += run.stats.filesTransferred
+            result.packages += run.receivedPackages
+        }
+        return result
+    }
+
+    /// Removes what a killed run leaves: rsync temp files (in `.dmirr-tmp/`), a half-written token, and, after an
+    /// interrupted run, `--delay-updates` holding directories anywhere in the tree.
+    func cleanLeftovers(afterInterruptedRun: Bool, logger: Logger) throws(SyncError) {
+        if config.mirror.publish == .snapshot {
+            let layout = SnapshotLayout(path: config.mirror.path)
+            unlink(layout.swapLink)
+            let tmp = layout.staging + "/" + RsyncCommand.tempDirName
+            if FileManager.default.fileExists(atPath: tmp) {
+                let n = try TreeFiles.emptyDirectory(tmp)
+                if n > 0 { logger.notice("removed temp files of an interrupted run", metadata: ["sync.removed": "\(n)"]) }
+            }
+            return
+        }
+        let root = config.mirror.path
+        guard FileManager.default.fileExists(atPath: root) else { return }
+        unlink(root + "/." + config.upstream.tokenFile + ".dmirr-new")
+        let tmp = root + "/" + RsyncCommand.tempDirName
+        if FileManager.default.fileExists(atPath: tmp) {
+            let n = try TreeFiles.emptyDirectory(tmp)
+            _ = rmdir(tmp)
+            if n > 0 { logger.notice("removed temp files of an interrupted run", metadata: ["sync.removed": "\(n)"]) }
+        }
+        if afterInterruptedRun {
+            let removed = try TreeFiles.removeDelayDirectories(under: root)
+            logger.notice("the previous run was interrupted; cleaned its leftovers", metadata: ["sync.removed": "\(removed)"])
+        }
+    }
+}
