@@ -42,10 +42,18 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // Real local upstreams for the demo, tests and benchmarks: rsync daemons on loopback and yum repos built with
+        // rpmbuild + createrepo_c.
+        .target(
+            name: "DmirrFixtures",
+            dependencies: ["DmirrCore"],
+            resources: [.copy("make-yum-repo.sh")],
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "dmirr",
             dependencies: [
-                "DmirrCore", "DmirrStore", "DmirrSync",
+                "DmirrCore", "DmirrStore", "DmirrSync", "DmirrFixtures",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -55,7 +63,7 @@ let package = Package(
         // Test helpers shared by the live tests: rsync daemons, yum repos, running the CLI.
         .target(
             name: "DmirrTestSupport",
-            dependencies: ["DmirrCore"],
+            dependencies: ["DmirrCore", "DmirrFixtures"],
             path: "Tests/DmirrTestSupport",
             swiftSettings: strict
         ),

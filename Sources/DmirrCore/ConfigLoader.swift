@@ -7,6 +7,13 @@ public struct ConfigProblem: Sendable, Equatable, CustomStringConvertible {
     public var key: String?
     public var message: String
 
+    public init(file: String, line: Int?, key: String?, message: String) {
+        self.file = file
+        self.line = line
+        self.key = key
+        self.message = message
+    }
+
     public var description: String {
         var s = file
         if let line { s += ":\(line)" }
@@ -43,6 +50,7 @@ public enum ConfigLoader {
 /// All problems found in one config file.
 public struct ConfigErrors: Error, Sendable, Equatable, CustomStringConvertible {
     public var problems: [ConfigProblem]
+    public init(problems: [ConfigProblem]) { self.problems = problems }
     public var description: String { problems.map(\.description).joined(separator: "\n") }
 }
 

@@ -209,8 +209,8 @@ public struct SyncPipeline: Sendable {
     }
 
     /// Fetches the source's token file into the state directory and reads it.
-    func fetchToken(logger: Logger) async throws -> Token {
-        let destination = config.state.dir + "/source-token"
+    func fetchToken(logger: Logger, into destination: String? = nil) async throws -> Token {
+        let destination = destination ?? config.state.dir + "/source-token"
         unlink(destination)
         let command = RsyncCommand.fetchToken(source: config.upstream.url, destinationFile: destination, config: config)
         let result = try await runner.run(command, logger: logger)
@@ -227,6 +227,19 @@ public struct SyncPipeline: Sendable {
             throw SyncError(.badToken, "the source's \(config.upstream.tokenFile) is empty; refusing to sync to an empty token")
         }
         return token
+    }
+
+    /// Fetches the source's token without syncing (for `dmirr check`): proves the source is reachable.
+    public func probeSource(logger: Logger) async -> Result<Token, SyncError> {
+        let temp = NSTemporaryDirectory() + "dmirr-probe-\(getpid())-token"
+        defer { unlink(temp) }
+        do {
+            return .success(try await fetchToken(logger: logger, into: temp))
+        } catch let error as SyncError {
+            return .failure(error)
+        } catch {
+            return .failure(SyncError(.io, "\(error)"))
+        }
     }
 
     struct PassResult {

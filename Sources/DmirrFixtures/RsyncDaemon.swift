@@ -1,0 +1,148 @@
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A real `rsync --daemon` on a loopback port, for the demo, tests and benchmarks. Stop it with ``stop()``.
+public final class RsyncDaemon: @unchecked Sendable {
+    /// One module the daemon serves.
+    public struct Module: Sendable {
+        public var name: String
+        public var path: String
+        /// The daemon's `max connections` for this module (0 = unlimited).
+        public var maxConnections: Int
+        /// `auth users` entries as `user:password`; empty for an open module.
+        public var users: [(user: String, password: String)]
+
+        public init(name: String, path: String, maxConnections: Int = 0, users: [(user: String, password: String)] = []) {
+            self.name = name
+            self.path = path
+            self.maxConnections = maxConnections
+            self.users = users
+        }
+    }
+
+    public let port: Int
+    public let directory: String
+    /// The daemon's log (`transfer logging = yes`): one line per file sent, plus connects and refusals.
+    public var logPath: String { directory + "/rsyncd.log" }
+    private let process: Process
+
+    /// The `rsync://127.0.0.1:PORT/NAME` URL of a module.
+    public func url(_ module: String) -> String { "rsync://127.0.0.1:\(port)/\(module)" }
+
+    /// Writes a config into `directory`, starts the daemon on a free loopback port and waits until it accepts.
+    public init(directory: String, modules: [Module], timeoutSeconds: Int = 5) throws {
+        self.directory = directory
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        var config = """
+            use chroot = no
+            pid file = \(directory)/rsyncd.pid
+            lock file = \(directory)/rsyncd.lock
+            log file = \(directory)/rsyncd.log
+            transfer logging = yes
+            reverse lookup = no
+            timeout = \(timeoutSeconds)
+
+            """
+        if getuid() == 0 { config += "uid = root\ngid = root\n" }
+        for module in modules {
+            config += "[\(module.name)]\n    path = \(module.path)\n    read only = yes\n"
+            config += "    max connections = \(module.maxConnections)\n"
+            if !module.users.isEmpty {
+                let secrets = directory + "/\(module.name).secrets"
+                try module.users.map { "\($0.user):\($0.password)\n" }.joined().write(toFile: secrets, atomically: true, encoding: .utf8)
+                chmod(secrets, 0o600)
+                config += "    auth users = \(module.users.map(\.user).joined(separator: ", "))\n    secrets file = \(secrets)\n"
+            }
+        }
+        let configPath = directory + "/rsyncd.conf"
+        try config.write(toFile: configPath, atomically: true, encoding: .utf8)
+
+        // Bind-then-release picks a free port; retry if another process grabs it before rsync binds.
+        var lastError: any Error = FixtureError("rsync --daemon did not start")
+        for _ in 0..<5 {
+            let port = try FreePort.pick()
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = ["rsync", "--daemon", "--no-detach", "--config=\(configPath)", "--address=127.0.0.1", "--port=\(port)"]
+            process.standardInput = FileHandle.nullDevice
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            if FreePort.waitUntilAccepting(port: port, seconds: 5), process.isRunning {
+                self.port = port
+                self.process = process
+                return
+            }
+            process.terminate()
+            process.waitUntilExit()
+            lastError = FixtureError("rsync --daemon did not accept connections on port \(port); see \(directory)/rsyncd.log")
+        }
+        throw lastError
+    }
+
+    /// The daemon's process id.
+    public var pid: Int32 { process.processIdentifier }
+
+    /// Stops the daemon (SIGTERM, then SIGKILL) and waits for it.
+    public func stop() {
+        guard process.isRunning else { return }
+        process.terminate()
+        for _ in 0..<50 where process.isRunning { usleep(20_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+
+    deinit { stop() }
+}
+
+/// Errors of the fixtures, with what went wrong.
+public struct FixtureError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Loopback ports for fixtures.
+public enum FreePort {
+    /// A port that was free a moment ago (bound to 0, then released).
+    public static func pick() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw FixtureError("socket() failed") }
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0
+            }
+        }
+        guard ok else { throw FixtureError("cannot bind a loopback port") }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+
+    /// Polls until something accepts TCP connections on 127.0.0.1:port, for at most `seconds`.
+    public static func waitUntilAccepting(port: Int, seconds: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            addr.sin_port = UInt16(port).bigEndian
+            let connected = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+                }
+            }
+            close(fd)
+            if connected { return true }
+            usleep(20_000)
+        }
+        return false
+    }
+}

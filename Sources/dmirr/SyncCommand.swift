@@ -1,0 +1,133 @@
+import ArgumentParser
+import DmirrCore
+import DmirrSync
+import Foundation
+import Logging
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+struct SyncCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sync",
+        abstract: "Sync this mirror now (a drop-in for the cron script).",
+        discussion: """
+            Takes the lock in [state] dir, compares the source's token with the published one, transfers content, then \
+            metadata and deletions, verifies, and publishes the token last. Exit 0 synced or up to date, 1 failed, \
+            2 config error, 75 source busy or another run holds the lock.
+            """
+    )
+
+    @OptionGroup var options: ConfigOptions
+
+    @Flag(help: "Sync even when the source's token equals the published one.")
+    var force = false
+
+    @Option(help: "Where to pull from: 'upstream' (a peer's node name needs the fleet agent).")
+    var source = "upstream"
+
+    @Flag(name: .shortAndLong, help: "Log debug details, such as each rsync command line.")
+    var verbose = false
+
+    func run() async throws {
+        let config = try options.load()
+        guard source == "upstream" else {
+            printError("error: --source \(source): pulling from a peer needs the fleet agent (dmirr agent); use --source upstream")
+            throw ExitCode(2)
+        }
+        let logger = Logs.bootstrap(verbose: verbose)
+        let progress = ProgressLine(enabled: isatty(STDERR_FILENO) == 1)
+        let pipeline = SyncPipeline(config: config)
+        let task = Task {
+            await pipeline.run(options: .init(force: force), logger: logger) { progress.handle($0) }
+        }
+        let signals = SignalCancellation(signals: [SIGINT, SIGTERM]) { task.cancel() }
+        let report = await task.value
+        signals.cancel()
+        progress.finish()
+        if report.exitCode == 0 {
+            print(report.message)
+        } else {
+            printError("dmirr sync: \(report.message)")
+        }
+        if report.exitCode != 0 { throw ExitCode(report.exitCode) }
+    }
+}
+
+/// Cancels a task on SIGINT/SIGTERM, so rsync is torn down and the run is recorded instead of the process vanishing.
+final class SignalCancellation: @unchecked Sendable {
+    private var sources: [any DispatchSourceSignal] = []
+
+    init(signals: [Int32], handler: @escaping @Sendable () -> Void) {
+        for signo in signals {
+            signal(signo, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signo, queue: .global())
+            source.setEventHandler(handler: handler)
+            source.resume()
+            sources.append(source)
+        }
+    }
+
+    func cancel() { sources.forEach { $0.cancel() } }
+}
+
+/// The live progress line on a terminal (bytes, rate, files, ETA from rsync's `--info=progress2`); silent otherwise.
+final class ProgressLine: @unchecked Sendable {
+    private let enabled: Bool
+    private let lock = NSLock()
+    private var lastDraw = ContinuousClock.now - .seconds(1)
+    private var drawn = false
+
+    init(enabled: Bool) { self.enabled = enabled }
+
+    func handle(_ event: SyncEvent) {
+        guard enabled else { return }
+        lock.lock()
+        defer { lock.unlock() }
+        switch event {
+        case .stageStarted(let stage, let pass):
+            draw("\(stage)\(pass > 1 ? " (pass \(pass))" : ""): starting…", force: true)
+        case .progress(let stage, let p):
+            let files = p.filesTransferred.map { "  \($0) files" } ?? ""
+            draw("\(stage): \(ByteCount.format(p.bytes))  \(p.percent)%  \(p.rate)  ETA \(p.eta)\(files)", force: false)
+        case .stageFinished:
+            clear()
+        case .verifying:
+            draw("verifying metadata…", force: true)
+        }
+    }
+
+    func finish() {
+        lock.lock()
+        defer { lock.unlock() }
+        clear()
+    }
+
+    private func draw(_ text: String, force: Bool) {
+        let now = ContinuousClock.now
+        guard force || now - lastDraw >= .milliseconds(250) else { return }
+        lastDraw = now
+        drawn = true
+        FileHandle.standardError.write(Data("\r\u{1B}[K\(text)".utf8))
+    }
+
+    private func clear() {
+        guard drawn else { return }
+        drawn = false
+        FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
+    }
+}
+
+enum ByteCount {
+    static func format(_ bytes: Int64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var value = Double(bytes)
+        var unit = 0
+        while value >= 1024, unit < units.count - 1 {
+            value /= 1024
+            unit += 1
+        }
+        return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
+    }
+}
