@@ -45,7 +45,8 @@ public struct RsyncCommand: Sendable, Equatable {
     /// Arguments that copy the source's token file to `destinationFile`.
     public static func fetchToken(source: RsyncLocation, destinationFile: String, config: Config) -> RsyncCommand {
         var args = connectionOptions(source: source, config: config)
-        args += ["--no-motd", source.file(config.upstream.tokenFile), destinationFile]
+        // -t -p: keep the token file's mtime and mode, so the published copy matches upstream's exactly.
+        args += ["-tp", "--no-motd", source.file(config.upstream.tokenFile), destinationFile]
         return RsyncCommand(arguments: args)
     }
 

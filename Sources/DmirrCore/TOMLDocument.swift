@@ -236,7 +236,7 @@ struct TOMLParser {
             return .integer(negative ? -magnitude : magnitude)
         }
         if word.isEmpty { throw fail("expected a value") }
-        if word.contains(".") || word.contains("e") || word.contains(":") {
+        if let first = word.first, first.isNumber || first == "+" || first == "-" {
             throw fail("'\(word)' is not a value dmirr's config uses (floats and dates are not); quote strings")
         }
         throw fail("'\(word)' is not a valid value; strings must be quoted, like \"\(word)\"")

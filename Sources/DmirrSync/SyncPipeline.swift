@@ -16,6 +16,12 @@ public enum SyncEvent: Sendable {
     case verifying
 }
 
+/// Fixed points of a run where ``SyncPipeline/checkpoint`` is called.
+public enum SyncCheckpoint: String, Sendable, CaseIterable {
+    /// The tree is transferred and verified; the token is not yet published.
+    case beforePublish = "before-publish"
+}
+
 /// How a sync ended: the outcome recorded in the history, the process exit code (DESIGN.md §5) and a sentence.
 public struct SyncReport: Sendable {
     public var outcome: SyncRun.Outcome
@@ -37,6 +43,8 @@ public struct SyncPipeline: Sendable {
     public var config: Config
     public var runner: RsyncRunner
     public var verifier = RepoVerifier()
+    /// Called at fixed points of a run (fault-injection tests pause or kill the process there). Default: nothing.
+    public var checkpoint: @Sendable (SyncCheckpoint) async -> Void = { _ in }
 
     public struct Options: Sendable {
         /// Sync even when the source's token equals the published one.
@@ -122,6 +130,8 @@ public struct SyncPipeline: Sendable {
     // MARK: - Steps
 
     var tokenPath: String { config.mirror.path + "/" + config.upstream.tokenFile }
+    /// Where the source's token file is fetched to (with its mode and mtime) before it is compared and published.
+    var fetchedTokenPath: String { config.state.dir + "/source-token" }
 
     private func syncPasses(
         options: Options, run: inout SyncRun, store: StateStore, logger: Logger,
@@ -191,15 +201,16 @@ public struct SyncPipeline: Sendable {
         }
 
         // 6. Publish the token last.
+        await checkpoint(.beforePublish)
         try Task.checkCancellation()
         if let snapshot {
-            try TreeFiles.writeAtomically(target.bytes, to: snapshot.staging + "/" + config.upstream.tokenFile)
+            try TreeFiles.writeAtomically(target.bytes, to: snapshot.staging + "/" + config.upstream.tokenFile, like: fetchedTokenPath)
             let name = snapshot.nextName(for: target)
             try snapshot.promoteStaging(to: name)
             let removed = try snapshot.prune(keep: config.mirror.keepSnapshots)
             logger.info("snapshot published", metadata: ["snapshot.name": "\(name)", "snapshot.pruned": "\(removed)"])
         } else {
-            try TreeFiles.writeAtomically(target.bytes, to: tokenPath)
+            try TreeFiles.writeAtomically(target.bytes, to: tokenPath, like: fetchedTokenPath)
         }
         try store.setPublished(token: target.value, source: "upstream", at: Date())
         return SyncReport(
@@ -210,7 +221,7 @@ public struct SyncPipeline: Sendable {
 
     /// Fetches the source's token file into the state directory and reads it.
     func fetchToken(logger: Logger, into destination: String? = nil) async throws -> Token {
-        let destination = destination ?? config.state.dir + "/source-token"
+        let destination = destination ?? fetchedTokenPath
         unlink(destination)
         let command = RsyncCommand.fetchToken(source: config.upstream.url, destinationFile: destination, config: config)
         let result = try await runner.run(command, logger: logger)

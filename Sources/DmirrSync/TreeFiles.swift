@@ -8,8 +8,9 @@ import Foundation
 /// The pipeline's own file operations: atomic token writes, leftovers of killed runs, snapshot layout.
 enum TreeFiles {
     /// Writes `bytes` to `path` so that readers see the old file or the new one, never a part:
-    /// temp file in the same directory, fsync, rename, fsync the directory.
-    static func writeAtomically(_ bytes: [UInt8], to path: String) throws(SyncError) {
+    /// temp file in the same directory, fsync, rename, fsync the directory. `like` names a file whose permission bits
+    /// and modification time the new file takes (the source's token file, so the mirror matches upstream exactly).
+    static func writeAtomically(_ bytes: [UInt8], to path: String, like template: String? = nil) throws(SyncError) {
         let directory = (path as NSString).deletingLastPathComponent
         let temp = directory + "/." + (path as NSString).lastPathComponent + ".dmirr-new"
         let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
@@ -25,6 +26,12 @@ enum TreeFiles {
                 throw e
             }
             written += n
+        }
+        var st = stat()
+        if let template, stat(template, &st) == 0 {
+            _ = fchmod(fd, st.st_mode & 0o7777)
+            var times = [st.st_atim, st.st_mtim]
+            _ = futimens(fd, &times)
         }
         guard fsync(fd) == 0 else {
             let e = ioError("fsync", temp)

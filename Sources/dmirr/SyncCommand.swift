@@ -38,7 +38,8 @@ struct SyncCommand: AsyncParsableCommand {
         }
         let logger = Logs.bootstrap(verbose: verbose)
         let progress = ProgressLine(enabled: isatty(STDERR_FILENO) == 1)
-        let pipeline = SyncPipeline(config: config)
+        var pipeline = SyncPipeline(config: config)
+        pipeline.checkpoint = FaultInjection.fromEnvironment()
         let task = Task {
             await pipeline.run(options: .init(force: force), logger: logger) { progress.handle($0) }
         }
@@ -129,5 +130,22 @@ enum ByteCount {
             unit += 1
         }
         return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
+    }
+}
+
+/// `DMIRR_TEST_PAUSE_AT=before-publish` makes `dmirr sync` announce on stderr that it reached that point and then
+/// wait there (up to 120 s), so crash tests can `kill -9` it at an exact step. Unset, it does nothing.
+enum FaultInjection {
+    static let variable = "DMIRR_TEST_PAUSE_AT"
+
+    static func fromEnvironment() -> @Sendable (SyncCheckpoint) async -> Void {
+        guard let value = ProcessInfo.processInfo.environment[variable], let point = SyncCheckpoint(rawValue: value) else {
+            return { _ in }
+        }
+        return { reached in
+            guard reached == point else { return }
+            printError("\(variable): paused at \(point.rawValue) (pid \(getpid()))")
+            try? await Task.sleep(for: .seconds(120))
+        }
     }
 }

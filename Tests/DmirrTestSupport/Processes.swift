@@ -1,0 +1,146 @@
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// What a finished command printed and how it exited.
+public struct CommandResult: Sendable {
+    public var exitCode: Int32
+    public var stdout: String
+    public var stderr: String
+}
+
+/// Runs the built `dmirr` binary (next to the test bundle) and other commands, as real processes.
+public enum CLI {
+    /// `.build/debug/dmirr`: the test bundle and the executable are built into the same directory.
+    public static var dmirrPath: String {
+        if let override = ProcessInfo.processInfo.environment["DMIRR_BIN"] { return override }
+        let dir = Bundle.main.bundleURL.deletingLastPathComponent().path
+        for candidate in [dir + "/dmirr", Bundle.main.bundleURL.path + "/dmirr"] where FileManager.default.isExecutableFile(atPath: candidate) {
+            return candidate
+        }
+        return dir + "/dmirr"
+    }
+
+    /// Runs `dmirr ARGS…` to completion (killed after `timeout` seconds).
+    public static func dmirr(_ arguments: [String], environment: [String: String] = [:], timeout: Double = 120) throws -> CommandResult {
+        try run(dmirrPath, arguments, environment: environment, timeout: timeout)
+    }
+
+    public static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:], timeout: Double = 120) throws -> CommandResult {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable.hasPrefix("/") ? executable : "/usr/bin/env")
+        process.arguments = executable.hasPrefix("/") ? arguments : [executable] + arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let out = Pipe()
+        let err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        let outData = ReadAll(out.fileHandleForReading)
+        let errData = ReadAll(err.fileHandleForReading)
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning, Date() < deadline { usleep(10_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+        return CommandResult(exitCode: process.terminationStatus, stdout: outData.wait(), stderr: errData.wait())
+    }
+}
+
+/// Drains a pipe on a background thread so a chatty child never blocks.
+final class ReadAll: @unchecked Sendable {
+    private var data = Data()
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ handle: FileHandle) {
+        Thread.detachNewThread { [self] in
+            data = handle.readDataToEndOfFile()
+            done.signal()
+        }
+    }
+
+    func wait() -> String {
+        done.wait()
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+/// A `dmirr` process running in its own process group (via setsid), so a test can `kill -9` it together with the
+/// rsync it started, as a crash or an OOM kill would.
+public final class SpawnedDmirr: @unchecked Sendable {
+    public let process: Process
+    private let errLog: String
+
+    public init(_ arguments: [String], environment: [String: String] = [:], logDirectory: String) throws {
+        errLog = logDirectory + "/dmirr-\(UUID().uuidString.prefix(6)).stderr"
+        _ = FileManager.default.createFile(atPath: errLog, contents: nil)
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
+        process.arguments = [CLI.dmirrPath] + arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle(forWritingAtPath: errLog)
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+    }
+
+    public var pid: Int32 { process.processIdentifier }
+    public var stderr: String { (try? String(contentsOfFile: errLog, encoding: .utf8)) ?? "" }
+
+    /// Waits (at most `seconds`) until `condition` holds; false on timeout or if the process exited first.
+    public func wait(upTo seconds: Double, until condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if condition() { return true }
+            if !process.isRunning { return condition() }
+            usleep(20_000)
+        }
+        return false
+    }
+
+    /// SIGKILL to the whole process group: dmirr and its rsync children.
+    public func killGroup() {
+        kill(-pid, SIGKILL)
+        process.waitUntilExit()
+        // rsync children are in the same group and die with it; give the kernel a moment to reap them.
+        usleep(100_000)
+    }
+
+    public func waitForExit(seconds: Double = 60) -> Int32? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while process.isRunning, Date() < deadline { usleep(20_000) }
+        if process.isRunning { kill(-pid, SIGKILL); process.waitUntilExit(); return nil }
+        return process.terminationStatus
+    }
+
+    deinit {
+        if process.isRunning { kill(-pid, SIGKILL) }
+    }
+}
+
+/// The real dnf client reading a mirror, with its own install root so the host's repos and cache play no part.
+public enum Dnf {
+    /// `NAME-VERSION-RELEASE` of every available package in the repo at `repo` (all versions).
+    public static func availablePackages(repo: String) throws -> [String] {
+        let root = try TestDirectory("dnf")
+        defer { root.remove() }
+        try FileManager.default.createDirectory(atPath: root.path + "/etc/dnf", withIntermediateDirectories: true)
+        try "[main]\n".write(toFile: root.path + "/etc/dnf/dnf.conf", atomically: true, encoding: .utf8)
+        let result = try CLI.run("dnf", [
+            "-q", "--installroot=\(root.path)", "--setopt=reposdir=/nonexistent", "--noplugins", "--releasever=0",
+            "--nogpgcheck", "--setopt=skip_if_unavailable=False", "--repofrompath=m,file://\(repo)", "--repo=m",
+            "repoquery", "--available", "--showduplicates", "--qf", "%{name}-%{version}-%{release}",
+        ], timeout: 120)
+        guard result.exitCode == 0 else {
+            throw TestFailure("dnf failed (exit \(result.exitCode)): \(result.stderr)")
+        }
+        return result.stdout.split(separator: "\n").map(String.init).sorted()
+    }
+}
+
+public struct TestFailure: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
+}

@@ -1,0 +1,23 @@
+import Foundation
+
+/// A fresh directory under /tmp for one test, removed by ``remove()``.
+public final class TestDirectory: @unchecked Sendable {
+    public let path: String
+
+    public init(_ label: String = "test") throws {
+        path = NSTemporaryDirectory() + "dmirr-\(label)-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+
+    public func sub(_ name: String) -> String { path + "/" + name }
+
+    public func remove() { try? FileManager.default.removeItem(atPath: path) }
+}
+
+/// `realpath(3)`: the path with every symlink resolved (Foundation's `resolvingSymlinksInPath` leaves relative link
+/// targets alone on Linux).
+public func realPath(_ path: String) -> String {
+    guard let resolved = realpath(path, nil) else { return path }
+    defer { free(resolved) }
+    return String(cString: resolved)
+}
