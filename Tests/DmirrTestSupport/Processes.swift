@@ -67,8 +67,9 @@ final class ReadAll: @unchecked Sendable {
     }
 }
 
-/// A `dmirr` process running in its own process group (via setsid), so a test can `kill -9` it together with the
-/// rsync it started, as a crash or an OOM kill would.
+/// A `dmirr` process running in its own process group, so a test can `kill -9` it together with the rsync it
+/// started, as a crash or an OOM kill would. (Foundation's `Process` already makes the child a process-group leader on
+/// Linux; the initializer checks that, because `setsid(1)` would fork in that case and hand us the wrong pid.)
 public final class SpawnedDmirr: @unchecked Sendable {
     public let process: Process
     private let errLog: String
@@ -77,13 +78,17 @@ public final class SpawnedDmirr: @unchecked Sendable {
         errLog = logDirectory + "/dmirr-\(UUID().uuidString.prefix(6)).stderr"
         _ = FileManager.default.createFile(atPath: errLog, contents: nil)
         process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
-        process.arguments = [CLI.dmirrPath] + arguments
+        process.executableURL = URL(fileURLWithPath: CLI.dmirrPath)
+        process.arguments = arguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle(forWritingAtPath: errLog)
         process.standardInput = FileHandle.nullDevice
         try process.run()
+        guard getpgid(process.processIdentifier) == process.processIdentifier else {
+            kill(process.processIdentifier, SIGKILL)
+            throw TestFailure("dmirr (pid \(process.processIdentifier)) is not a process-group leader; cannot kill its group")
+        }
     }
 
     public var pid: Int32 { process.processIdentifier }

@@ -1,0 +1,62 @@
+import DmirrFixtures
+import DmirrTestSupport
+import Foundation
+import Testing
+
+@Suite(.serialized) struct CommandTests {
+    @Test func checkHistoryAndBusyThroughTheBinary() throws {
+        let dir = try TestDirectory("cmd")
+        defer { dir.remove() }
+        let upstream = try Upstream(in: dir, packages: [.init("alpha", "1.0")], token: "push-1")
+        defer { upstream.stop() }
+        let config = dir.sub("m.toml")
+        try MirrorConfig.write(to: config, upstream: upstream.url, mirror: dir.sub("mirror"), state: dir.sub("state"))
+
+        let check = try CLI.dmirr(["check", "-c", config])
+        #expect(check.exitCode == 0, "\(check.stderr)")
+        #expect(check.stdout.contains("verify         = \"metadata\""))
+        #expect(check.stdout.contains("poll            = \"5m00s\""))
+        #expect(check.stdout.contains("has CURRENT = push-1"))
+
+        let empty = try CLI.dmirr(["history", "-c", config])
+        #expect(empty.stdout.contains("no sync runs recorded yet"))
+
+        let sync = try CLI.dmirr(["sync", "-c", config])
+        #expect(sync.exitCode == 0)
+        #expect(sync.stdout.contains("synced CURRENT (none) → push-1"), "\(sync.stdout)")
+        let noop = try CLI.dmirr(["sync", "-c", config])
+        #expect(noop.exitCode == 0)
+        #expect(noop.stdout.contains("up to date"))
+
+        let table = try CLI.dmirr(["history", "-c", config])
+        let lines = table.stdout.split(separator: "\n")
+        #expect(lines.first?.hasPrefix("STARTED") == true)
+        #expect(lines.count == 3)
+        #expect(lines[1].contains("up-to-date") && lines[2].contains("synced"))
+
+        let json = try CLI.dmirr(["history", "-c", config, "--json", "--limit", "1"])
+        let runs = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [[String: Any]])
+        #expect(runs.count == 1)
+        #expect(runs[0]["outcome"] as? String == "up-to-date")
+        #expect(runs[0]["token"] as? String == "push-1")
+        #expect((runs[0]["started_at"] as? String)?.hasSuffix("Z") == true)
+
+        // check reports an unreachable source as a problem (exit 1), not a config error.
+        upstream.stop()
+        let down = try CLI.dmirr(["check", "-c", config])
+        #expect(down.exitCode == 1)
+        #expect(down.stderr.contains("problem: upstream.url"), "\(down.stderr)")
+        let offline = try CLI.dmirr(["check", "-c", config, "--offline"])
+        #expect(offline.exitCode == 0)
+    }
+
+    @Test func peerSourceWithoutAgentIsAUsageError() throws {
+        let dir = try TestDirectory("src")
+        defer { dir.remove() }
+        let config = dir.sub("m.toml")
+        try MirrorConfig.write(to: config, upstream: "rsync://127.0.0.1:1/x", mirror: dir.sub("m"), state: dir.sub("s"))
+        let r = try CLI.dmirr(["sync", "-c", config, "--source", "mirror-b"])
+        #expect(r.exitCode == 2)
+        #expect(r.stderr.contains("--source mirror-b"))
+    }
+}

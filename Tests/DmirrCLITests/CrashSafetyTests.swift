@@ -1,0 +1,133 @@
+import DmirrCore
+import DmirrFixtures
+import DmirrTestSupport
+import Foundation
+import Testing
+
+/// `kill -9` of `dmirr sync` and its rsync (the whole process group) at each step: the published token never
+/// advances, the next run cleans up and completes; in snapshot mode the live symlink always points at a complete tree.
+@Suite(.serialized) struct CrashSafetyTests {
+    enum Step: String, CaseIterable {
+        case stage1, stage2, beforePublish
+    }
+
+    /// Upstream at push-1 mirrored, then a push-2 whose transfer is slow (rsync --bwlimit) so the kill lands mid-step.
+    struct Rig {
+        let dir: TestDirectory
+        let upstream: Upstream
+        let mirror: String
+        let config: String
+        let pushOne: String
+
+        init(label: String, publish: String) throws {
+            dir = try TestDirectory(label)
+            upstream = try Upstream(in: dir, packages: [.init("alpha", "1.0"), .init("beta", "1.0")], token: "push-1")
+            mirror = dir.sub("mirror")
+            config = dir.sub("mirror.toml")
+            try MirrorConfig.write(
+                to: config, upstream: upstream.url, mirror: mirror, state: dir.sub("state"), publish: publish,
+                extra: "rsync_args = [\"--bwlimit=400\"]")
+            let first = try CLI.dmirr(["sync", "-c", config])
+            guard first.exitCode == 0 else { throw TestFailure("first sync failed: \(first.stderr)") }
+            // Keep a copy of upstream at push-1 to compare the live tree against after the kill.
+            pushOne = dir.sub("push-1-copy")
+            _ = try CLI.run("cp", ["-a", upstream.tree, pushOne])
+            // push-2: ~2 MiB of new packages (stage 1 takes seconds) and ~1 MiB extra metadata (stage 2 too).
+            try upstream.push(add: [.init("big1", "1.0", sizeKB: 1024), .init("big2", "1.0", sizeKB: 1024)], remove: ["beta-1.0-1.noarch.rpm"], token: "push-2")
+            _ = try CLI.run("dd", ["if=/dev/urandom", "of=\(upstream.tree)/repodata/zz-extra.bin", "bs=1024", "count=1024", "status=none"])
+        }
+
+        var live: String { realPath(mirror) }
+        func token() -> String? {
+            (try? String(contentsOfFile: mirror + "/CURRENT", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        func cleanup() {
+            upstream.stop()
+            dir.remove()
+        }
+    }
+
+    static func hasFiles(_ dir: String) -> Bool {
+        !((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).isEmpty
+    }
+
+    static func run(step: Step, publish: String) throws {
+        let rig = try Rig(label: "kill-\(step.rawValue)-\(publish)", publish: publish)
+        defer { rig.cleanup() }
+        let tree = publish == "snapshot" ? rig.dir.sub(".dmirr/mirror/staging") : rig.mirror
+        let env = step == .beforePublish ? ["DMIRR_TEST_PAUSE_AT": "before-publish"] : [:]
+        let victim = try SpawnedDmirr(["sync", "-c", rig.config], environment: env, logDirectory: rig.dir.path)
+        let reached: Bool
+        switch step {
+        case .stage1:
+            // rsync is writing a new package into the temp dir.
+            reached = victim.wait(upTo: 30) { hasFiles(tree + "/.dmirr-tmp") }
+        case .stage2:
+            if publish == "snapshot" {
+                // One stage only in snapshot mode: wait until part of it is done and the extra metadata is arriving.
+                reached = victim.wait(upTo: 30) { FileManager.default.fileExists(atPath: tree + "/Packages/big1-1.0-1.noarch.rpm") && hasFiles(tree + "/.dmirr-tmp") }
+            } else {
+                reached = victim.wait(upTo: 30) { victim.stderr.contains("sync.stage=content") && hasFiles(tree + "/.dmirr-tmp") }
+            }
+        case .beforePublish:
+            reached = victim.wait(upTo: 60) { victim.stderr.contains("paused at before-publish") }
+        }
+        #expect(reached, "\(step): never reached the kill point; dmirr said: \(victim.stderr)")
+        victim.killGroup()
+
+        // The published token did not advance, and the live tree is push-1 (snapshot) or push-1's token (in place).
+        #expect(rig.token() == "push-1", "\(step)")
+        if publish == "snapshot" {
+            #expect(TreeComparison.differences(rig.pushOne, rig.live) == [], "\(step): live snapshot changed")
+        }
+
+        // The next run cleans up and completes.
+        let next = try CLI.dmirr(["sync", "-c", rig.config])
+        #expect(next.exitCode == 0, "\(step): \(next.stderr)")
+        #expect(rig.token() == "push-2")
+        #expect(TreeComparison.differences(rig.upstream.tree, rig.live) == [], "\(step)")
+        #expect(!FileManager.default.fileExists(atPath: rig.live + "/.dmirr-tmp"))
+        let leftovers = (FileManager.default.enumerator(atPath: rig.live)?.allObjects as? [String] ?? []).filter {
+            $0.hasSuffix(".~tmp~") || $0.contains(".dmirr-new")
+        }
+        #expect(leftovers == [], "\(step)")
+        let history = try CLI.dmirr(["history", "-c", rig.config, "--json"])
+        let runs = try JSONSerialization.jsonObject(with: Data(history.stdout.utf8)) as? [[String: Any]] ?? []
+        #expect(runs.compactMap { $0["outcome"] as? String } == ["synced", "interrupted", "synced"], "\(step)")
+    }
+
+    @Test(arguments: Step.allCases) func inPlace(step: Step) throws {
+        try Self.run(step: step, publish: "in-place")
+    }
+
+    @Test(arguments: [Step.stage1, .beforePublish]) func snapshot(step: Step) throws {
+        try Self.run(step: step, publish: "snapshot")
+    }
+
+    @Test func secondRunExits75NamingTheFirst() throws {
+        let rig = try Rig(label: "lock", publish: "in-place")
+        defer { rig.cleanup() }
+        let first = try SpawnedDmirr(["sync", "-c", rig.config], environment: ["DMIRR_TEST_PAUSE_AT": "before-publish"], logDirectory: rig.dir.path)
+        #expect(first.wait(upTo: 60) { first.stderr.contains("paused at before-publish") })
+        let second = try CLI.dmirr(["sync", "-c", rig.config])
+        #expect(second.exitCode == 75)
+        #expect(second.stderr.contains("another dmirr run holds the lock"), "\(second.stderr)")
+        #expect(second.stderr.contains("pid \(first.pid)"), "\(second.stderr)")
+        first.killGroup()
+    }
+
+    @Test func sigtermCancelsCleanly() throws {
+        let rig = try Rig(label: "term", publish: "in-place")
+        defer { rig.cleanup() }
+        let victim = try SpawnedDmirr(["sync", "-c", rig.config], logDirectory: rig.dir.path)
+        #expect(victim.wait(upTo: 30) { Self.hasFiles(rig.mirror + "/.dmirr-tmp") })
+        kill(victim.pid, SIGTERM)
+        let code = victim.waitForExit(seconds: 20)
+        #expect(code == 1, "\(victim.stderr)")
+        #expect(victim.stderr.contains("cancelled"), "\(victim.stderr)")
+        #expect(rig.token() == "push-1")
+        let history = try CLI.dmirr(["history", "-c", rig.config, "--json"])
+        let runs = try JSONSerialization.jsonObject(with: Data(history.stdout.utf8)) as? [[String: Any]] ?? []
+        #expect(runs.first?["outcome"] as? String == "cancelled")
+    }
+}
