@@ -16,6 +16,10 @@ public struct RsyncCommand: Sendable, Equatable {
         case metadataAndDeletions
         /// Snapshot mode: the whole tree into a staging directory, hard-linking unchanged files to the live snapshot.
         case snapshot(linkDest: String?)
+        /// Metadata only, compared by checksum instead of size and mtime: run after verification failed, because
+        /// rsync's quick check skips a changed file whose size and mtime happen to match the old one (a repomd.xml
+        /// regenerated within the same second has the same size more often than not).
+        case metadataByChecksum
     }
 
     public var arguments: [String]
@@ -35,6 +39,10 @@ public struct RsyncCommand: Sendable, Equatable {
         case .snapshot(let linkDest):
             args += ["--delete"]
             if let linkDest { args += ["--link-dest=\(linkDest)"] }
+        case .metadataByChecksum:
+            args += ["--checksum", "--delay-updates", "--include=*/"]
+            args += config.mirror.metadata.map { $0.hasSuffix("/") ? "--include=\($0)**" : "--include=\($0)" }
+            args += ["--exclude=*"]
         }
         if let excludeFrom = config.mirror.excludeFrom { args += ["--exclude-from=\(excludeFrom)"] }
         args += config.mirror.rsyncArgs

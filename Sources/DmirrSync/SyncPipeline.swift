@@ -183,9 +183,25 @@ public struct SyncPipeline: Sendable {
 
         // 5. Verify.
         if config.mirror.verify != .none {
-            onEvent(.verifying)
-            let verification = await verifier.verify(
-                root: tree, level: config.mirror.verify, changedPackages: packages.sorted(), logger: logger)
+            var verification = await verify(tree: tree, packages: packages, logger: logger, onEvent: onEvent)
+            if !verification.isClean {
+                // rsync's quick check (size + mtime) can keep a stale metadata file whose replacement has the same
+                // size and mtime. Fetch the metadata once more by checksum before calling the tree bad.
+                logger.notice("verification failed; fetching the metadata again, compared by checksum",
+                              metadata: ["verify.problems": "\(verification.problems.count)"])
+                let repaired = try await transfer(
+                    pass: config.mirror.maxPasses + 1, snapshot: snapshot, stages: [("metadata-by-checksum", .metadataByChecksum)],
+                    logger: logger, onEvent: onEvent)
+                totals.bytes += repaired.bytes
+                totals.files += repaired.files
+                _ = rmdir(tree + "/" + RsyncCommand.tempDirName)
+                guard try await fetchToken(logger: logger) == target else {
+                    return SyncReport(
+                        outcome: .busy, exitCode: 75, message: "the source's token changed during the metadata check; "
+                            + "the token was not published, retry later", token: target, bytes: totals.bytes, files: totals.files)
+                }
+                verification = await verify(tree: tree, packages: packages, logger: logger, onEvent: onEvent)
+            }
             guard verification.isClean else {
                 let list = verification.problems.prefix(20).map { "  \($0)" }.joined(separator: "\n")
                 return SyncReport(
@@ -194,10 +210,6 @@ public struct SyncPipeline: Sendable {
                         + (verification.problems.count > 20 ? "\n  … and \(verification.problems.count - 20) more" : ""),
                     token: target, problems: verification.problems, bytes: totals.bytes, files: totals.files)
             }
-            logger.info("verified", metadata: [
-                "verify.repositories": "\(verification.repositories)", "verify.metadata": "\(verification.metadataFiles)",
-                "verify.packages": "\(verification.packages)",
-            ])
         }
 
         // 6. Publish the token last.
@@ -217,6 +229,21 @@ public struct SyncPipeline: Sendable {
             outcome: .synced, exitCode: 0,
             message: "synced \(config.upstream.tokenFile) \(published?.value ?? "(none)") → \(target.value)",
             token: target, bytes: totals.bytes, files: totals.files)
+    }
+
+    private func verify(tree: String, packages: Set<String>, logger: Logger, onEvent: @Sendable (SyncEvent) -> Void) async
+        -> VerificationReport
+    {
+        onEvent(.verifying)
+        let started = ContinuousClock.now
+        let verification = await verifier.verify(
+            root: tree, level: config.mirror.verify, changedPackages: packages.sorted(), logger: logger)
+        logger.info(verification.isClean ? "verified" : "verification found problems", metadata: [
+            "verify.repositories": "\(verification.repositories)", "verify.metadata": "\(verification.metadataFiles)",
+            "verify.packages": "\(verification.packages)", "verify.problems": "\(verification.problems.count)",
+            "verify.seconds": "\(Self.seconds(ContinuousClock.now - started))",
+        ])
+        return verification
     }
 
     /// Fetches the source's token file into the state directory and reads it.
@@ -260,18 +287,13 @@ public struct SyncPipeline: Sendable {
     }
 
     /// One pass: stage 1 + stage 2 in place, or one staging transfer in snapshot mode.
-    private func transfer(pass: Int, snapshot: SnapshotLayout?, logger: Logger, onEvent: @escaping @Sendable (SyncEvent) -> Void)
-        async throws -> PassResult
-    {
-        var stages: [(String, RsyncCommand.Stage)]
-        let destination: String
-        if let snapshot {
-            destination = snapshot.staging
-            stages = [("snapshot", .snapshot(linkDest: snapshot.liveSnapshot()))]
-        } else {
-            destination = config.mirror.path
-            stages = [("content", .content), ("metadata+deletions", .metadataAndDeletions)]
-        }
+    private func transfer(
+        pass: Int, snapshot: SnapshotLayout?, stages: [(String, RsyncCommand.Stage)]? = nil, logger: Logger,
+        onEvent: @escaping @Sendable (SyncEvent) -> Void
+    ) async throws -> PassResult {
+        let destination = snapshot?.staging ?? config.mirror.path
+        let stages = stages ?? (snapshot.map { [("snapshot", .snapshot(linkDest: $0.liveSnapshot()))] }
+            ?? [("content", .content), ("metadata+deletions", .metadataAndDeletions)])
         try TreeFiles.emptyDirectory(destination + "/" + RsyncCommand.tempDirName)
         var result = PassResult()
         for (label, stage) in stages {
@@ -295,13 +317,19 @@ public struct SyncPipeline: Sendable {
             logger.info("stage done", metadata: [
                 "sync.stage": "\(label)", "sync.pass": "\(pass)", "rsync.files": "\(run.stats.filesTransferred)",
                 "rsync.bytes": "\(run.stats.bytesReceived)", "rsync.deleted": "\(run.deletions)",
-                "rsync.seconds": "\(DurationText.format(ContinuousClock.now - started))",
+                "rsync.seconds": "\(Self.seconds(ContinuousClock.now - started))",
             ])
             result.bytes += run.stats.bytesReceived
             result.files += run.stats.filesTransferred
             result.packages += run.receivedPackages
         }
         return result
+    }
+
+    /// Seconds with millisecond precision, for log metadata that scripts read.
+    static func seconds(_ d: Duration) -> String {
+        let ms = d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000
+        return "\(ms / 1000).\(String(repeating: "0", count: 3 - String(ms % 1000).count))\(ms % 1000)"
     }
 
     /// Removes what a killed run leaves: rsync temp files (in `.dmirr-tmp/`), a half-written token, and, after an

@@ -60,3 +60,26 @@ import Testing
         #expect(r.stderr.contains("--source mirror-b"))
     }
 }
+
+@Suite(.serialized) struct ProgressOutputTests {
+    /// On a terminal `dmirr sync` draws a progress line; off a terminal it writes log lines only.
+    @Test func progressLineOnlyOnATerminal() throws {
+        let dir = try TestDirectory("tty")
+        defer { dir.remove() }
+        let upstream = try Upstream(in: dir, packages: [.init("alpha", "1.0", sizeKB: 512), .init("beta", "1.0", sizeKB: 512)], token: "push-1")
+        defer { upstream.stop() }
+        let config = dir.sub("m.toml")
+        try MirrorConfig.write(to: config, upstream: upstream.url, mirror: dir.sub("mirror"), state: dir.sub("state"))
+
+        // script(1) gives dmirr a pseudo-terminal as stdin, stdout and stderr.
+        let tty = try CLI.run("script", ["-q", "-e", "-c", "\(CLI.dmirrPath) sync -c \(config) --force", "/dev/null"])
+        #expect(tty.exitCode == 0, "\(tty.stdout)")
+        #expect(tty.stdout.contains("\r\u{1B}[Kcontent: starting"), "\(tty.stdout.debugDescription)")
+        #expect(tty.stdout.contains("metadata+deletions:"))
+
+        let plain = try CLI.dmirr(["sync", "-c", config, "--force"])
+        #expect(plain.exitCode == 0)
+        #expect(!plain.stderr.contains("\r"))
+        #expect(plain.stderr.contains("stage done"))
+    }
+}

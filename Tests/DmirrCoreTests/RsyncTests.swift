@@ -48,6 +48,17 @@ import Testing
         #expect(args.contains("--link-dest=/srv/.dmirr/m/snapshots/1") && args.contains("--delete"))
     }
 
+    @Test func metadataByChecksumTouchesOnlyMetadata() throws {
+        let c = try config()
+        let args = RsyncCommand.transfer(stage: .metadataByChecksum, source: c.upstream.url, destination: "/srv/m", config: c).arguments
+        #expect(args.contains("--checksum") && args.contains("--delay-updates"))
+        #expect(!args.contains { $0.hasPrefix("--del") && $0 != "--delay-updates" })
+        let filters = args.filter { $0.hasPrefix("--include=") || $0.hasPrefix("--exclude=") && !$0.contains("dmirr-tmp") && !$0.contains("CURRENT") }
+        #expect(filters == ["--include=*/", "--include=repodata/**", "--include=*.xml", "--exclude=*"])
+        // The token and temp-dir excludes come first, so they still win.
+        #expect(args.firstIndex(of: "--exclude=/CURRENT")! < args.firstIndex(of: "--include=*/")!)
+    }
+
     @Test func localSourcesGetNoDaemonOptions() throws {
         var c = try config()
         c.upstream.url = .local("/srv/upstream")

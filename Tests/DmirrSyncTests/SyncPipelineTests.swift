@@ -196,6 +196,32 @@ import Testing
         #expect(TreeComparison.differences(rig.upstream.tree, rig.mirror) == [])
     }
 
+    /// A regenerated repomd.xml with the old one's size and mtime fools rsync's quick check; verification notices,
+    /// the metadata is fetched again by checksum, and the sync completes.
+    @Test(arguments: ["in-place", "snapshot"]) func quickCheckCollisionIsRepaired(publish: String) async throws {
+        let rig = try Rig(label: "collide-\(publish)", publish: publish)
+        defer { rig.cleanup() }
+        #expect(await rig.sync().exitCode == 0)
+        let repomd = rig.upstream.tree + "/repodata/repomd.xml"
+        let old = try FileManager.default.attributesOfItem(atPath: realPath(rig.mirror) + "/repodata/repomd.xml")
+        try rig.upstream.push(add: [.init("delta", "1.0")], token: "push-2")
+        // Whitespace between XML elements is insignificant: pad or trim it so the new repomd.xml has the old size.
+        var xml = Array(try String(contentsOfFile: repomd, encoding: .utf8).utf8)
+        let oldSize = try #require(old[.size] as? Int)
+        while xml.count > oldSize, let i = xml.indices.first(where: { xml[$0] == 0x20 && xml[$0 + 1] == 0x20 }) { xml.remove(at: i) }
+        while xml.count < oldSize { xml.insert(0x20, at: xml.count - "</repomd>\n".utf8.count) }
+        try Data(xml).write(to: URL(fileURLWithPath: repomd))
+        let new = try FileManager.default.attributesOfItem(atPath: repomd)
+        try #require(new[.size] as? Int == oldSize, "the collision needs equal sizes")
+        try FileManager.default.setAttributes([.modificationDate: try #require(old[.modificationDate])], ofItemAtPath: repomd)
+
+        let report = await rig.sync()
+        #expect(report.exitCode == 0, "\(report.message)")
+        #expect(rig.publishedToken() == "push-2")
+        #expect(TreeComparison.differences(rig.upstream.tree, realPath(rig.mirror)) == [])
+        #expect(try Dnf.availablePackages(repo: rig.mirror).contains("delta-1.0-1"))
+    }
+
     @Test func corruptedUpstreamMetadataIsNotPublished() async throws {
         let rig = try Rig(label: "corrupt")
         defer { rig.cleanup() }

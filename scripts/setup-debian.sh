@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what dmirr's demo and tests need on Debian 12 (Swift itself must already be on PATH).
+#   rsync        the transfer engine, and the daemons the demo and tests run
+#   rpm          rpmbuild, to build real packages for test and demo repos
+#   createrepo-c createrepo_c, to write their yum metadata
+#   dnf          the real yum client the tests read mirrors with
+#   libsqlite3-dev  GRDB links the system SQLite
+#   sqlite3      the tests check the state file with the sqlite3 CLI
+#   openssl      make-yum-repo.sh makes deterministic package payloads with it
+set -euo pipefail
+if [ "$(id -u)" -ne 0 ]; then
+    exec sudo "$0" "$@"
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+    rsync rpm createrepo-c dnf libsqlite3-dev sqlite3 openssl gzip bzip2 ca-certificates >/dev/null
+command -v swift >/dev/null || { echo "setup-debian.sh: swift is not on PATH; install Swift 6.2 or newer first" >&2; exit 1; }
+echo "setup-debian.sh: rsync $(rsync --version | head -1 | awk '{print $3}'), createrepo_c $(createrepo_c --version | awk '{print $2}'), dnf $(dnf --version | head -1) ready"
