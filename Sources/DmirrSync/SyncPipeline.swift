@@ -33,8 +33,9 @@ public struct SyncReport: Sendable {
     public var problems: [VerificationProblem] = []
     public var bytes: Int64 = 0
     public var files: Int = 0
-    /// rsync's last stderr lines when rsync failed.
-    public var rsyncStderr: [String] = []
+    /// rsync's exit code of the run that decided the outcome: 0 when every rsync succeeded, the failing one's code
+    /// otherwise, nil when rsync did not run or died of a signal.
+    public var rsyncExitCode: Int32?
 }
 
 /// The one-mirror, one-token sync of DESIGN.md §3: lock, token check, two-stage transfer (or snapshot staging),
@@ -109,6 +110,9 @@ public struct SyncPipeline: Sendable {
             run.token = report.token?.value ?? run.token
             run.bytes = report.bytes
             run.files = report.files
+            // Outcomes reached only after every rsync succeeded record 0.
+            let rsyncSucceeded: Set<SyncRun.Outcome> = [.synced, .upToDate, .verifyFailed]
+            run.rsyncExitCode = report.rsyncExitCode.map(Int.init) ?? (rsyncSucceeded.contains(report.outcome) ? 0 : nil)
             run.error = report.exitCode == 0 ? nil : report.message
             do { try store.finishRun(run) } catch {
                 logger.error("cannot record the sync run", metadata: ["error": "\(error)"])
@@ -121,7 +125,7 @@ public struct SyncPipeline: Sendable {
         if let failure = error.rsync {
             return SyncReport(
                 outcome: failure.isTemporary ? .busy : .failed, exitCode: failure.isTemporary ? 75 : 1,
-                message: error.message)
+                message: error.message, rsyncExitCode: failure.exitCode)
         }
         let exit: Int32 = error.code == .setup ? 2 : error.code == .locked ? 75 : 1
         return SyncReport(outcome: .failed, exitCode: exit, message: error.description)

@@ -90,6 +90,7 @@ import Testing
         #expect(runs.map(\.outcome) == ["synced", "synced"])
         #expect(runs.first?.token == "push-2")
         #expect(runs.first.map { $0.files > 0 && $0.bytes > 0 } == true)
+        #expect(runs.map(\.rsyncExitCode) == [0, 0])
     }
 
     @Test func matchingTokensTransferNothingButTheToken() async throws {
@@ -143,6 +144,8 @@ import Testing
         #expect(TreeComparison.snapshotForTests(rig.mirror) == before)
         let last = try #require(try StateStore(directory: rig.config.state.dir).recentRuns(limit: 1).first)
         #expect(last.outcome == "busy")
+        #expect(last.rsyncExitCode == 5)
+        #expect(last.error?.contains("max connections") == true)
     }
 
     @Test func unknownModuleAuthFailureAndRefusalAreDistinct() async throws {
@@ -175,6 +178,7 @@ import Testing
         #expect(unknown.message.contains("does not have that module"), "\(unknown.message)")
         #expect(auth.message.contains("refused the credentials"), "\(auth.message)")
         #expect(refused.message.contains("connection refused"), "\(refused.message)")
+        #expect([unknown, auth, refused].map(\.rsyncExitCode) == [5, 5, 10])
         #expect(!FileManager.default.fileExists(atPath: dir.sub("mirror") + "/CURRENT"))
     }
 
