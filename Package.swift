@@ -21,6 +21,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
     ],
     targets: [
         // Pure: value types, parsers and decisions. No I/O, clocks, randomness or threads.
@@ -29,6 +31,17 @@ let package = Package(
         .target(
             name: "DmirrStore",
             dependencies: ["DmirrCore", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: strict
+        ),
+        // The fleet's network side: PKI (`dmirr cert`), mTLS, identity from certificates.
+        .target(
+            name: "DmirrNet",
+            dependencies: [
+                "DmirrCore",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
             swiftSettings: strict
         ),
         // The one-mirror sync pipeline: lock, rsync runner, verification, publish.
@@ -53,8 +66,9 @@ let package = Package(
         .executableTarget(
             name: "dmirr",
             dependencies: [
-                "DmirrCore", "DmirrStore", "DmirrSync", "DmirrFixtures",
+                "DmirrCore", "DmirrStore", "DmirrSync", "DmirrFixtures", "DmirrNet",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -69,6 +83,14 @@ let package = Package(
         ),
         .testTarget(name: "DmirrCoreTests", dependencies: ["DmirrCore"], swiftSettings: strict),
         .testTarget(name: "DmirrStoreTests", dependencies: ["DmirrStore"], swiftSettings: strict),
+        .testTarget(
+            name: "DmirrNetTests",
+            dependencies: [
+                "DmirrNet", "DmirrTestSupport",
+                .product(name: "X509", package: "swift-certificates"),
+            ],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "DmirrSyncTests",
             dependencies: [

@@ -308,9 +308,7 @@ private struct Reader {
     /// Node and fleet names: they end up in certificate URIs and directory names.
     mutating func name(_ table: String, _ key: String) -> String? {
         guard let (s, line) = string(table, key, required: true) else { return nil }
-        let ok = s.count <= 63 && s.first.map { $0.isASCII && ($0.isLetter || $0.isNumber) } == true
-            && s.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "." || $0 == "_") }
-        guard ok else {
+        guard PeerIdentity.isValidName(s) else {
             problem(Self.dotted(table, key), line: line,
                     "'\(s)' is not a valid name: use letters, digits, '-', '.', '_' (at most 63, starting with a letter or digit)")
             return nil

@@ -1,0 +1,185 @@
+import Crypto
+import DmirrCore
+import Foundation
+import SwiftASN1
+import X509
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The fleet's PKI (`dmirr cert`): a P-256 CA per fleet, and leaf certificates whose URI SAN is the holder's
+/// ``PeerIdentity``. Both TLS EKUs are set on leaves, because every agent is a server and a client.
+public enum FleetPKI {
+    /// A certificate and its private key, PEM-encoded.
+    public struct Issued: Sendable {
+        public var certificatePEM: String
+        public var privateKeyPEM: String
+    }
+
+    /// Certificates are valid from a few minutes ago, so a peer whose clock is slightly behind accepts them.
+    static let backdate: TimeInterval = 300
+
+    /// Makes a self-signed fleet CA.
+    public static func makeCA(fleet: String, days: Int = 3650, now: Date = Date()) throws(PKIError) -> Issued {
+        guard PeerIdentity.isValidName(fleet) else {
+            throw PKIError(.invalidName, "'\(fleet)' is not a valid fleet name: use letters, digits, '-', '.', '_'")
+        }
+        do {
+            let key = P256.Signing.PrivateKey()
+            let certKey = Certificate.PrivateKey(key)
+            let name = try DistinguishedName {
+                OrganizationName(fleet)
+                CommonName("dmirr fleet \(fleet) CA")
+            }
+            let extensions = try Certificate.Extensions {
+                Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
+                Critical(KeyUsage(keyCertSign: true, cRLSign: true))
+                SubjectKeyIdentifier(hash: certKey.publicKey)
+                SubjectAlternativeNames([.uniformResourceIdentifier(PeerIdentity.caURI(fleet: fleet))])
+            }
+            let cert = try Certificate(
+                version: .v3, serialNumber: .init(), publicKey: certKey.publicKey,
+                notValidBefore: now.addingTimeInterval(-backdate), notValidAfter: now.addingTimeInterval(Double(days) * 86400),
+                issuer: name, subject: name, signatureAlgorithm: .ecdsaWithSHA256, extensions: extensions,
+                issuerPrivateKey: certKey)
+            return Issued(certificatePEM: try cert.serializeAsPEM().pemString, privateKeyPEM: key.pemRepresentation)
+        } catch {
+            throw PKIError(.crypto, "cannot create the CA certificate", underlying: error)
+        }
+    }
+
+    /// Issues a leaf for `identity`, signed by the CA, with optional DNS and IP SANs for the host it runs on.
+    public static func issue(
+        caCertificatePEM: String, caKeyPEM: String, identity: PeerIdentity, hosts: [String] = [], ips: [String] = [],
+        days: Int = 90, now: Date = Date()
+    ) throws(PKIError) -> Issued {
+        let ca: Certificate
+        let caKey: Certificate.PrivateKey
+        do {
+            ca = try Certificate(pemEncoded: caCertificatePEM)
+            caKey = try Certificate.PrivateKey(pemEncoded: caKeyPEM)
+        } catch {
+            throw PKIError(.badInput, "cannot read the CA certificate or key", underlying: error)
+        }
+        guard caKey.publicKey == ca.publicKey else {
+            throw PKIError(.badInput, "the CA key does not belong to the CA certificate")
+        }
+        guard let fleet = fleet(ofCA: ca) else {
+            throw PKIError(.badInput, "the CA certificate is not a dmirr fleet CA (no \(PeerIdentity.caURI(fleet: "FLEET")) name)")
+        }
+        guard fleet == identity.fleet else {
+            throw PKIError(.badInput, "the CA is for fleet '\(fleet)', not '\(identity.fleet)'")
+        }
+        var names: [GeneralName] = [.uniformResourceIdentifier(identity.uri)]
+        names += hosts.map { .dnsName($0) }
+        for ip in ips {
+            guard let bytes = ipBytes(ip) else { throw PKIError(.badInput, "'\(ip)' is not an IPv4 or IPv6 address") }
+            names.append(.ipAddress(ASN1OctetString(contentBytes: bytes[...])))
+        }
+        do {
+            let key = P256.Signing.PrivateKey()
+            let certKey = Certificate.PrivateKey(key)
+            let subject = try DistinguishedName {
+                OrganizationName(identity.fleet)
+                CommonName("\(identity.role.rawValue) \(identity.name)")
+            }
+            let extensions = try Certificate.Extensions {
+                Critical(BasicConstraints.notCertificateAuthority)
+                Critical(KeyUsage(digitalSignature: true))
+                try ExtendedKeyUsage([.serverAuth, .clientAuth])
+                SubjectKeyIdentifier(hash: certKey.publicKey)
+                if let ski = try? ca.extensions.subjectKeyIdentifier {
+                    AuthorityKeyIdentifier(keyIdentifier: ski.keyIdentifier)
+                }
+                SubjectAlternativeNames(names)
+            }
+            let cert = try Certificate(
+                version: .v3, serialNumber: .init(), publicKey: certKey.publicKey,
+                notValidBefore: now.addingTimeInterval(-backdate), notValidAfter: now.addingTimeInterval(Double(days) * 86400),
+                issuer: ca.subject, subject: subject, signatureAlgorithm: .ecdsaWithSHA256, extensions: extensions,
+                issuerPrivateKey: caKey)
+            return Issued(certificatePEM: try cert.serializeAsPEM().pemString, privateKeyPEM: key.pemRepresentation)
+        } catch {
+            throw PKIError(.crypto, "cannot issue the certificate for \(identity)", underlying: error)
+        }
+    }
+
+    /// The fleet a CA certificate was made for.
+    public static func fleet(ofCA ca: Certificate) -> String? {
+        guard let sans = try? ca.extensions.subjectAlternativeNames else { return nil }
+        for name in sans {
+            if case .uniformResourceIdentifier(let uri) = name, uri.hasPrefix("dmirr://"), uri.hasSuffix("/ca") {
+                let fleet = String(uri.dropFirst("dmirr://".count).dropLast("/ca".count))
+                if PeerIdentity.isValidName(fleet) { return fleet }
+            }
+        }
+        return nil
+    }
+
+    /// The identity a leaf certificate carries: exactly one `dmirr://` URI SAN, or nil.
+    public static func identity(of certificate: Certificate) -> PeerIdentity? {
+        guard let sans = try? certificate.extensions.subjectAlternativeNames else { return nil }
+        let identities = sans.compactMap { name -> PeerIdentity? in
+            if case .uniformResourceIdentifier(let uri) = name { return PeerIdentity(uri: uri) }
+            return nil
+        }
+        return identities.count == 1 ? identities[0] : nil
+    }
+
+    static func ipBytes(_ text: String) -> [UInt8]? {
+        var v4 = in_addr()
+        if inet_pton(AF_INET, text, &v4) == 1 { return withUnsafeBytes(of: &v4) { Array($0) } }
+        var v6 = in6_addr()
+        if inet_pton(AF_INET6, text, &v6) == 1 { return withUnsafeBytes(of: &v6) { Array($0) } }
+        return nil
+    }
+
+    // MARK: - Files
+
+    /// Writes a PEM file; keys get mode 0600. Refuses to replace an existing file unless `force`.
+    public static func write(_ pem: String, to path: String, secret: Bool, force: Bool) throws(PKIError) {
+        if !force, FileManager.default.fileExists(atPath: path) {
+            throw PKIError(.exists, "\(path) already exists; pass --force to replace it")
+        }
+        let temp = path + ".dmirr-new"
+        let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, secret ? 0o600 : 0o644)
+        guard fd >= 0 else { throw PKIError(.io, "cannot create \(temp): \(String(cString: strerror(errno)))") }
+        _ = fchmod(fd, secret ? 0o600 : 0o644)
+        let bytes = Array(pem.utf8)
+        let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        let synced = fsync(fd) == 0
+        close(fd)
+        guard written == bytes.count, synced, rename(temp, path) == 0 else {
+            unlink(temp)
+            throw PKIError(.io, "cannot write \(path): \(String(cString: strerror(errno)))")
+        }
+    }
+}
+
+/// The PKI's one error type.
+public struct PKIError: Error, Sendable, CustomStringConvertible {
+    public struct Code: Hashable, Sendable {
+        private let raw: Int
+        public static let invalidName = Code(raw: 1)
+        public static let badInput = Code(raw: 2)
+        public static let crypto = Code(raw: 3)
+        public static let exists = Code(raw: 4)
+        public static let io = Code(raw: 5)
+    }
+
+    public var code: Code
+    public var message: String
+    public var underlying: (any Error)?
+
+    public init(_ code: Code, _ message: String, underlying: (any Error)? = nil) {
+        self.code = code
+        self.message = message
+        self.underlying = underlying
+    }
+
+    public var description: String {
+        if let underlying { return "\(message): \(underlying)" }
+        return message
+    }
+}

@@ -1,0 +1,96 @@
+import DmirrCore
+import DmirrTestSupport
+import Foundation
+import Testing
+import X509
+
+@testable import DmirrNet
+
+@Suite struct FleetPKITests {
+    @Test func caAndLeafVerifyWithOpenSSLAndCarryTheIdentity() throws {
+        let dir = try TestDirectory("pki")
+        defer { dir.remove() }
+        let ca = try FleetPKI.makeCA(fleet: "ius")
+        let leaf = try FleetPKI.issue(
+            caCertificatePEM: ca.certificatePEM, caKeyPEM: ca.privateKeyPEM,
+            identity: PeerIdentity(fleet: "ius", role: .node, name: "mirror-a"), hosts: ["mirror-a.example.org"],
+            ips: ["127.0.0.1", "::1"])
+        try FleetPKI.write(ca.certificatePEM, to: dir.sub("ca.pem"), secret: false, force: false)
+        try FleetPKI.write(leaf.certificatePEM, to: dir.sub("mirror-a.pem"), secret: false, force: false)
+
+        // The real openssl accepts the chain and sees both EKUs and the URI SAN.
+        let verify = try CLI.run("openssl", ["verify", "-CAfile", dir.sub("ca.pem"), "-purpose", "sslserver", dir.sub("mirror-a.pem")])
+        #expect(verify.exitCode == 0, "\(verify.stdout) \(verify.stderr)")
+        let verifyClient = try CLI.run("openssl", ["verify", "-CAfile", dir.sub("ca.pem"), "-purpose", "sslclient", dir.sub("mirror-a.pem")])
+        #expect(verifyClient.exitCode == 0, "\(verifyClient.stderr)")
+        let text = try CLI.run("openssl", ["x509", "-in", dir.sub("mirror-a.pem"), "-noout", "-text"]).stdout
+        #expect(text.contains("URI:dmirr://ius/node/mirror-a"))
+        #expect(text.contains("DNS:mirror-a.example.org"))
+        #expect(text.contains("IP Address:127.0.0.1"))
+        #expect(text.contains("TLS Web Server Authentication") && text.contains("TLS Web Client Authentication"))
+        #expect(text.contains("CA:FALSE"))
+
+        let parsed = try Certificate(pemEncoded: leaf.certificatePEM)
+        #expect(FleetPKI.identity(of: parsed) == PeerIdentity(fleet: "ius", role: .node, name: "mirror-a"))
+        #expect(FleetPKI.fleet(ofCA: try Certificate(pemEncoded: ca.certificatePEM)) == "ius")
+        let days = parsed.notValidAfter.timeIntervalSince(parsed.notValidBefore) / 86400
+        #expect(days > 89.9 && days < 90.1)
+    }
+
+    @Test func anotherFleetsCAIsNotTrusted() throws {
+        let dir = try TestDirectory("pki2")
+        defer { dir.remove() }
+        let ours = try FleetPKI.makeCA(fleet: "ius")
+        let theirs = try FleetPKI.makeCA(fleet: "ius")  // same name, different key: still another CA
+        let leaf = try FleetPKI.issue(
+            caCertificatePEM: theirs.certificatePEM, caKeyPEM: theirs.privateKeyPEM,
+            identity: PeerIdentity(fleet: "ius", role: .operator, name: "alice"))
+        try FleetPKI.write(ours.certificatePEM, to: dir.sub("ca.pem"), secret: false, force: false)
+        try FleetPKI.write(leaf.certificatePEM, to: dir.sub("alice.pem"), secret: false, force: false)
+        let verify = try CLI.run("openssl", ["verify", "-CAfile", dir.sub("ca.pem"), dir.sub("alice.pem")])
+        #expect(verify.exitCode != 0)
+    }
+
+    @Test func issuingRefusesMismatchedInput() throws {
+        let ca = try FleetPKI.makeCA(fleet: "ius")
+        let other = try FleetPKI.makeCA(fleet: "epel")
+        #expect(throws: PKIError.self) {
+            _ = try FleetPKI.issue(caCertificatePEM: ca.certificatePEM, caKeyPEM: other.privateKeyPEM,
+                                   identity: PeerIdentity(fleet: "ius", role: .node, name: "a"))
+        }
+        #expect {
+            _ = try FleetPKI.issue(caCertificatePEM: ca.certificatePEM, caKeyPEM: ca.privateKeyPEM,
+                                   identity: PeerIdentity(fleet: "epel", role: .node, name: "a"))
+        } throws: { "\($0)".contains("the CA is for fleet 'ius', not 'epel'") }
+        #expect {
+            _ = try FleetPKI.issue(caCertificatePEM: ca.certificatePEM, caKeyPEM: ca.privateKeyPEM,
+                                   identity: PeerIdentity(fleet: "ius", role: .node, name: "a"), ips: ["not-an-ip"])
+        } throws: { "\($0)".contains("'not-an-ip' is not an IPv4 or IPv6 address") }
+        #expect(throws: PKIError.self) { _ = try FleetPKI.makeCA(fleet: "bad/name") }
+    }
+
+    @Test func keysAreWrittenPrivateAndNeverOverwritten() throws {
+        let dir = try TestDirectory("pki3")
+        defer { dir.remove() }
+        let ca = try FleetPKI.makeCA(fleet: "ius")
+        try FleetPKI.write(ca.privateKeyPEM, to: dir.sub("ca.key"), secret: true, force: false)
+        let mode = try FileManager.default.attributesOfItem(atPath: dir.sub("ca.key"))[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+        #expect {
+            try FleetPKI.write("x", to: dir.sub("ca.key"), secret: true, force: false)
+        } throws: { "\($0)".contains("already exists; pass --force") }
+        #expect(try String(contentsOfFile: dir.sub("ca.key"), encoding: .utf8) == ca.privateKeyPEM)
+        try FleetPKI.write("x", to: dir.sub("ca.key"), secret: true, force: true)
+        #expect(try String(contentsOfFile: dir.sub("ca.key"), encoding: .utf8) == "x")
+    }
+}
+
+@Suite struct PeerIdentityTests {
+    @Test func parsesOnlyExactIdentities() {
+        #expect(PeerIdentity(uri: "dmirr://ius/node/mirror-a") == PeerIdentity(fleet: "ius", role: .node, name: "mirror-a"))
+        #expect(PeerIdentity(uri: "dmirr://ius/operator/alice")?.role == .operator)
+        for bad in ["dmirr://ius/ca", "dmirr://ius/node/", "dmirr://ius/admin/x", "https://ius/node/a", "dmirr://ius/node/a/b", "dmirr:///node/a", "dmirr://i us/node/a"] {
+            #expect(PeerIdentity(uri: bad) == nil, "\(bad)")
+        }
+    }
+}
