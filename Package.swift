@@ -14,6 +14,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "dmirr", targets: ["dmirr"]),
+        // For the fuzz package in Fuzz/ (it links the decoder with libFuzzer).
+        .library(name: "DmirrWire", targets: ["DmirrWire"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -23,6 +25,8 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         // Pure: value types, parsers and decisions. No I/O, clocks, randomness or threads.
@@ -31,6 +35,15 @@ let package = Package(
         .target(
             name: "DmirrStore",
             dependencies: ["DmirrCore", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: strict
+        ),
+        // The peer protocol's bytes: framing with an explicit limit, and the protobuf messages of proto/.
+        .target(
+            name: "DmirrWire",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
             swiftSettings: strict
         ),
         // The fleet's network side: PKI (`dmirr cert`), mTLS, identity from certificates.
@@ -83,6 +96,16 @@ let package = Package(
         ),
         .testTarget(name: "DmirrCoreTests", dependencies: ["DmirrCore"], swiftSettings: strict),
         .testTarget(name: "DmirrStoreTests", dependencies: ["DmirrStore"], swiftSettings: strict),
+        .testTarget(
+            name: "DmirrWireTests",
+            dependencies: [
+                "DmirrWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "DmirrNetTests",
             dependencies: [

@@ -6,7 +6,8 @@
 #   dnf          the real yum client the tests read mirrors with
 #   libsqlite3-dev  GRDB links the system SQLite
 #   sqlite3      the tests check the state file with the sqlite3 CLI
-#   openssl      make-yum-repo.sh makes deterministic package payloads with it
+#   openssl      make-yum-repo.sh makes deterministic package payloads with it; PKI tests verify with it
+#   protobuf-compiler  protoc, for scripts/gen-proto.sh (regenerating or checking the wire code)
 set -euo pipefail
 if [ "$(id -u)" -ne 0 ]; then
     exec sudo "$0" "$@"
@@ -14,6 +15,6 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-    rsync rpm createrepo-c dnf libsqlite3-dev sqlite3 openssl gzip bzip2 ca-certificates >/dev/null
+    rsync rpm createrepo-c dnf libsqlite3-dev sqlite3 openssl gzip bzip2 ca-certificates protobuf-compiler >/dev/null
 command -v swift >/dev/null || { echo "setup-debian.sh: swift is not on PATH; install Swift 6.2 or newer first" >&2; exit 1; }
 echo "setup-debian.sh: rsync $(rsync --version | head -1 | awk '{print $3}'), createrepo_c $(createrepo_c --version | awk '{print $2}'), dnf $(dnf --version | head -1) ready"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Regenerates Sources/DmirrWire/Generated/dmirr.pb.swift from proto/dmirr.proto.
+#   scripts/gen-proto.sh           regenerate
+#   scripts/gen-proto.sh --check   fail if the committed file differs from what the .proto generates
+# Needs protoc (apt-get install protobuf-compiler) and protoc-gen-swift from swift-protobuf 1.39.0, which this script
+# builds once into .build-protoc/ (about a minute). We commit the generated file instead of using the SwiftPM build
+# plugin, which would compile protoc itself on every clean build (see ../shared/STACK.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=Sources/DmirrWire/Generated
+plugin=${PROTOC_GEN_SWIFT:-.build-protoc/swift-protobuf/.build/release/protoc-gen-swift}
+if [ ! -x "$plugin" ]; then
+    mkdir -p .build-protoc
+    [ -d .build-protoc/swift-protobuf ] ||
+        git clone -q --depth 1 --branch 1.39.0 https://github.com/apple/swift-protobuf.git .build-protoc/swift-protobuf
+    (cd .build-protoc/swift-protobuf && swift build -c release --product protoc-gen-swift >/dev/null)
+fi
+command -v protoc >/dev/null || { echo "gen-proto.sh: protoc not found (apt-get install protobuf-compiler)" >&2; exit 1; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+protoc --plugin=protoc-gen-swift="$plugin" --swift_out="$tmp" --swift_opt=Visibility=Public -I proto proto/dmirr.proto
+if [ "${1:-}" = "--check" ]; then
+    diff -u "$out/dmirr.pb.swift" "$tmp/dmirr.pb.swift" && echo "gen-proto.sh: generated code is current"
+else
+    mkdir -p "$out"
+    cp "$tmp/dmirr.pb.swift" "$out/dmirr.pb.swift"
+    echo "gen-proto.sh: wrote $out/dmirr.pb.swift"
+fi
