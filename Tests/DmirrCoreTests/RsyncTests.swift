@@ -148,3 +148,30 @@ import Testing
         #expect(!Token("..").directoryName.hasPrefix("."))
     }
 }
+
+@Suite struct HelloPolicyTests {
+    let cert = PeerIdentity(fleet: "ius", role: .node, name: "mirror-a")
+
+    @Test func acceptsTheMatchingClaim() {
+        #expect(HelloPolicy.check(.init(protocolMajor: 1, fleet: "ius", node: "mirror-a"), certificate: cert, fleet: "ius", major: 1) == .success(cert))
+    }
+
+    @Test func rejectsEachMismatch() {
+        func check(_ claim: HelloPolicy.Claim, _ identity: PeerIdentity?) -> HelloPolicy.Rejection? {
+            if case .failure(let r) = HelloPolicy.check(claim, certificate: identity, fleet: "ius", major: 1) { return r }
+            return nil
+        }
+        #expect(check(.init(protocolMajor: 2, fleet: "ius", node: "mirror-a"), cert) == .unsupportedVersion(theirs: 2, ours: 1))
+        #expect(check(.init(protocolMajor: 1, fleet: "epel", node: "mirror-a"), cert) == .wrongFleet(theirs: "epel", ours: "ius"))
+        #expect(check(.init(protocolMajor: 1, fleet: "ius", node: "mirror-b"), cert) == .identityMismatch(hello: "mirror-b", certificate: "mirror-a"))
+        #expect(check(.init(protocolMajor: 1, fleet: "ius", node: "mirror-a"), nil) == .noIdentity)
+        #expect(check(.init(protocolMajor: 1, fleet: "ius", node: "mirror-a"), PeerIdentity(fleet: "epel", role: .node, name: "mirror-a")) == .wrongFleet(theirs: "epel", ours: "ius"))
+    }
+
+    @Test func operatorsMayOnlyQueryStatus() {
+        let op = PeerIdentity(fleet: "ius", role: .operator, name: "alice")
+        #expect(HelloPolicy.permits(op, .status))
+        #expect(!HelloPolicy.permits(op, .gossip))
+        #expect(HelloPolicy.permits(cert, .gossip))
+    }
+}

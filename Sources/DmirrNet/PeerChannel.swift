@@ -1,0 +1,134 @@
+import DmirrCore
+import DmirrWire
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+
+/// Builds the channel pipeline both ends use and runs the `Hello` exchange (proto/PROTOCOL.md).
+enum PeerChannel {
+    typealias Async = NIOAsyncChannel<ByteBuffer, ByteBuffer>
+
+    /// TLS, the `Hello` deadline, framing, and the async bridge. Inbound: TLS → frames → deadline → async.
+    static func configure(_ channel: any Channel, tls: NIOSSLContext, server: Bool, frameLimit: Int, helloDeadline: TimeAmount)
+        throws -> Async
+    {
+        let ops = channel.pipeline.syncOperations
+        if server {
+            try ops.addHandler(NIOSSLServerHandler(context: tls))
+        } else {
+            try ops.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: nil))
+        }
+        try ops.addHandler(ByteToMessageHandler(FrameDecoder(limit: frameLimit)))
+        try ops.addHandler(MessageToByteHandler(FrameEncoder(limit: frameLimit)))
+        try ops.addHandler(HelloDeadlineHandler(deadline: helloDeadline))
+        return try Async(wrappingChannelSynchronously: channel)
+    }
+
+    static func hello(for identity: PeerIdentity, rsyncURL: String) -> WireEnvelope {
+        var envelope = WireEnvelope()
+        envelope.hello = .with {
+            $0.protocolMajor = WireVersion.major
+            $0.protocolMinor = WireVersion.minor
+            $0.fleet = identity.fleet
+            $0.node = identity.name
+            $0.rsyncURL = rsyncURL
+            $0.capabilities = identity.role == .node ? ["gossip", "status"] : ["status"]
+        }
+        return envelope
+    }
+
+    /// Reads and checks the peer's `Hello`: the first frame, from a certificate-authenticated peer of our fleet.
+    /// On any violation sends the error frame and throws.
+    static func receiveHello(
+        frames: inout NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator, channel: any Channel,
+        outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, fleet: String
+    ) async throws -> (PeerIdentity, WireHello) {
+        func reject(_ code: WireErrorFrame.Code, _ message: String) async -> NetError {
+            if let payload = try? WireMessages.encode(WireMessages.error(code, message)) {
+                try? await outbound.write(payload)
+            }
+            return NetError(.protocolViolation, message)
+        }
+        let frame: ByteBuffer
+        do {
+            guard let first = try await frames.next() else {
+                throw NetError(.connection, "the peer closed the connection before its Hello")
+            }
+            frame = first
+        } catch let error as FrameError {
+            throw await reject(error.wireCode, error.description)
+        }
+        guard let envelope = try? WireMessages.decode(frame) else {
+            throw await reject(.malformed, "the first message is not a valid message")
+        }
+        guard case .hello(let hello) = envelope.body else {
+            throw await reject(.helloRequired, "the first message must be a Hello")
+        }
+        let certificate = try await channel.nioSSL_peerCertificate().get()
+        let identity = certificate.flatMap(FleetTLS.identity(of:))
+        let claim = HelloPolicy.Claim(protocolMajor: hello.protocolMajor, fleet: hello.fleet, node: hello.node)
+        switch HelloPolicy.check(claim, certificate: identity, fleet: fleet, major: WireVersion.major) {
+        case .success(let peer):
+            return (peer, hello)
+        case .failure(let rejection):
+            let code: WireErrorFrame.Code
+            switch rejection {
+            case .unsupportedVersion: code = .unsupportedVersion
+            case .wrongFleet: code = .wrongFleet
+            case .identityMismatch, .noIdentity: code = .identityMismatch
+            }
+            throw await reject(code, rejection.description)
+        }
+    }
+}
+
+/// Closes a connection whose first frame has not arrived within the deadline, counted from when the connection was
+/// set up, so a slow TLS handshake counts too (slowloris). Sends `HELLO_TIMEOUT` first when it can.
+final class HelloDeadlineHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let deadline: TimeAmount
+    private var timer: Scheduled<Void>?
+    private var seenFrame = false
+
+    init(deadline: TimeAmount) {
+        self.deadline = deadline
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(in: deadline) {
+            let (handler, context) = bound.value
+            handler.expire(context: context)
+        }
+    }
+
+    private func expire(context: ChannelHandlerContext) {
+        guard !seenFrame else { return }
+        let message = "no Hello within \(deadline.nanoseconds / 1_000_000) ms"
+        if let payload = try? WireMessages.encode(WireMessages.error(.helloTimeout, message)) {
+            context.writeAndFlush(NIOAny(payload), promise: nil)
+        }
+        context.close(promise: nil)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if !seenFrame {
+            seenFrame = true
+            timer?.cancel()
+        }
+        context.fireChannelRead(data)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        context.fireChannelInactive()
+    }
+}

@@ -1,0 +1,138 @@
+import DmirrCore
+import DmirrWire
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+
+/// The peer listener: accepts mTLS connections, enforces the `Hello` rules, and hands each authenticated session to a
+/// handler. A misbehaving connection is answered with an error frame and closed; it never affects the others.
+public struct PeerServer: Sendable {
+    public struct Configuration: Sendable {
+        public var host: String
+        public var port: Int
+        public var tls: FleetTLS
+        /// Advertised in our `Hello`.
+        public var rsyncURL: String
+        public var frameLimit: Int = Framing.defaultLimit
+        /// TLS handshake plus the peer's `Hello`, from accept.
+        public var helloDeadline: TimeAmount = .seconds(10)
+
+        public init(host: String, port: Int, tls: FleetTLS, rsyncURL: String) {
+            self.host = host
+            self.port = port
+            self.tls = tls
+            self.rsyncURL = rsyncURL
+        }
+    }
+
+    /// Serves one authenticated session; return (or throw) to close it.
+    public typealias Handler = @Sendable (PeerSession, sending PeerMessages) async throws -> Void
+
+    public let configuration: Configuration
+    public let logger: Logger
+    let group: any EventLoopGroup
+
+    public init(configuration: Configuration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) {
+        self.configuration = configuration
+        self.group = group
+        self.logger = logger
+    }
+
+    /// Binds, calls `onBound` with the bound address (port 0 picks a free one), then serves until the task is cancelled.
+    public func run(onBound: @Sendable (SocketAddress) -> Void = { _ in }, handler: @escaping Handler) async throws {
+        let config = configuration
+        let server = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .bind(host: config.host, port: config.port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try PeerChannel.configure(
+                        channel, tls: config.tls.serverContext, server: true, frameLimit: config.frameLimit,
+                        helloDeadline: config.helloDeadline)
+                }
+            }
+        if let address = server.channel.localAddress { onBound(address) }
+        logger.info("listening for peers", metadata: ["peer.address": "\(server.channel.localAddress.map { "\($0)" } ?? "?")"])
+        try await withThrowingDiscardingTaskGroup { group in
+            try await server.executeThenClose { inbound in
+                for try await connection in inbound {
+                    group.addTask { await serve(connection, handler: handler) }
+                }
+            }
+        }
+    }
+
+    func serve(_ connection: PeerChannel.Async, handler: @escaping Handler) async {
+        let remote = connection.channel.remoteAddress.map { "\($0)" } ?? "?"
+        var logger = self.logger
+        logger[metadataKey: "peer.remote"] = "\(remote)"
+        do {
+            try await connection.executeThenClose { inbound, outbound in
+                var frames = inbound.makeAsyncIterator()
+                let (peer, hello) = try await PeerChannel.receiveHello(
+                    frames: &frames, channel: connection.channel, outbound: outbound, fleet: configuration.tls.identity.fleet)
+                logger[metadataKey: "peer.identity"] = "\(peer)"
+                let session = PeerSession(peer: peer, peerHello: hello, channel: connection.channel, outbound: outbound)
+                try await session.send(PeerChannel.hello(for: configuration.tls.identity, rsyncURL: configuration.rsyncURL))
+                logger.debug("peer connected")
+                try await handler(session, PeerMessages(frames: frames, session: session))
+            }
+        } catch let error as NetError {
+            logger.notice("closed a peer connection", metadata: ["error": "\(error)"])
+        } catch {
+            // TLS failures (unknown CA, no certificate, expired) and resets land here.
+            logger.notice("closed a peer connection", metadata: ["error": "\(error)"])
+        }
+    }
+}
+
+/// Dials a peer: TLS with our certificate, our `Hello`, then the peer's `Hello` checked like the server checks ours.
+public enum PeerClient {
+    public static func connect(
+        host: String, port: Int, tls: FleetTLS, rsyncURL: String = "", frameLimit: Int = Framing.defaultLimit,
+        helloDeadline: TimeAmount = .seconds(10), group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        _ body: @Sendable (PeerSession, sending PeerMessages) async throws -> Void
+    ) async throws {
+        let connection: PeerChannel.Async
+        do {
+            connection = try await ClientBootstrap(group: group)
+                .connectTimeout(helloDeadline)
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .connect(host: host, port: port) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try PeerChannel.configure(channel, tls: tls.clientContext, server: false, frameLimit: frameLimit, helloDeadline: helloDeadline)
+                    }
+                }
+        } catch {
+            throw NetError(.connection, "cannot connect to \(host):\(port)", underlying: error)
+        }
+        try await connection.executeThenClose { inbound, outbound in
+            let hello = PeerChannel.hello(for: tls.identity, rsyncURL: rsyncURL)
+            try await outbound.write(try WireMessages.encode(hello))
+            var frames = inbound.makeAsyncIterator()
+            let first: ByteBuffer?
+            do { first = try await frames.next() } catch {
+                throw NetError(.connection, "\(host):\(port) closed the connection during the handshake", underlying: error)
+            }
+            guard let first else { throw NetError(.connection, "\(host):\(port) closed the connection before its Hello") }
+            let envelope = try WireMessages.decode(first)
+            if case .error(let e) = envelope.body {
+                throw NetError(.rejected, "\(host):\(port) refused us: \(e.message) (\(e.code))")
+            }
+            guard case .hello(let peerHello) = envelope.body else {
+                throw NetError(.protocolViolation, "\(host):\(port) did not answer with a Hello")
+            }
+            let certificate = try await connection.channel.nioSSL_peerCertificate().get()
+            let claim = HelloPolicy.Claim(protocolMajor: peerHello.protocolMajor, fleet: peerHello.fleet, node: peerHello.node)
+            let peer: PeerIdentity
+            switch HelloPolicy.check(claim, certificate: certificate.flatMap(FleetTLS.identity(of:)), fleet: tls.identity.fleet, major: WireVersion.major) {
+            case .success(let p): peer = p
+            case .failure(let rejection): throw NetError(.protocolViolation, "\(host):\(port): \(rejection)")
+            }
+            let session = PeerSession(peer: peer, peerHello: peerHello, channel: connection.channel, outbound: outbound)
+            try await body(session, PeerMessages(frames: frames, session: session))
+        }
+    }
+}

@@ -1,0 +1,298 @@
+import DmirrCore
+import DmirrTestSupport
+import DmirrWire
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import Testing
+
+@testable import DmirrNet
+
+/// Certificates for one test fleet, made with the real PKI code at test time.
+struct TestFleet {
+    let dir: TestDirectory
+
+    init() throws {
+        dir = try TestDirectory("fleet")
+        let ca = try FleetPKI.makeCA(fleet: "ius")
+        try write(ca, "ca")
+        func issue(_ name: String, role: PeerIdentity.Role = .node, now: Date = Date(), days: Int = 90, with authority: FleetPKI.Issued = ca, fleet: String = "ius") throws -> FleetPKI.Issued {
+            try FleetPKI.issue(caCertificatePEM: authority.certificatePEM, caKeyPEM: authority.privateKeyPEM,
+                               identity: PeerIdentity(fleet: fleet, role: role, name: name), ips: ["127.0.0.1"], days: days, now: now)
+        }
+        try write(issue("server"), "server")
+        try write(issue("good"), "good")
+        try write(issue("alice", role: .operator), "alice")
+        try write(issue("expired", now: Date().addingTimeInterval(-200 * 86400)), "expired")
+        let impostorCA = try FleetPKI.makeCA(fleet: "ius")  // same fleet name, another key
+        try write(issue("server", with: impostorCA), "impostor")
+        let epel = try FleetPKI.makeCA(fleet: "epel")
+        try write(issue("server", with: epel, fleet: "epel"), "epel")
+    }
+
+    private func write(_ issued: FleetPKI.Issued, _ name: String) throws {
+        try FleetPKI.write(issued.certificatePEM, to: dir.sub("\(name).pem"), secret: false, force: true)
+        try FleetPKI.write(issued.privateKeyPEM, to: dir.sub("\(name).key"), secret: true, force: true)
+    }
+
+    func tls(_ name: String) throws -> FleetTLS {
+        try FleetTLS(caPath: dir.sub("ca.pem"), certPath: dir.sub("\(name).pem"), keyPath: dir.sub("\(name).key"))
+    }
+
+    /// A client TLS context with the given certificate (nil: none) that trusts our CA, TLS 1.3.
+    func rawClientContext(cert: String?) throws -> NIOSSLContext {
+        var config = TLSConfiguration.makeClientConfiguration()
+        config.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(dir.sub("ca.pem")))
+        config.certificateVerification = .noHostnameVerification
+        config.minimumTLSVersion = .tlsv13
+        if let cert {
+            config.certificateChain = try NIOSSLCertificate.fromPEMFile(dir.sub("\(cert).pem")).map { .certificate($0) }
+            config.privateKey = .privateKey(try NIOSSLPrivateKey(file: dir.sub("\(cert).key"), format: .pem))
+        }
+        return try NIOSSLContext(configuration: config)
+    }
+}
+
+/// A deliberately bad client: TLS (or not) with any certificate, writes raw bytes, and collects everything it reads
+/// until the server closes (or `timeout`).
+enum RawPeer {
+    final class Collector: ChannelInboundHandler, @unchecked Sendable {
+        typealias InboundIn = ByteBuffer
+        var received = ByteBuffer()
+        var error: (any Error)?
+        let closed: EventLoopPromise<Void>
+        init(closed: EventLoopPromise<Void>) { self.closed = closed }
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            var b = unwrapInboundIn(data)
+            received.writeBuffer(&b)
+        }
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            self.error = error
+            context.close(promise: nil)
+        }
+        func channelInactive(context: ChannelHandlerContext) { closed.succeed() }
+    }
+
+    struct Result {
+        var bytes: ByteBuffer
+        var closedByServer: Bool
+        var error: (any Error)?
+        /// The error frames in what was received.
+        var errorCodes: [WireErrorFrame.Code] {
+            var b = bytes
+            var codes: [WireErrorFrame.Code] = []
+            while let frame = try? Framing.nextFrame(from: &b, limit: 1 << 20) {
+                if let env = try? WireMessages.decode(frame), case .error(let e) = env.body { codes.append(e.code) }
+            }
+            return codes
+        }
+        var sawHello: Bool {
+            var b = bytes
+            while let frame = try? Framing.nextFrame(from: &b, limit: 1 << 20) {
+                if let env = try? WireMessages.decode(frame), case .hello = env.body { return true }
+            }
+            return false
+        }
+    }
+
+    static func exchange(port: Int, tls: NIOSSLContext?, send: [ByteBuffer], timeout: TimeAmount = .seconds(5)) async throws -> Result {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let promise = group.next().makePromise(of: Void.self)
+        let collector = Collector(closed: promise)
+        let channel = try await ClientBootstrap(group: group).channelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                if let tls { try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: nil)) }
+                try channel.pipeline.syncOperations.addHandler(collector)
+            }
+        }.connect(host: "127.0.0.1", port: port).get()
+        for chunk in send { try? await channel.writeAndFlush(chunk) }
+        let timer = channel.eventLoop.scheduleTask(in: timeout) { promise.succeed() }
+        try await promise.futureResult.get()
+        timer.cancel()
+        let closed = !channel.isActive
+        try? await channel.close()
+        return try await channel.eventLoop.submit { Result(bytes: collector.received, closedByServer: closed, error: collector.error) }.get()
+    }
+
+    static func frame(_ envelope: WireEnvelope) throws -> ByteBuffer {
+        var out = ByteBuffer()
+        try Framing.writeFrame(try WireMessages.encode(envelope), into: &out, limit: 1 << 20)
+        return out
+    }
+
+    static func hello(fleet: String = "ius", node: String, major: UInt32 = WireVersion.major) -> WireEnvelope {
+        var e = WireEnvelope()
+        e.hello = .with {
+            $0.protocolMajor = major
+            $0.fleet = fleet
+            $0.node = node
+        }
+        return e
+    }
+}
+
+@Suite(.serialized) struct PeerServerTests {
+    /// A server whose handler answers status requests and refuses gossip from operators, as the agent will.
+    static func withServer(_ fleet: TestFleet, helloDeadline: TimeAmount = .seconds(2), _ body: @Sendable (Int) async throws -> Void) async throws {
+        var logger = Logger(label: "test.server")
+        logger.logLevel = .critical
+        var config = PeerServer.Configuration(host: "127.0.0.1", port: 0, tls: try fleet.tls("server"), rsyncURL: "rsync://127.0.0.1/ius")
+        config.helloDeadline = helloDeadline
+        let server = PeerServer(configuration: config, logger: logger)
+        let port = AsyncStream<Int>.makeStream()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try await server.run(onBound: { port.continuation.yield($0.port ?? 0) }) { session, messages in
+                    for try await message in messages {
+                        switch message.body {
+                        case .statusRequest:
+                            var response = WireEnvelope()
+                            response.statusResponse = .with {
+                                $0.fleet = "ius"
+                                $0.node = "server"
+                            }
+                            try await session.send(response)
+                        case .digest, .records:
+                            guard HelloPolicy.permits(session.peer, .gossip) else {
+                                await session.reject(.forbidden, "operators may not gossip")
+                                return
+                            }
+                        default:
+                            break
+                        }
+                    }
+                }
+            }
+            var ports = port.stream.makeAsyncIterator()
+            let bound = try #require(await ports.next())
+            try await body(bound)
+            group.cancelAll()
+        }
+    }
+
+    /// A real status query over mTLS: proves the server is still serving.
+    static func statusWorks(_ fleet: TestFleet, port: Int, as name: String = "alice") async throws -> Bool {
+        let answered = ManagedFlag()
+        try await PeerClient.connect(host: "127.0.0.1", port: port, tls: try fleet.tls(name)) { session, messages in
+            #expect(session.peer == PeerIdentity(fleet: "ius", role: .node, name: "server"))
+            var request = WireEnvelope()
+            request.statusRequest = .init()
+            try await session.send(request)
+            for try await message in messages {
+                if case .statusResponse(let r) = message.body, r.node == "server" { answered.set(); return }
+            }
+        }
+        return answered.value
+    }
+
+    @Test func goodPeersAndOperatorsGetStatus() async throws {
+        let fleet = try TestFleet()
+        defer { fleet.dir.remove() }
+        try await Self.withServer(fleet) { port in
+            let asNode = try await Self.statusWorks(fleet, port: port, as: "good")
+            let asOperator = try await Self.statusWorks(fleet, port: port, as: "alice")
+            #expect(asNode && asOperator)
+        }
+    }
+
+    @Test func tlsLevelRejections() async throws {
+        let fleet = try TestFleet()
+        defer { fleet.dir.remove() }
+        try await Self.withServer(fleet) { port in
+            let hello = try RawPeer.frame(RawPeer.hello(node: "good"))
+            // No client certificate; a certificate from another CA of the same fleet name; an expired certificate;
+            // another fleet's CA.
+            for cert in [nil, "impostor", "expired", "epel"] as [String?] {
+                let result = try await RawPeer.exchange(port: port, tls: try fleet.rawClientContext(cert: cert), send: [hello])
+                #expect(!result.sawHello, "\(cert ?? "no cert") got a Hello")
+                #expect(result.closedByServer, "\(cert ?? "no cert") was not closed")
+                #expect(try await Self.statusWorks(fleet, port: port), "server stopped serving after \(cert ?? "no cert")")
+            }
+            // And the dialer refuses a server outside the fleet in the same way (here: our own client with a foreign CA).
+            let foreign = try FleetTLS(caPath: fleet.dir.sub("ca.pem"), certPath: fleet.dir.sub("impostor.pem"), keyPath: fleet.dir.sub("impostor.key"))
+            await #expect(throws: (any Error).self) {
+                try await PeerClient.connect(host: "127.0.0.1", port: port, tls: foreign) { _, _ in }
+            }
+        }
+    }
+
+    @Test func protocolRejectionsSendAnErrorFrameAndClose() async throws {
+        let fleet = try TestFleet()
+        defer { fleet.dir.remove() }
+        try await Self.withServer(fleet) { port in
+            let good = try fleet.rawClientContext(cert: "good")
+            var oversize = ByteBuffer()
+            oversize.writeInteger(UInt32(Framing.defaultLimit + 1), endianness: .big)
+            var garbage = ByteBuffer()
+            garbage.writeInteger(UInt32(16), endianness: .big)
+            garbage.writeBytes(Array(repeating: 0xFF, count: 16))
+            var status = WireEnvelope()
+            status.statusRequest = .init()
+            var digest = WireEnvelope()
+            digest.digest = .init()
+
+            let cases: [(String, NIOSSLContext, [ByteBuffer], WireErrorFrame.Code)] = [
+                ("Hello node differs from the certificate", good, [try RawPeer.frame(RawPeer.hello(node: "server"))], .identityMismatch),
+                ("wrong fleet in Hello", good, [try RawPeer.frame(RawPeer.hello(fleet: "epel", node: "good"))], .wrongFleet),
+                ("unknown major version", good, [try RawPeer.frame(RawPeer.hello(node: "good", major: 9))], .unsupportedVersion),
+                ("something before Hello", good, [try RawPeer.frame(status)], .helloRequired),
+                ("oversize frame", good, [oversize], .frameTooLarge),
+                ("zero-length frame", good, [ByteBuffer(bytes: [0, 0, 0, 0])], .emptyFrame),
+                ("random bytes", good, [garbage], .malformed),
+                ("operator gossiping", try fleet.rawClientContext(cert: "alice"), [try RawPeer.frame(RawPeer.hello(node: "alice")), try RawPeer.frame(digest)], .forbidden),
+                ("oversize frame after Hello", good, [try RawPeer.frame(RawPeer.hello(node: "good")), oversize], .frameTooLarge),
+            ]
+            for (name, tls, bytes, code) in cases {
+                let result = try await RawPeer.exchange(port: port, tls: tls, send: bytes)
+                #expect(result.errorCodes == [code], "\(name): got \(result.errorCodes)")
+                #expect(result.closedByServer, "\(name): not closed")
+                #expect(try await Self.statusWorks(fleet, port: port), "server stopped serving after: \(name)")
+            }
+
+            // A truncated frame, then the client closes: nothing to answer, and the server carries on.
+            var truncated = try RawPeer.frame(RawPeer.hello(node: "good"))
+            truncated.moveWriterIndex(to: truncated.writerIndex - 3)
+            _ = try await RawPeer.exchange(port: port, tls: good, send: [truncated], timeout: .milliseconds(200))
+            #expect(try await Self.statusWorks(fleet, port: port))
+        }
+    }
+
+    @Test func slowlorisAndManyIdleConnectionsAreCutAtTheDeadline() async throws {
+        let fleet = try TestFleet()
+        defer { fleet.dir.remove() }
+        try await Self.withServer(fleet, helloDeadline: .milliseconds(800)) { port in
+            // TLS done, but no Hello: HELLO_TIMEOUT, then closed.
+            let started = ContinuousClock.now
+            let slow = try await RawPeer.exchange(port: port, tls: try fleet.rawClientContext(cert: "good"), send: [], timeout: .seconds(5))
+            #expect(slow.errorCodes == [.helloTimeout])
+            #expect(slow.closedByServer)
+            #expect(ContinuousClock.now - started < .seconds(4))
+
+            // 200 idle TCP connections (not even TLS) at once: status still works while they are open, and all are
+            // closed by the deadline.
+            let idle = try await withThrowingTaskGroup(of: RawPeer.Result.self) { group in
+                for _ in 0..<200 {
+                    group.addTask { try await RawPeer.exchange(port: port, tls: nil, send: [], timeout: .seconds(5)) }
+                }
+                let servingMeanwhile = try await Self.statusWorks(fleet, port: port)
+                #expect(servingMeanwhile)
+                var results: [RawPeer.Result] = []
+                for try await r in group { results.append(r) }
+                return results
+            }
+            #expect(idle.count == 200)
+            let allClosed = idle.filter { !$0.closedByServer }.isEmpty
+            #expect(allClosed)
+            #expect(try await Self.statusWorks(fleet, port: port))
+        }
+    }
+}
+
+final class ManagedFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var flag = false
+    var value: Bool { lock.withLock { flag } }
+    func set() { lock.withLock { flag = true } }
+}
