@@ -1,0 +1,57 @@
+/// What a member says about itself (proto `MemberRecord`). Authored only by `node`; travels signed.
+public struct MemberRecord: Sendable, Equatable {
+    /// A member's own view of its sync (DESIGN.md §5 `state`, minus the liveness states the others judge).
+    public enum SyncState: String, Sendable, Equatable, CaseIterable {
+        case inSync = "in_sync"
+        case waiting
+        case syncing
+        case behind
+        case failed
+    }
+
+    public var node: String
+    /// host:port of its peer listener.
+    public var peerAddress: String = ""
+    public var rsyncURL: String = ""
+    public var generation: UInt64
+    public var heartbeat: UInt64 = 0
+    public var syncState: SyncState = .behind
+    public var publishedToken: String = ""
+    public var targetToken: String = ""
+    /// "upstream", a node name, or "" when not syncing.
+    public var source: String = ""
+    /// 0…1 while syncing.
+    public var progress: Double?
+    public var serving: Int = 0
+    public var lastError: String = ""
+    /// Unix milliseconds of its last successful sync; nil = never.
+    public var lastSyncMillis: Int64?
+
+    public init(node: String, generation: UInt64) {
+        self.node = node
+        self.generation = generation
+    }
+
+    public var version: RecordVersion { RecordVersion(generation: generation, heartbeat: heartbeat) }
+}
+
+/// Which of two records for one node is newer: a later generation (agent restart) wins, then a higher heartbeat.
+public struct RecordVersion: Sendable, Hashable, Comparable, CustomStringConvertible {
+    public var generation: UInt64
+    public var heartbeat: UInt64
+
+    public init(generation: UInt64, heartbeat: UInt64) {
+        self.generation = generation
+        self.heartbeat = heartbeat
+    }
+
+    public static func < (a: Self, b: Self) -> Bool { (a.generation, a.heartbeat) < (b.generation, b.heartbeat) }
+    public var description: String { "\(generation).\(heartbeat)" }
+}
+
+/// How the others judge a member, from how long its record has not advanced.
+public enum Liveness: String, Sendable, Equatable {
+    case alive
+    case suspect
+    case down
+}
