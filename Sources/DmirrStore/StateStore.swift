@@ -48,7 +48,60 @@ public final class StateStore: Sendable {
                 t.column("source", .text).notNull()
             }
         }
+        migrator.registerMigration("v2: fleet members") { db in
+            // The newest verified signed record of each member, so a restarted agent rejoins with what it knew.
+            try db.create(table: "member") { t in
+                t.primaryKey("node", .text)
+                t.column("signed_record", .blob).notNull()
+                t.column("generation", .integer).notNull()
+                t.column("heartbeat", .integer).notNull()
+                t.column("updated_at", .datetime).notNull()
+            }
+        }
         return migrator
+    }
+
+    /// One stored member record: the signed bytes as received, with its version.
+    public struct StoredMember: Sendable, Equatable {
+        public var node: String
+        public var signedRecord: [UInt8]
+        public var generation: UInt64
+        public var heartbeat: UInt64
+
+        public init(node: String, signedRecord: [UInt8], generation: UInt64, heartbeat: UInt64) {
+            self.node = node
+            self.signedRecord = signedRecord
+            self.generation = generation
+            self.heartbeat = heartbeat
+        }
+    }
+
+    /// Saves member records, keeping for each node only the newest version (an older write never wins).
+    public func saveMembers(_ members: [StoredMember], at date: Date) throws(StoreError) {
+        guard !members.isEmpty else { return }
+        try write("save member records") { db in
+            for m in members {
+                try db.execute(
+                    sql: """
+                        INSERT INTO member (node, signed_record, generation, heartbeat, updated_at) VALUES (?, ?, ?, ?, ?)
+                        ON CONFLICT(node) DO UPDATE SET signed_record = excluded.signed_record,
+                            generation = excluded.generation, heartbeat = excluded.heartbeat, updated_at = excluded.updated_at
+                        WHERE (excluded.generation, excluded.heartbeat) > (member.generation, member.heartbeat)
+                        """,
+                    arguments: [m.node, Data(m.signedRecord), Int64(bitPattern: m.generation), Int64(bitPattern: m.heartbeat), date])
+            }
+        }
+    }
+
+    /// Every stored member record.
+    public func members() throws(StoreError) -> [StoredMember] {
+        try read("read member records") { db in
+            try Row.fetchAll(db, sql: "SELECT node, signed_record, generation, heartbeat FROM member ORDER BY node").map { row in
+                StoredMember(
+                    node: row["node"], signedRecord: Array(row["signed_record"] as Data),
+                    generation: UInt64(bitPattern: row["generation"] as Int64), heartbeat: UInt64(bitPattern: row["heartbeat"] as Int64))
+            }
+        }
     }
 
     /// Records a new run as `running` and returns its id.

@@ -91,3 +91,26 @@ import Testing
         return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 }
+
+@Suite struct MemberStoreTests {
+    @Test func newestVersionWinsAndSurvivesReopen() throws {
+        let dir = NSTemporaryDirectory() + "dmirr-members-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        do {
+            let store = try StateStore(directory: dir)
+            try store.saveMembers([.init(node: "b", signedRecord: [1], generation: 5, heartbeat: 9)], at: Date())
+            // Older (same generation, lower heartbeat; or older generation) never replaces newer.
+            try store.saveMembers([.init(node: "b", signedRecord: [2], generation: 5, heartbeat: 8)], at: Date())
+            try store.saveMembers([.init(node: "b", signedRecord: [3], generation: 4, heartbeat: 99)], at: Date())
+            try store.saveMembers([.init(node: "a", signedRecord: [4], generation: 1, heartbeat: 1)], at: Date())
+        }
+        let reopened = try StateStore(directory: dir)
+        #expect(try reopened.members() == [
+            .init(node: "a", signedRecord: [4], generation: 1, heartbeat: 1),
+            .init(node: "b", signedRecord: [1], generation: 5, heartbeat: 9),
+        ])
+        try reopened.saveMembers([.init(node: "b", signedRecord: [5], generation: 6, heartbeat: 0)], at: Date())
+        #expect(try reopened.members().last?.signedRecord == [5])
+    }
+}

@@ -1,0 +1,60 @@
+import DmirrCore
+import DmirrWire
+import Foundation
+import Testing
+
+@testable import DmirrNet
+
+@Suite struct RecordSignerTests {
+    func signer(_ fleet: TestFleet, _ name: String) throws -> RecordSigner {
+        try RecordSigner(caPath: fleet.dir.sub("ca.pem"), certPath: fleet.dir.sub("\(name).pem"), keyPath: fleet.dir.sub("\(name).key"))
+    }
+
+    @Test func signedRecordsVerifyAndRoundTrip() throws {
+        let fleet = try TestFleet()
+        defer { fleet.dir.remove() }
+        let server = try signer(fleet, "server")
+        var record = MemberRecord(node: "server", generation: 1_800_000_000)
+        record.heartbeat = 42
+        record.syncState = .syncing
+        record.publishedToken = "T1"
+        record.targetToken = "T2"
+        record.source = "upstream"
+        record.progress = 0.5
+        record.serving = 3
+        record.lastSyncMillis = 1_800_000_000_123
+        let signed = try server.sign(record)
+        // Any member verifies it, including one relaying it.
+        #expect(try signer(fleet, "good").verify(signed) == .success(record))
+    }
+
+    @Test func forgedTamperedAndForeignRecordsAreRejected() throws {
+        let fleet = try TestFleet()
+        defer { fleet.dir.remove() }
+        let verifier = try signer(fleet, "server")
+        let good = try signer(fleet, "good")
+
+        // "good" relays a record it wrote for "server", signed with its own key and certificate.
+        let forged = try good.sign(MemberRecord(node: "server", generation: 9))
+        #expect(verifier.verify(forged) == .failure(.authorMismatch(record: "server", certificate: "good")))
+
+        // "good" alters a genuine record of "server" in transit, keeping server's signature and certificate.
+        var genuine = try verifier.sign(MemberRecord(node: "server", generation: 9))
+        var wire = try WireMemberRecord(serializedBytes: Array(genuine.record))
+        wire.publishedToken = "lie"
+        genuine.record = try wire.serializedData()
+        #expect(verifier.verify(genuine) == .failure(.badSignature))
+
+        // Certificates from another CA with the same fleet name, expired ones, and operators' are not authors.
+        let impostor = try RecordSigner(caPath: fleet.dir.sub("ca.pem"), certPath: fleet.dir.sub("impostor.pem"), keyPath: fleet.dir.sub("impostor.key"))
+        #expect(verifier.verify(try impostor.sign(MemberRecord(node: "server", generation: 1))) == .failure(.untrustedCertificate))
+        let expired = try signer(fleet, "expired")
+        #expect(verifier.verify(try expired.sign(MemberRecord(node: "expired", generation: 1))) == .failure(.expiredCertificate))
+        let alice = try signer(fleet, "alice")
+        #expect(verifier.verify(try alice.sign(MemberRecord(node: "alice", generation: 1))) == .failure(.untrustedCertificate))
+
+        var garbage = WireSignedRecord()
+        garbage.authorCertificate = Data([1, 2, 3])
+        if case .failure(.malformed) = verifier.verify(garbage) {} else { Issue.record("garbage certificate accepted") }
+    }
+}
