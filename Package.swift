@@ -28,6 +28,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // Pure: value types, parsers and decisions. No I/O, clocks, randomness or threads.
@@ -81,10 +82,22 @@ let package = Package(
             resources: [.copy("make-yum-repo.sh")],
             swiftSettings: strict
         ),
+        // The daemon: services wired with swift-service-lifecycle; interprets the core's directives.
+        .target(
+            name: "DmirrAgent",
+            dependencies: [
+                "DmirrCore", "DmirrStore", "DmirrSync", "DmirrNet", "DmirrWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "dmirr",
             dependencies: [
-                "DmirrCore", "DmirrStore", "DmirrSync", "DmirrFixtures", "DmirrNet",
+                "DmirrCore", "DmirrStore", "DmirrSync", "DmirrFixtures", "DmirrNet", "DmirrAgent", "DmirrWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Logging", package: "swift-log"),

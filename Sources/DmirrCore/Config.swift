@@ -68,6 +68,8 @@ public struct Config: Sendable, Equatable {
 
     public struct Listen: Sendable, Equatable {
         public var peer: String?
+        /// host:port other agents dial to reach this one (default: `peer`'s host with the bound port).
+        public var advertise: String?
         public var control: String?
         public var metrics: String?
     }

@@ -66,7 +66,7 @@ private struct Reader {
             "path", "rsync_url", "serve_slots", "exclude_from", "metadata", "publish", "verify", "rsync_args",
             "keep_snapshots", "max_passes",
         ],
-        "listen": ["peer", "control", "metrics"],
+        "listen": ["peer", "advertise", "control", "metrics"],
         "tls": ["ca", "cert", "key"],
         "peers": ["seeds", "gossip", "suspect_after", "down_after"],
         "state": ["dir"],
@@ -269,7 +269,8 @@ private struct Reader {
         }
 
         let listen = Config.Listen(
-            peer: string("listen", "peer").map(\.0),
+            peer: hostPort("listen", "peer"),
+            advertise: hostPort("listen", "advertise"),
             control: absolutePath("listen", "control"),
             metrics: string("listen", "metrics").map(\.0)
         )
@@ -293,6 +294,13 @@ private struct Reader {
                     "must be longer than suspect_after")
         }
 
+        if purpose == .agent, listen.peer == nil {
+            missing("listen", "peer")
+        }
+        for (i, seed) in (stringArray("peers", "seeds")?.0 ?? []).enumerated() where HostPort(seed) == nil {
+            problem("peers.seeds", line: entry("peers", "seeds")?.line, "seed \(i + 1) '\(seed)' is not HOST:PORT")
+        }
+
         let stateDir = absolutePath("state", "dir", required: true)
         if let stateDir, let path, stateDir == path || stateDir.hasPrefix(path + "/") {
             problem("state.dir", line: entry("state", "dir")?.line, "must not be inside mirror.path (clients would see it)")
@@ -303,6 +311,16 @@ private struct Reader {
         return Config(
             node: node, fleet: fleet, upstream: upstream, mirror: mirror, listen: listen, tls: tls, peers: peers,
             state: .init(dir: stateDir))
+    }
+
+    /// `host:port` (IPv6 in brackets); returns it unchanged when valid.
+    mutating func hostPort(_ table: String, _ key: String) -> String? {
+        guard let (s, line) = string(table, key) else { return nil }
+        guard HostPort(s) != nil else {
+            problem(Self.dotted(table, key), line: line, "'\(s)' is not HOST:PORT (port 0…65535; IPv6 as [::1]:7873)")
+            return nil
+        }
+        return s
     }
 
     /// Node and fleet names: they end up in certificate URIs and directory names.

@@ -10,6 +10,9 @@ public struct PeerSession: Sendable {
     let channel: any Channel
     let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
 
+    /// The connection's identity object, to tell two sessions with the same peer apart.
+    public var channelIdentity: AnyObject { channel as AnyObject }
+
     /// Sends one message.
     public func send(_ envelope: WireEnvelope) async throws {
         try await outbound.write(try WireMessages.encode(envelope, allocator: channel.allocator))

@@ -36,6 +36,26 @@ public struct SyncReport: Sendable {
     /// rsync's exit code of the run that decided the outcome: 0 when every rsync succeeded, the failing one's code
     /// otherwise, nil when rsync did not run or died of a signal.
     public var rsyncExitCode: Int32?
+
+    public init(outcome: SyncRun.Outcome, exitCode: Int32, message: String) {
+        self.outcome = outcome
+        self.exitCode = exitCode
+        self.message = message
+    }
+
+    init(
+        outcome: SyncRun.Outcome, exitCode: Int32, message: String, token: Token? = nil, problems: [VerificationProblem] = [],
+        bytes: Int64 = 0, files: Int = 0, rsyncExitCode: Int32? = nil
+    ) {
+        self.outcome = outcome
+        self.exitCode = exitCode
+        self.message = message
+        self.token = token
+        self.problems = problems
+        self.bytes = bytes
+        self.files = files
+        self.rsyncExitCode = rsyncExitCode
+    }
 }
 
 /// The one-mirror, one-token sync of DESIGN.md §3: lock, token check, two-stage transfer (or snapshot staging),

@@ -133,9 +133,19 @@ import Testing
         #expect(p.allSatisfy { $0.line == nil && $0.message.contains("required key is missing") })
     }
 
-    @Test func agentNeedsTLS() {
+    @Test func agentNeedsTLSAndAListenAddress() {
         let p = problems(Self.minimal, purpose: .agent)
-        #expect(Set(p.compactMap(\.key)) == ["tls.ca", "tls.cert", "tls.key"])
+        #expect(Set(p.compactMap(\.key)) == ["tls.ca", "tls.cert", "tls.key", "listen.peer"])
+    }
+
+    @Test func addressesMustBeHostPort() {
+        let text = Self.minimal + "\n[listen]\npeer = \"7873\"\n[peers]\nseeds = [\"a:1\", \"b\"]\n"
+        let p = problems(text)
+        #expect(p.map(\.key) == ["listen.peer", "peers.seeds"])
+        #expect(p.last?.message == "seed 2 'b' is not HOST:PORT")
+        #expect(HostPort("[::1]:7873") == HostPort(host: "::1", port: 7873))
+        #expect(HostPort("mirror-a.example.org:7873")?.description == "mirror-a.example.org:7873")
+        #expect(HostPort("a:70000") == nil && HostPort("::1:5") == nil && HostPort(":5") == nil)
     }
 
     @Test func relativePathsAreRefused() {

@@ -329,6 +329,9 @@ public nonisolated struct WireGossipDigest: Sendable {
 
   public var entries: [WireDigestEntry] = []
 
+  /// an answer to the peer's digest: do not answer it with another digest
+  public var isReply: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -788,7 +791,7 @@ nonisolated extension WireSignedRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension WireGossipDigest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GossipDigest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}entries\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}entries\0\u{3}is_reply\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -797,6 +800,7 @@ nonisolated extension WireGossipDigest: SwiftProtobuf.Message, SwiftProtobuf._Me
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.entries) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.isReply) }()
       default: break
       }
     }
@@ -806,11 +810,15 @@ nonisolated extension WireGossipDigest: SwiftProtobuf.Message, SwiftProtobuf._Me
     if !self.entries.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.entries, fieldNumber: 1)
     }
+    if self.isReply != false {
+      try visitor.visitSingularBoolField(value: self.isReply, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: WireGossipDigest, rhs: WireGossipDigest) -> Bool {
     if lhs.entries != rhs.entries {return false}
+    if lhs.isReply != rhs.isReply {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

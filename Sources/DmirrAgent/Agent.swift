@@ -1,0 +1,207 @@
+import DmirrCore
+import DmirrNet
+import DmirrStore
+import DmirrSync
+import DmirrWire
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// `dmirr agent`: the peer listener, the dialer, gossip, the upstream poller with the sync pipeline, and the control
+/// socket, run as one ServiceGroup under structured concurrency. SIGTERM/SIGINT drain it: listeners stop, a running
+/// rsync is cancelled (the published token never moves without a finished, verified sync), state is on disk.
+public struct Agent: Sendable {
+    public let config: Config
+    public let logger: Logger
+
+    public init(config: Config, logger: Logger) {
+        self.config = config
+        self.logger = logger
+    }
+
+    /// Where the control socket lives: `[listen] control`, else `<state dir>/control.sock`.
+    public static func controlPath(_ config: Config) -> String {
+        config.listen.control ?? config.state.dir + "/control.sock"
+    }
+
+    public func run() async throws {
+        guard let tlsConfig = config.tls else { throw AgentError("[tls] ca, cert and key are required for the agent") }
+        guard let listen = config.listen.peer.flatMap(HostPort.init) else { throw AgentError("[listen] peer is required for the agent") }
+        let tls = try FleetTLS(caPath: tlsConfig.ca, certPath: tlsConfig.cert, keyPath: tlsConfig.key)
+        guard tls.identity.name == config.node, tls.identity.fleet == config.fleet, tls.identity.role == .node else {
+            throw AgentError("the certificate \(tlsConfig.cert) is for \(tls.identity), but the config says node '\(config.node)' of fleet '\(config.fleet)'")
+        }
+        let signer = try RecordSigner(caPath: tlsConfig.ca, certPath: tlsConfig.cert, keyPath: tlsConfig.key)
+        try FileManager.default.createDirectory(atPath: config.state.dir, withIntermediateDirectories: true)
+        let store = try StateStore(directory: config.state.dir)
+        var membershipConfig = Membership.Configuration()
+        membershipConfig.gossipInterval = config.peers.gossip
+        membershipConfig.suspectAfter = config.peers.suspectAfter
+        membershipConfig.downAfter = config.peers.downAfter
+        membershipConfig.heartbeatInterval = max(config.peers.gossip, config.peers.suspectAfter / 4)
+        let generation = UInt64(Date().timeIntervalSince1970 * 1000)
+        let node = FleetNode(identity: tls.identity, generation: generation, configuration: membershipConfig, signer: signer, store: store, logger: logger)
+        await node.restore()
+        let published = try? store.published()
+        let rsyncURL = config.mirror.rsyncURL ?? ""
+        await node.updateOwn {
+            $0.rsyncURL = rsyncURL
+            $0.publishedToken = published?.token ?? ""
+            $0.lastSyncMillis = published.map { Int64($0.at.timeIntervalSince1970 * 1000) }
+            $0.syncState = .behind
+        }
+
+        let listener = PeerListenerService(config: config, listen: listen, tls: tls, node: node, logger: logger)
+        let services: [any Service] = [
+            listener,
+            DialerService(config: config, tls: tls, node: node, logger: logger),
+            GossipService(interval: config.peers.gossip, node: node),
+            SyncService(config: config, node: node, logger: logger),
+            ControlSocketService(path: Self.controlPath(config), node: node, logger: logger),
+        ]
+        let group = ServiceGroup(configuration: .init(
+            services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        logger.info("agent starting", metadata: ["fleet.node": "\(tls.identity)", "peer.listen": "\(listen)"])
+        try await group.run()
+        logger.info("agent stopped")
+    }
+}
+
+public struct AgentError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ d: String) { description = d }
+}
+
+/// Accepts peers; each session feeds the fleet node until it closes.
+struct PeerListenerService: Service {
+    let config: Config
+    let listen: HostPort
+    let tls: FleetTLS
+    let node: FleetNode
+    let logger: Logger
+
+    func run() async throws {
+        let server = PeerServer(
+            configuration: .init(host: listen.host, port: listen.port, tls: tls, rsyncURL: config.mirror.rsyncURL ?? ""), logger: logger)
+        let advertise = config.listen.advertise
+        let listenHost = listen.host
+        let node = self.node
+        try await untilGracefulShutdown {
+            try await server.run(onBound: { address in
+                let advertised = advertise ?? HostPort(host: listenHost, port: address.port ?? 0).description
+                Task { await node.updateOwn { $0.peerAddress = advertised } }
+            }) { session, messages in
+                await node.attach(session)
+                do {
+                    for try await message in messages {
+                        try await node.handle(message, from: session)
+                    }
+                } catch {
+                    await node.detach(session)
+                    throw error
+                }
+                await node.detach(session)
+            }
+        }
+    }
+}
+
+/// Keeps a few outgoing connections (not a full mesh): to known members first, else to the seeds.
+struct DialerService: Service {
+    let config: Config
+    let tls: FleetTLS
+    let node: FleetNode
+    let logger: Logger
+    static let fanout = 4
+
+    func run() async throws {
+        let dialing = LockedSet()
+        // Cancelled as a whole on graceful shutdown, open connections included.
+        await cancelWhenGracefulShutdown { [node, tls, logger, config] in
+        await withDiscardingTaskGroup { group in
+            var round = 0
+            while !Task.isCancelled && !Task.isShuttingDownGracefully {
+                let connected = await node.connectedPeers
+                let own = await node.own.peerAddress
+                let known = await node.knownAddresses
+                let connectedAddresses = Set(known.filter { connected.contains($0.node) }.map(\.address))
+                // Seeds we are not already connected to come first: two groups that each started from an incoming
+                // connection must still reach the seeds that join them.
+                var candidates = config.peers.seeds.filter { !connectedAddresses.contains($0) }
+                candidates += known.filter { !connected.contains($0.node) }.map(\.address)
+                candidates = candidates.filter { $0 != own && !dialing.contains($0) }
+                candidates = candidates.rotated(by: round)
+                round += 1
+                for address in candidates.prefix(max(0, Self.fanout - connected.count - dialing.count)) {
+                    guard let target = HostPort(address) else { continue }
+                    dialing.insert(address)
+                    group.addTask { [node, tls, logger, config] in
+                        defer { dialing.remove(address) }
+                        do {
+                            try await PeerClient.connect(host: target.host, port: target.port, tls: tls, rsyncURL: config.mirror.rsyncURL ?? "") { session, messages in
+                                await node.attach(session)
+                                do {
+                                    for try await message in messages {
+                                        try await node.handle(message, from: session)
+                                    }
+                                } catch {
+                                    await node.detach(session)
+                                    throw error
+                                }
+                                await node.detach(session)
+                            }
+                        } catch {
+                            logger.debug("dial failed", metadata: ["peer.address": "\(address)", "error": "\(error)"])
+                        }
+                    }
+                }
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+        }
+    }
+}
+
+/// Runs `body` until it returns or a graceful shutdown begins; the cancellation a shutdown causes is a normal end of
+/// the service, not a failure of the group.
+func untilGracefulShutdown(_ body: @escaping @Sendable () async throws -> Void) async throws {
+    do {
+        try await cancelWhenGracefulShutdown(body)
+    } catch is CancellationError where Task.isShuttingDownGracefully || Task.isCancelled {
+    } catch let error as ChannelError where Task.isShuttingDownGracefully {
+        _ = error
+    }
+}
+
+/// A set shared between the dialer loop and its connection tasks.
+final class LockedSet: @unchecked Sendable {
+    private let lock = NSLock()
+    private var items: Set<String> = []
+    var count: Int { lock.withLock { items.count } }
+    func contains(_ s: String) -> Bool { lock.withLock { items.contains(s) } }
+    func insert(_ s: String) { _ = lock.withLock { items.insert(s) } }
+    func remove(_ s: String) { _ = lock.withLock { items.remove(s) } }
+}
+
+extension Array {
+    func rotated(by n: Int) -> [Element] {
+        guard !isEmpty else { return self }
+        let k = n % count
+        return Array(self[k...] + self[..<k])
+    }
+}
+
+/// Ticks the membership machine every gossip interval.
+struct GossipService: Service {
+    let interval: Duration
+    let node: FleetNode
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully, !Task.isCancelled {
+            await node.tick()
+            try? await Task.sleep(for: interval)
+        }
+    }
+}

@@ -1,0 +1,80 @@
+import DmirrWire
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The local control socket (Unix domain, mode 0600, the peer protocol's framing without TLS: access is the file's
+/// permission). `dmirr status -c FILE` asks it for the fleet view.
+struct ControlSocketService: Service {
+    let path: String
+    let node: FleetNode
+    let logger: Logger
+
+    func run() async throws {
+        unlink(path)
+        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+                    return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+        chmod(path, 0o600)
+        logger.info("control socket ready", metadata: ["control.path": "\(path)"])
+        defer { unlink(path) }
+        try await untilGracefulShutdown { [node] in
+            try await withThrowingDiscardingTaskGroup { group in
+                try await server.executeThenClose { inbound in
+                    for try await connection in inbound {
+                        group.addTask { [node] in
+                            try? await connection.executeThenClose { frames, outbound in
+                                for try await frame in frames {
+                                    let request = try WireMessages.decode(frame)
+                                    guard case .statusRequest = request.body else {
+                                        try await outbound.write(try WireMessages.encode(WireMessages.error(.forbidden, "the control socket answers StatusRequest only")))
+                                        return
+                                    }
+                                    var response = WireEnvelope()
+                                    response.statusResponse = await node.status()
+                                    try await outbound.write(try WireMessages.encode(response))
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Asks a control socket for the status, for `dmirr status`.
+public enum ControlClient {
+    public static func status(path: String) async throws -> WireStatusResponse {
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(unixDomainSocketPath: path) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+                    return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+        return try await channel.executeThenClose { frames, outbound in
+            var request = WireEnvelope()
+            request.statusRequest = .init()
+            try await outbound.write(try WireMessages.encode(request))
+            for try await frame in frames {
+                let envelope = try WireMessages.decode(frame)
+                if case .statusResponse(let response) = envelope.body { return response }
+                if case .error(let e) = envelope.body { throw AgentError("the agent refused: \(e.message)") }
+            }
+            throw AgentError("the agent closed the control socket without answering")
+        }
+    }
+}

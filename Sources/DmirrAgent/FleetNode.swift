@@ -1,0 +1,201 @@
+import DmirrCore
+import DmirrNet
+import DmirrStore
+import DmirrWire
+import Foundation
+import Logging
+
+/// The agent's membership shell: owns the core ``Membership`` state machine, the open peer sessions and the signer,
+/// and carries out the machine's directives (STYLE.md: shells only interpret, exhaustively).
+public actor FleetNode {
+    public let identity: PeerIdentity
+    private var membership: Membership
+    private let signer: RecordSigner
+    private let store: StateStore
+    private let logger: Logger
+    private var sessions: [String: PeerSession] = [:]
+    private let clock = ContinuousClock()
+    private let started: ContinuousClock.Instant
+
+    public init(identity: PeerIdentity, generation: UInt64, configuration: Membership.Configuration, signer: RecordSigner,
+                store: StateStore, logger: Logger) {
+        self.identity = identity
+        self.membership = Membership(me: identity.name, generation: generation, configuration: configuration)
+        self.signer = signer
+        self.store = store
+        self.logger = logger
+        self.started = clock.now
+    }
+
+    var now: Duration { clock.now - started }
+
+    /// Loads the members persisted before a restart (re-verifying each record).
+    public func restore() {
+        guard let stored = try? store.members() else { return }
+        for member in stored {
+            guard let signed = try? WireSignedRecord(serializedBytes: member.signedRecord),
+                case .success(let record) = signer.verify(signed)
+            else { continue }
+            membership.restore(record, signed: member.signedRecord, now: now)
+        }
+        logger.info("restored members", metadata: ["fleet.members": "\(stored.count)"])
+    }
+
+    public func updateOwn(_ change: @Sendable (inout MemberRecord) -> Void) {
+        membership.updateOwn(change)
+    }
+
+    public var own: MemberRecord { membership.own }
+
+    public var connectedPeers: Set<String> { Set(sessions.keys) }
+
+    /// Peer addresses of members we know, for the dialer.
+    public var knownAddresses: [(node: String, address: String)] {
+        membership.entries.values.filter { $0.record.node != identity.name && !$0.record.peerAddress.isEmpty && $0.liveness != .down }
+            .map { ($0.record.node, $0.record.peerAddress) }.sorted { $0.node < $1.node }
+    }
+
+    // MARK: Sessions
+
+    public func attach(_ session: PeerSession) {
+        guard session.peer.role == .node, session.peer.name != identity.name else { return }
+        sessions[session.peer.name] = session
+        membership.onConnected(session.peer.name)
+    }
+
+    public func detach(_ session: PeerSession) {
+        guard let current = sessions[session.peer.name], current.id == session.id else { return }
+        sessions[session.peer.name] = nil
+        membership.onDisconnected(session.peer.name)
+    }
+
+    /// Handles one message from an authenticated peer. Throws to close the connection.
+    public func handle(_ envelope: WireEnvelope, from session: PeerSession) async throws {
+        switch envelope.body {
+        case .digest(let digest):
+            guard HelloPolicy.permits(session.peer, .gossip) else {
+                await session.reject(.forbidden, "operator certificates may not gossip")
+                throw NetError(.protocolViolation, "\(session.peer) tried to gossip")
+            }
+            let entries = digest.entries.map {
+                Membership.DigestEntry(node: $0.node, version: RecordVersion(generation: $0.generation, heartbeat: $0.heartbeat))
+            }
+            await perform(membership.onDigest(from: session.peer.name, entries: entries, isReply: digest.isReply, now: now))
+        case .records(let records):
+            guard HelloPolicy.permits(session.peer, .gossip) else {
+                await session.reject(.forbidden, "operator certificates may not gossip")
+                throw NetError(.protocolViolation, "\(session.peer) tried to gossip")
+            }
+            for signed in records.records {
+                switch signer.verify(signed) {
+                case .success(let record):
+                    await perform(membership.onRecord(record, signed: (try? signed.serializedBytes()) ?? [], from: session.peer.name, now: now))
+                case .failure(let rejection):
+                    logger.warning("dropped a member record relayed by a peer", metadata: [
+                        "peer.identity": "\(session.peer)", "record.rejection": "\(rejection)",
+                    ])
+                }
+            }
+        case .statusRequest:
+            var response = WireEnvelope()
+            response.statusResponse = status()
+            try await session.send(response)
+        case .hello, .statusResponse, .error, nil:
+            break
+        }
+    }
+
+    /// A gossip round.
+    public func tick() async {
+        await perform(membership.onTick(now: now))
+    }
+
+    private func perform(_ directives: [Membership.Directive]) async {
+        for directive in directives {
+            switch directive {
+            case .signOwnRecord(let record):
+                do {
+                    let bytes: [UInt8] = try signer.sign(record).serializedBytes()
+                    await perform(membership.onOwnRecordSigned(record, signed: bytes, now: now))
+                } catch {
+                    logger.error("cannot sign our member record", metadata: ["error": "\(error)"])
+                }
+            case .sendDigest(let peer, let entries, let isReply):
+                var envelope = WireEnvelope()
+                envelope.digest = .with {
+                    $0.isReply = isReply
+                    $0.entries = entries.map { e in
+                        .with {
+                            $0.node = e.node
+                            $0.generation = e.version.generation
+                            $0.heartbeat = e.version.heartbeat
+                        }
+                    }
+                }
+                await send(envelope, to: peer)
+            case .sendRecords(let peer, let nodes):
+                var envelope = WireEnvelope()
+                envelope.records = .with {
+                    $0.records = nodes.compactMap { membership.entries[$0].flatMap { try? WireSignedRecord(serializedBytes: $0.signed) } }
+                }
+                await send(envelope, to: peer)
+            case .persist(let nodes):
+                let members = nodes.compactMap { node in
+                    membership.entries[node].map {
+                        StateStore.StoredMember(node: node, signedRecord: $0.signed, generation: $0.record.generation, heartbeat: $0.record.heartbeat)
+                    }
+                }
+                do { try store.saveMembers(members, at: Date()) } catch {
+                    logger.error("cannot persist member records", metadata: ["error": "\(error)"])
+                }
+            case .livenessChanged(let node, let liveness):
+                logger.notice("member liveness changed", metadata: ["member.node": "\(node)", "member.liveness": "\(liveness.rawValue)"])
+            case .wake:
+                break  // the gossip service ticks on its own interval
+            }
+        }
+    }
+
+    private func send(_ envelope: WireEnvelope, to peer: String) async {
+        guard let session = sessions[peer] else { return }
+        do { try await session.send(envelope) } catch {
+            logger.debug("send failed", metadata: ["peer.node": "\(peer)", "error": "\(error)"])
+        }
+    }
+
+    // MARK: Status
+
+    /// The fleet as this node sees it.
+    public func status() -> WireStatusResponse {
+        let wallNow = Date()
+        let monoNow = now
+        return .with {
+            $0.fleet = identity.fleet
+            $0.node = identity.name
+            $0.targetToken = membership.own.targetToken
+            $0.members = membership.entries.values.sorted { $0.record.node < $1.record.node }.map { entry in
+                .with {
+                    $0.record = WireRecords.wire(entry.record.node == identity.name ? membership.own.withVersion(of: entry.record) : entry.record)
+                    $0.liveness = entry.liveness.rawValue
+                    let heardAgo = monoNow - entry.lastAdvance
+                    $0.lastHeardUnixMs = Int64(wallNow.addingTimeInterval(-Double(heardAgo.components.seconds)).timeIntervalSince1970 * 1000)
+                }
+            }
+        }
+    }
+}
+
+extension PeerSession {
+    /// Distinguishes two sessions with the same peer (a dial and an accept crossing).
+    var id: ObjectIdentifier { ObjectIdentifier(channelIdentity) }
+}
+
+extension MemberRecord {
+    /// Our freshest fields with the version last signed (status shows what we are, not only what we last gossiped).
+    func withVersion(of signed: MemberRecord) -> MemberRecord {
+        var r = self
+        r.generation = signed.generation
+        r.heartbeat = signed.heartbeat
+        return r
+    }
+}

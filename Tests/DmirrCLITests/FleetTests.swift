@@ -1,0 +1,143 @@
+import DmirrFixtures
+import DmirrTestSupport
+import Foundation
+import Testing
+
+/// Real agent processes on loopback with certificates from `dmirr cert` and a real upstream rsync daemon.
+@Suite(.serialized) struct FleetTests {
+    final class Fleet: @unchecked Sendable {
+        let dir: TestDirectory
+        let upstream: Upstream
+        var names: [String] = []
+        var ports: [String: Int] = [:]
+        var agents: [String: SpawnedDmirr] = [:]
+
+        init(size: Int) throws {
+            dir = try TestDirectory("fleet")
+            upstream = try Upstream(in: dir, packages: [.init("alpha", "1.0"), .init("beta", "1.0")], token: "push-1")
+            let ca = try CLI.dmirr(["cert", "ca", "--fleet", "test", "--out", dir.sub("ca")])
+            guard ca.exitCode == 0 else { throw TestFailure(ca.stderr) }
+            names = (0..<size).map { "m\($0)" }
+            for name in names {
+                let issued = try CLI.dmirr(["cert", "issue", "--ca", dir.sub("ca"), "--node", name, "--ip", "127.0.0.1", "--out", dir.sub("certs")])
+                guard issued.exitCode == 0 else { throw TestFailure(issued.stderr) }
+                ports[name] = try FreePort.pick()
+            }
+            for (i, name) in names.enumerated() {
+                // Each seeds the previous one (the first seeds the last): a ring to start from, not a mesh.
+                let seed = names[(i + size - 1) % size]
+                try config(name, seeds: ["127.0.0.1:\(ports[seed]!)"]).write(toFile: configPath(name), atomically: true, encoding: .utf8)
+            }
+        }
+
+        func configPath(_ name: String) -> String { dir.sub("\(name).toml") }
+        func mirror(_ name: String) -> String { dir.sub("mirror-\(name)") }
+
+        func config(_ name: String, seeds: [String]) -> String {
+            """
+            node = "\(name)"
+            fleet = "test"
+            [upstream]
+            url = "\(upstream.url)"
+            poll = "1s"
+            timeout = "20s"
+            [mirror]
+            path = "\(mirror(name))"
+            [listen]
+            peer = "127.0.0.1:\(ports[name]!)"
+            [tls]
+            ca = "\(dir.sub("ca/ca.pem"))"
+            cert = "\(dir.sub("certs/\(name).pem"))"
+            key = "\(dir.sub("certs/\(name).key"))"
+            [peers]
+            seeds = [\(seeds.map { "\"\($0)\"" }.joined(separator: ", "))]
+            gossip = "200ms"
+            suspect_after = "2s"
+            down_after = "5s"
+            [state]
+            dir = "\(dir.sub("state-\(name)"))"
+            """
+        }
+
+        func start(_ name: String) throws {
+            agents[name] = try SpawnedDmirr(["agent", "-c", configPath(name)], logDirectory: dir.path)
+        }
+
+        func status(_ name: String) -> [String: Any]? {
+            guard let r = try? CLI.dmirr(["status", "-c", configPath(name), "--json"], timeout: 10), !r.stdout.isEmpty else { return nil }
+            return try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
+        }
+
+        /// member node → (state, token) as `name` sees it.
+        func view(_ name: String) -> [String: (state: String, token: String?)] {
+            let members = status(name)?["members"] as? [[String: Any]] ?? []
+            var out: [String: (String, String?)] = [:]
+            for m in members { out[m["node"] as! String] = (m["state"] as! String, m["token"] as? String) }
+            return out
+        }
+
+        func waitUntil(seconds: Double, _ condition: () -> Bool) -> Bool {
+            let deadline = Date().addingTimeInterval(seconds)
+            while Date() < deadline {
+                if condition() { return true }
+                usleep(200_000)
+            }
+            return false
+        }
+
+        func allInSync(_ token: String, among live: [String]) -> Bool {
+            live.allSatisfy { viewer in
+                let v = view(viewer)
+                return live.allSatisfy { v[$0]?.state == "in_sync" && v[$0]?.token == token }
+            }
+        }
+
+        func stop() {
+            for agent in agents.values { agent.killGroup() }
+            upstream.stop()
+        }
+
+        func logs() -> String { agents.map { "--- \($0.key)\n\($0.value.stderr.suffix(3000))" }.joined(separator: "\n") }
+    }
+
+    @Test func fiveAgentsConvergeAndFollowAPush() throws {
+        let fleet = try Fleet(size: 5)
+        defer { fleet.stop(); fleet.dir.remove() }
+        for name in fleet.names { try fleet.start(name) }
+
+        let converged = fleet.waitUntil(seconds: 60) { fleet.allInSync("push-1", among: fleet.names) }
+        #expect(converged, "\(fleet.names.map { "\($0): \(fleet.view($0))" })\n\(fleet.logs())")
+        guard converged else { return }
+
+        try fleet.upstream.push(add: [.init("gamma", "1.0")], remove: ["beta-1.0-1.noarch.rpm"], token: "push-2")
+        let followed = fleet.waitUntil(seconds: 60) { fleet.allInSync("push-2", among: fleet.names) }
+        #expect(followed, "\(fleet.names.map { "\($0): \(fleet.view($0))" })")
+        for name in fleet.names {
+            #expect(TreeComparison.differences(fleet.upstream.tree, fleet.mirror(name)) == [], "\(name)")
+        }
+        // status exits 0 for a mirror with the target token.
+        #expect(try CLI.dmirr(["status", "-c", fleet.configPath("m0")]).exitCode == 0)
+        let table = try CLI.dmirr(["status", "-c", fleet.configPath("m0")]).stdout
+        #expect(table.contains("NODE") && table.contains("m4") && table.contains("in_sync"))
+
+        // kill -9 one agent: the others see it suspect, then down; restarted, it rejoins with its state.
+        fleet.agents["m2"]!.killGroup()
+        let others = fleet.names.filter { $0 != "m2" }
+        let started = Date()
+        #expect(fleet.waitUntil(seconds: 10) { others.allSatisfy { ["suspect", "down"].contains(fleet.view($0)["m2"]?.state ?? "") } })
+        let suspectAfter = Date().timeIntervalSince(started)
+        #expect(fleet.waitUntil(seconds: 15) { others.allSatisfy { fleet.view($0)["m2"]?.state == "down" } })
+        let downAfter = Date().timeIntervalSince(started)
+        // Silence is counted from the last heartbeat the others received, which can be up to one heartbeat interval
+        // (0.5 s here) plus a gossip round before the kill; the upper bounds allow for status polling and slow CI.
+        #expect(suspectAfter >= 1.2 && suspectAfter < 6, "suspect after \(suspectAfter) s (suspect_after = 2s)")
+        #expect(downAfter >= 4.2 && downAfter < 10, "down after \(downAfter) s (down_after = 5s)")
+        try fleet.start("m2")
+        #expect(fleet.waitUntil(seconds: 30) { fleet.allInSync("push-2", among: fleet.names) }, "m2 did not rejoin: \(fleet.view("m0"))")
+
+        // SIGTERM: a clean exit within a few seconds.
+        let m4 = fleet.agents["m4"]!
+        kill(m4.pid, SIGTERM)
+        #expect(m4.waitForExit(seconds: 10) == 0, "\(m4.stderr.suffix(2000))")
+    }
+}
