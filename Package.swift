@@ -146,7 +146,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DmirrCLITests",
-            dependencies: ["DmirrTestSupport", "DmirrCore", "dmirr"],
+            dependencies: ["DmirrTestSupport", "DmirrCore", "DmirrNet", "DmirrWire", "dmirr"],
             swiftSettings: strict
         ),
     ]

@@ -1,6 +1,7 @@
 import ArgumentParser
 import DmirrAgent
 import DmirrCore
+import DmirrNet
 import DmirrWire
 import Foundation
 
@@ -17,6 +18,18 @@ struct StatusCommand: AsyncParsableCommand {
 
     @OptionGroup var options: ConfigOptions
 
+    @Option(help: "Ask a remote agent over mTLS instead of the local control socket (HOST:PORT); needs --cert, --key, --ca.")
+    var peer: String?
+
+    @Option(help: "With --peer: an operator (or node) certificate of the fleet.")
+    var cert: String?
+
+    @Option(help: "With --peer: its private key.")
+    var key: String?
+
+    @Option(help: "With --peer: the fleet CA.")
+    var ca: String?
+
     @Flag(help: "Print the JSON object of DESIGN.md §5 instead of a table.")
     var json = false
 
@@ -24,14 +37,32 @@ struct StatusCommand: AsyncParsableCommand {
     var watch = false
 
     func run() async throws {
-        let config = try options.load()
-        let path = Agent.controlPath(config)
+        let ask: @Sendable () async throws -> WireStatusResponse
+        let target: String
+        if let peer {
+            guard let address = HostPort(peer), let cert, let key, let ca else {
+                printError("error: --peer needs HOST:PORT and --cert, --key and --ca")
+                throw ExitCode(2)
+            }
+            let tls: FleetTLS
+            do { tls = try FleetTLS(caPath: ca, certPath: cert, keyPath: key) } catch {
+                printError("error: \(error)")
+                throw ExitCode(2)
+            }
+            target = peer
+            ask = { try await RemoteStatus.ask(address, tls: tls) }
+        } else {
+            let config = try options.load()
+            let path = Agent.controlPath(config)
+            target = path
+            ask = { try await ControlClient.status(path: path) }
+        }
         repeat {
             let response: WireStatusResponse
             do {
-                response = try await ControlClient.status(path: path)
+                response = try await ask()
             } catch {
-                printError("dmirr status: cannot ask the agent at \(path): \(error) (is `dmirr agent -c \(options.config)` running?)")
+                printError("dmirr status: cannot ask the agent at \(target): \(error) (is `dmirr agent` running there?)")
                 throw ExitCode(2)
             }
             let view = StatusView(response)
@@ -40,6 +71,30 @@ struct StatusCommand: AsyncParsableCommand {
             if !watch { throw ExitCode(view.thisNodeInSync ? 0 : 1) }
             try await Task.sleep(for: .seconds(1))
         } while true
+    }
+}
+
+/// `dmirr status --peer`: one StatusRequest over mTLS.
+enum RemoteStatus {
+    static func ask(_ address: HostPort, tls: FleetTLS) async throws -> WireStatusResponse {
+        let box = ResponseBox()
+        try await PeerClient.connect(host: address.host, port: address.port, tls: tls) { session, messages in
+            var request = WireEnvelope()
+            request.statusRequest = .init()
+            try await session.send(request)
+            for try await message in messages {
+                if case .statusResponse(let r) = message.body {
+                    box.value = r
+                    return
+                }
+            }
+        }
+        guard let value = box.value else { throw NetError(.connection, "\(address) closed without answering") }
+        return value
+    }
+
+    final class ResponseBox: @unchecked Sendable {
+        var value: WireStatusResponse?
     }
 }
 

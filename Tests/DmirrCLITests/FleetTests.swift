@@ -1,5 +1,8 @@
+import DmirrCore
 import DmirrFixtures
+import DmirrNet
 import DmirrTestSupport
+import DmirrWire
 import Foundation
 import Testing
 
@@ -12,7 +15,10 @@ import Testing
         var ports: [String: Int] = [:]
         var agents: [String: SpawnedDmirr] = [:]
 
-        init(size: Int) throws {
+        let mirrorExtra: String
+
+        init(size: Int, mirrorExtra: String = "") throws {
+            self.mirrorExtra = mirrorExtra
             dir = try TestDirectory("fleet")
             upstream = try Upstream(in: dir, packages: [.init("alpha", "1.0"), .init("beta", "1.0")], token: "push-1")
             let ca = try CLI.dmirr(["cert", "ca", "--fleet", "test", "--out", dir.sub("ca")])
@@ -43,6 +49,7 @@ import Testing
             timeout = "20s"
             [mirror]
             path = "\(mirror(name))"
+            \(mirrorExtra)
             [listen]
             peer = "127.0.0.1:\(ports[name]!)"
             [tls]
@@ -135,9 +142,68 @@ import Testing
         try fleet.start("m2")
         #expect(fleet.waitUntil(seconds: 30) { fleet.allInSync("push-2", among: fleet.names) }, "m2 did not rejoin: \(fleet.view("m0"))")
 
+        // An operator certificate may query any agent's status over mTLS.
+        let op = try CLI.dmirr(["cert", "issue", "--ca", fleet.dir.sub("ca"), "--node", "alice", "--operator", "--out", fleet.dir.sub("ops")])
+        #expect(op.exitCode == 0)
+        let remote = try CLI.dmirr([
+            "status", "--peer", "127.0.0.1:\(fleet.ports["m3"]!)", "--cert", fleet.dir.sub("ops/alice.pem"),
+            "--key", fleet.dir.sub("ops/alice.key"), "--ca", fleet.dir.sub("ca/ca.pem"), "--json",
+        ])
+        #expect(remote.exitCode == 0, "\(remote.stderr)")
+        #expect(remote.stdout.contains("\"node\" : \"m3\""))
+
         // SIGTERM: a clean exit within a few seconds.
         let m4 = fleet.agents["m4"]!
         kill(m4.pid, SIGTERM)
         #expect(m4.waitForExit(seconds: 10) == 0, "\(m4.stderr.suffix(2000))")
+    }
+
+    @Test func sigtermDuringAnRsyncLeavesTheTokenAndTheNextStartFinishes() throws {
+        let fleet = try Fleet(size: 1, mirrorExtra: "rsync_args = [\"--bwlimit=300\"]")
+        defer { fleet.stop(); fleet.dir.remove() }
+        try fleet.start("m0")
+        #expect(fleet.waitUntil(seconds: 30) { fleet.allInSync("push-1", among: ["m0"]) }, "\(fleet.logs())")
+        try fleet.upstream.push(add: [.init("big", "1.0", sizeKB: 3072)], token: "push-2")
+        #expect(fleet.waitUntil(seconds: 20) { fleet.view("m0")["m0"]?.state == "syncing" }, "\(fleet.view("m0"))")
+        usleep(500_000)
+        let agent = fleet.agents["m0"]!
+        kill(agent.pid, SIGTERM)
+        #expect(agent.waitForExit(seconds: 10) == 0, "\(agent.stderr.suffix(2000))")
+        let token = try String(contentsOfFile: fleet.mirror("m0") + "/CURRENT", encoding: .utf8)
+        #expect(token == "push-1\n")
+        try fleet.start("m0")
+        #expect(fleet.waitUntil(seconds: 60) { fleet.allInSync("push-2", among: ["m0"]) }, "\(fleet.logs())")
+        #expect(TreeComparison.differences(fleet.upstream.tree, fleet.mirror("m0")) == [])
+    }
+
+    @Test func aForgedRecordIsDroppedAndLogged() async throws {
+        let fleet = try Fleet(size: 2)
+        defer { fleet.stop(); fleet.dir.remove() }
+        for name in fleet.names { try fleet.start(name) }
+        #expect(fleet.waitUntil(seconds: 30) { fleet.allInSync("push-1", among: fleet.names) })
+
+        // m9 is a genuine fleet member, but it relays a record for m1 that it wrote and signed itself.
+        let issued = try CLI.dmirr(["cert", "issue", "--ca", fleet.dir.sub("ca"), "--node", "m9", "--out", fleet.dir.sub("certs")])
+        #expect(issued.exitCode == 0)
+        let paths = (ca: fleet.dir.sub("ca/ca.pem"), cert: fleet.dir.sub("certs/m9.pem"), key: fleet.dir.sub("certs/m9.key"))
+        let tls = try FleetTLS(caPath: paths.ca, certPath: paths.cert, keyPath: paths.key)
+        let signer = try RecordSigner(caPath: paths.ca, certPath: paths.cert, keyPath: paths.key)
+        var forged = MemberRecord(node: "m1", generation: UInt64.max / 2)
+        forged.publishedToken = "forged"
+        forged.syncState = .inSync
+        let signedForgery = try signer.sign(forged)
+        try await PeerClient.connect(host: "127.0.0.1", port: fleet.ports["m0"]!, tls: tls) { session, _ in
+            var envelope = WireEnvelope()
+            envelope.records = .with { $0.records = [signedForgery] }
+            try await session.send(envelope)
+            try await Task.sleep(for: .seconds(1))
+        }
+        try await Task.sleep(for: .seconds(1))
+        #expect(fleet.view("m0")["m1"]?.token == "push-1")
+        #expect(fleet.view("m1")["m1"]?.token == "push-1")
+        let log = fleet.agents["m0"]!.stderr
+        #expect(log.contains("dropped a member record relayed by a peer"), "\(log.suffix(2000))")
+        #expect(log.contains("dmirr://test/node/m9"))
+        #expect(log.contains("record for 'm1' carries the certificate of 'm9'"))
     }
 }
