@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Fleet benchmark (docs/benchmarks.md): N real `dmirr agent` processes on loopback, one real rsync daemon upstream.
+
+Measures: time until every agent's status lists all N members; time from an upstream push until every agent reports
+in_sync with the new token; then, idle, per agent: gossip bytes/s and messages-equivalent (TCP payload bytes on the
+peer sockets, TLS included, from `ss -tin` bytes_acked over a window), RSS (VmRSS) and CPU (utime+stime).
+
+Usage: scripts/bench-fleet.py [--dmirr .build/release/dmirr] [--agents 20] [--gossip 1s] [--window 30]
+"""
+import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAKE_REPO = os.path.join(ROOT, "Sources/DmirrFixtures/make-yum-repo.sh")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def run(argv, **kw):
+    r = subprocess.run(argv, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(argv)} failed: {r.stderr}")
+    return r.stdout
+
+
+def status(dmirr, cfg):
+    r = subprocess.run([dmirr, "status", "-c", cfg, "--json"], capture_output=True, text=True, timeout=10)
+    try:
+        return json.loads(r.stdout)
+    except ValueError:
+        return None
+
+
+def wait(predicate, seconds):
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        if predicate():
+            return time.perf_counter() - start
+        time.sleep(0.2)
+    return None
+
+
+def peer_bytes(ports):
+    """Sum of bytes_acked over TCP sockets whose local port is an agent's peer port or that connect to one."""
+    out = subprocess.run(["ss", "-tinH", "state", "established"], capture_output=True, text=True).stdout
+    total, lines = 0, out.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"\s*\S+\s+\S+\s+\S+:(\d+)\s+\S+:(\d+)", line)
+        if not m or (int(m.group(1)) not in ports and int(m.group(2)) not in ports):
+            continue
+        info = lines[i + 1] if i + 1 < len(lines) else ""
+        b = re.search(r"bytes_acked:(\d+)", info)
+        total += int(b.group(1)) if b else 0
+    return total
+
+
+def proc_stats(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    with open(f"/proc/{pid}/status") as f:
+        rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+    return cpu, rss
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dmirr", default=os.path.join(ROOT, ".build/release/dmirr"))
+    ap.add_argument("--agents", type=int, default=20)
+    ap.add_argument("--gossip", default="1s")
+    ap.add_argument("--window", type=int, default=30)
+    a = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="dmirr-fleet-bench-")
+    procs, daemon = {}, None
+    try:
+        up = os.path.join(work, "upstream")
+        os.makedirs(os.path.join(up, "Packages"))
+        run(["bash", MAKE_REPO, "build-rpms", os.path.join(up, "Packages"), "alpha:1.0:64", "beta:1.0:64"])
+        run(["bash", MAKE_REPO, "createrepo", up])
+        open(os.path.join(up, "CURRENT"), "w").write("push-1\n")
+        port = free_port()
+        conf = os.path.join(work, "rsyncd.conf")
+        open(conf, "w").write(f"use chroot = no\npid file = {work}/rsyncd.pid\nlock file = {work}/rsyncd.lock\n"
+                              f"timeout = 60\nuid = root\ngid = root\nreverse lookup = no\n"
+                              f"[repo]\n    path = {up}\n    read only = yes\n")
+        daemon = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={conf}", "--address=127.0.0.1", f"--port={port}"])
+        run([a.dmirr, "cert", "ca", "--fleet", "bench", "--out", f"{work}/ca"])
+        names = [f"m{i:02d}" for i in range(a.agents)]
+        ports = {n: free_port() for n in names}
+        for i, n in enumerate(names):
+            run([a.dmirr, "cert", "issue", "--ca", f"{work}/ca", "--node", n, "--out", f"{work}/certs"])
+            seed = names[(i - 1) % len(names)]
+            cfg = f"""node = "{n}"\nfleet = "bench"\n[upstream]\nurl = "rsync://127.0.0.1:{port}/repo"\npoll = "2s"
+[mirror]\npath = "{work}/mirror-{n}"\n[listen]\npeer = "127.0.0.1:{ports[n]}"
+[tls]\nca = "{work}/ca/ca.pem"\ncert = "{work}/certs/{n}.pem"\nkey = "{work}/certs/{n}.key"
+[peers]\nseeds = ["127.0.0.1:{ports[seed]}"]\ngossip = "{a.gossip}"\n[state]\ndir = "{work}/state-{n}"\n"""
+            open(f"{work}/{n}.toml", "w").write(cfg)
+        start = time.perf_counter()
+        for n in names:
+            procs[n] = subprocess.Popen([a.dmirr, "agent", "-c", f"{work}/{n}.toml"], stdout=subprocess.DEVNULL,
+                                        stderr=open(f"{work}/{n}.log", "w"))
+
+        def all_members():
+            for n in names:
+                s = status(a.dmirr, f"{work}/{n}.toml")
+                if not s or len(s["members"]) != len(names):
+                    return False
+            return True
+
+        def all_in_sync(token):
+            for n in names:
+                s = status(a.dmirr, f"{work}/{n}.toml")
+                if not s or not all(m["state"] == "in_sync" and m["token"] == token for m in s["members"]) \
+                        or len(s["members"]) != len(names):
+                    return False
+            return True
+
+        t_members = wait(all_members, 120)
+        t_first = wait(lambda: all_in_sync("push-1"), 120)
+        print(f"membership converged: {t_members:.1f} s after start; all in_sync push-1: "
+              f"{(t_first or float('nan')) + (t_members or 0):.1f} s after start", flush=True)
+        run(["bash", MAKE_REPO, "build-rpms", os.path.join(up, "Packages"), "gamma:1.0:64"])
+        run(["bash", MAKE_REPO, "createrepo", up])
+        open(os.path.join(up, "CURRENT"), "w").write("push-2\n")
+        t_push = wait(lambda: all_in_sync("push-2"), 120)
+        print(f"push-2 on every agent: {t_push:.1f} s after the push (poll = 2s, every agent pulls from upstream)", flush=True)
+
+        time.sleep(5)
+        peer_ports = set(ports.values())
+        b0, s0 = peer_bytes(peer_ports), {n: proc_stats(p.pid) for n, p in procs.items()}
+        time.sleep(a.window)
+        b1, s1 = peer_bytes(peer_ports), {n: proc_stats(p.pid) for n, p in procs.items()}
+        cpu = [(s1[n][0] - s0[n][0]) / a.window * 100 for n in names]
+        rss = [s1[n][1] / 1024 for n in names]
+        print(f"\n| {a.agents} agents, gossip {a.gossip}, idle window {a.window} s | value |\n|---|---|")
+        print(f"| membership converged (every status lists all) | {t_members:.1f} s |")
+        print(f"| push reaches all (poll 2 s, each pulls from upstream) | {t_push:.1f} s |")
+        print(f"| gossip bytes per agent per second (TCP payload incl. TLS, sent) | {(b1 - b0) / a.window / a.agents:.0f} B/s |")
+        print(f"| idle RSS per agent: median / max | {statistics.median(rss):.1f} / {max(rss):.1f} MiB |")
+        print(f"| idle CPU per agent: median / max | {statistics.median(cpu):.2f} / {max(cpu):.2f} % of a core |")
+    finally:
+        for p in procs.values():
+            p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if daemon:
+            daemon.terminate()
+            daemon.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
