@@ -93,16 +93,7 @@ struct PeerListenerService: Service {
                 let advertised = advertise ?? HostPort(host: listenHost, port: address.port ?? 0).description
                 Task { await node.updateOwn { $0.peerAddress = advertised } }
             }) { session, messages in
-                await node.attach(session)
-                do {
-                    for try await message in messages {
-                        try await node.handle(message, from: session)
-                    }
-                } catch {
-                    await node.detach(session)
-                    throw error
-                }
-                await node.detach(session)
+                try await node.serve(session, messages)
             }
         }
     }
@@ -141,16 +132,7 @@ struct DialerService: Service {
                         defer { dialing.remove(address) }
                         do {
                             try await PeerClient.connect(host: target.host, port: target.port, tls: tls, rsyncURL: config.mirror.rsyncURL ?? "") { session, messages in
-                                await node.attach(session)
-                                do {
-                                    for try await message in messages {
-                                        try await node.handle(message, from: session)
-                                    }
-                                } catch {
-                                    await node.detach(session)
-                                    throw error
-                                }
-                                await node.detach(session)
+                                try await node.serve(session, messages)
                             }
                         } catch {
                             logger.debug("dial failed", metadata: ["peer.address": "\(address)", "error": "\(error)"])

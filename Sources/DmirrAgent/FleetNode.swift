@@ -69,6 +69,20 @@ public actor FleetNode {
         membership.onDisconnected(session.peer.name)
     }
 
+    /// Serves one session, accepted or dialed, until it closes: attached while open, detached however it ends.
+    public nonisolated func serve(_ session: PeerSession, _ messages: sending PeerMessages) async throws {
+        await attach(session)
+        do {
+            for try await message in messages {
+                try await handle(message, from: session)
+            }
+        } catch {
+            await detach(session)
+            throw error
+        }
+        await detach(session)
+    }
+
     /// Handles one message from an authenticated peer. Throws to close the connection.
     public func handle(_ envelope: WireEnvelope, from session: PeerSession) async throws {
         switch envelope.body {

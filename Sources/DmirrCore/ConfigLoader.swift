@@ -283,8 +283,9 @@ private struct Reader {
             if let ca, let cert, let key { tls = .init(ca: ca, cert: cert, key: key) }
         }
 
+        let seeds = stringArray("peers", "seeds")?.0 ?? []
         let peers = Config.Peers(
-            seeds: stringArray("peers", "seeds")?.0 ?? [],
+            seeds: seeds,
             gossip: duration("peers", "gossip", default: .seconds(1)),
             suspectAfter: duration("peers", "suspect_after", default: .seconds(10)),
             downAfter: duration("peers", "down_after", default: .seconds(60))
@@ -297,7 +298,7 @@ private struct Reader {
         if purpose == .agent, listen.peer == nil {
             missing("listen", "peer")
         }
-        for (i, seed) in (stringArray("peers", "seeds")?.0 ?? []).enumerated() where HostPort(seed) == nil {
+        for (i, seed) in seeds.enumerated() where HostPort(seed) == nil {
             problem("peers.seeds", line: entry("peers", "seeds")?.line, "seed \(i + 1) '\(seed)' is not HOST:PORT")
         }
 

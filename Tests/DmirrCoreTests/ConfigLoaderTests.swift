@@ -202,3 +202,10 @@ import Testing
         #expect(p.compactMap(\.key).sorted() == ["bogus", "fleet", "mirror.path", "upstream.url"])
     }
 }
+
+extension ConfigLoaderTests {
+    @Test func aWrongTypeIsReportedOnce() {
+        let p = problems(Self.minimal + "\n[peers]\nseeds = \"a:1\"\n")
+        #expect(p.map(\.key) == ["peers.seeds"])
+    }
+}
