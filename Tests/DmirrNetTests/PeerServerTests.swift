@@ -134,8 +134,10 @@ enum RawPeer {
 }
 
 @Suite(.serialized) struct PeerServerTests {
-    /// A server whose handler answers status requests and refuses gossip from operators, as the agent will.
-    static func withServer(_ fleet: TestFleet, helloDeadline: TimeAmount = .seconds(2), _ body: @Sendable (Int) async throws -> Void) async throws {
+    /// A server whose handler answers status requests. Deadlines are generous by default: the whole suite runs in
+    /// parallel on two cores (live agent fleets included), and these tests are about behaviour, not timing; only the
+    /// slowloris test sets a short one. A server whose handler answers status requests and refuses gossip from operators, as the agent will.
+    static func withServer(_ fleet: TestFleet, helloDeadline: TimeAmount = .seconds(60), _ body: @Sendable (Int) async throws -> Void) async throws {
         var logger = Logger(label: "test.server")
         logger.logLevel = .critical
         var config = PeerServer.Configuration(host: "127.0.0.1", port: 0, tls: try fleet.tls("server"), rsyncURL: "rsync://127.0.0.1/ius")
@@ -175,7 +177,7 @@ enum RawPeer {
     /// A real status query over mTLS: proves the server is still serving.
     static func statusWorks(_ fleet: TestFleet, port: Int, as name: String = "alice") async throws -> Bool {
         let answered = ManagedFlag()
-        try await PeerClient.connect(host: "127.0.0.1", port: port, tls: try fleet.tls(name)) { session, messages in
+        try await PeerClient.connect(host: "127.0.0.1", port: port, tls: try fleet.tls(name), helloDeadline: .seconds(60)) { session, messages in
             #expect(session.peer == PeerIdentity(fleet: "ius", role: .node, name: "server"))
             var request = WireEnvelope()
             request.statusRequest = .init()
