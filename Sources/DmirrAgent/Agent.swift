@@ -40,7 +40,6 @@ public struct Agent: Sendable {
         membershipConfig.gossipInterval = config.peers.gossip
         membershipConfig.suspectAfter = config.peers.suspectAfter
         membershipConfig.downAfter = config.peers.downAfter
-        membershipConfig.heartbeatInterval = max(config.peers.gossip, config.peers.suspectAfter / 4)
         let generation = UInt64(Date().timeIntervalSince1970 * 1000)
         let node = FleetNode(identity: tls.identity, generation: generation, configuration: membershipConfig, signer: signer, store: store, logger: logger)
         await node.restore()

@@ -14,6 +14,9 @@ public actor FleetNode {
     private let store: StateStore
     private let logger: Logger
     private var sessions: [String: PeerSession] = [:]
+    /// Per open session, the author certificate each node's records last went out with (sent once per connection).
+    private var certificatesSent: [ObjectIdentifier: [String: [UInt8]]] = [:]
+    private var authors = RecordSigner.AuthorCache()
     private let clock = ContinuousClock()
     private let started: ContinuousClock.Instant
 
@@ -34,8 +37,9 @@ public actor FleetNode {
         guard let stored = try? store.members() else { return }
         for member in stored {
             guard let signed = try? WireSignedRecord(serializedBytes: member.signedRecord),
-                case .success(let record) = signer.verify(signed)
+                case .success(let verified) = signer.verify(signed, cache: &authors)
             else { continue }
+            let record = verified.record
             membership.restore(record, signed: member.signedRecord, now: now)
         }
         logger.info("restored members", metadata: ["fleet.members": "\(stored.count)"])
@@ -60,10 +64,12 @@ public actor FleetNode {
     public func attach(_ session: PeerSession) {
         guard session.peer.role == .node, session.peer.name != identity.name else { return }
         sessions[session.peer.name] = session
-        membership.onConnected(session.peer.name)
+        certificatesSent[session.id] = [:]
+        membership.onConnected(session.peer.name, now: now)
     }
 
     public func detach(_ session: PeerSession) {
+        certificatesSent[session.id] = nil
         guard let current = sessions[session.peer.name], current.id == session.id else { return }
         sessions[session.peer.name] = nil
         membership.onDisconnected(session.peer.name)
@@ -86,6 +92,12 @@ public actor FleetNode {
     /// Handles one message from an authenticated peer. Throws to close the connection.
     public func handle(_ envelope: WireEnvelope, from session: PeerSession) async throws {
         switch envelope.body {
+        case .summary(let summary):
+            guard HelloPolicy.permits(session.peer, .gossip) else {
+                await session.reject(.forbidden, "operator certificates may not gossip")
+                throw NetError(.protocolViolation, "\(session.peer) tried to gossip")
+            }
+            await perform(membership.onSummary(from: session.peer.name, hash: summary.digestHash, now: now))
         case .digest(let digest):
             guard HelloPolicy.permits(session.peer, .gossip) else {
                 await session.reject(.forbidden, "operator certificates may not gossip")
@@ -100,10 +112,13 @@ public actor FleetNode {
                 await session.reject(.forbidden, "operator certificates may not gossip")
                 throw NetError(.protocolViolation, "\(session.peer) tried to gossip")
             }
-            for signed in records.records {
-                switch signer.verify(signed) {
-                case .success(let record):
-                    await perform(membership.onRecord(record, signed: (try? signed.serializedBytes()) ?? [], from: session.peer.name, now: now))
+            for var signed in records.records {
+                switch signer.verify(signed, cache: &authors) {
+                case .success(let verified):
+                    // Kept (and persisted, and relayed) whole, with the certificate it may have arrived without.
+                    signed.authorCertificate = Data(verified.certificateDER)
+                    let bytes: [UInt8] = (try? signed.serializedBytes()) ?? []
+                    await perform(membership.onRecord(verified.record, signed: bytes, from: session.peer.name, now: now))
                 case .failure(let rejection):
                     logger.warning("dropped a member record relayed by a peer", metadata: [
                         "peer.identity": "\(session.peer)", "record.rejection": "\(rejection)",
@@ -147,11 +162,27 @@ public actor FleetNode {
                     }
                 }
                 await send(envelope, to: peer)
-            case .sendRecords(let peer, let nodes):
+            case .sendSummary(let peer):
                 var envelope = WireEnvelope()
-                envelope.records = .with {
-                    $0.records = nodes.compactMap { membership.entries[$0].flatMap { try? WireSignedRecord(serializedBytes: $0.signed) } }
+                envelope.summary = .with { $0.digestHash = membership.digestHash }
+                await send(envelope, to: peer)
+            case .sendRecords(let peer, let nodes):
+                guard let session = sessions[peer] else { break }
+                var sent = certificatesSent[session.id] ?? [:]
+                var records: [WireSignedRecord] = []
+                for node in nodes {
+                    guard let stored = membership.entries[node], var signed = try? WireSignedRecord(serializedBytes: stored.signed) else { continue }
+                    let certificate = Array(signed.authorCertificate)
+                    if sent[node] == certificate {
+                        signed.authorCertificate = Data()
+                    } else {
+                        sent[node] = certificate
+                    }
+                    records.append(signed)
                 }
+                certificatesSent[session.id] = sent
+                var envelope = WireEnvelope()
+                envelope.records = .with { $0.records = records }
                 await send(envelope, to: peer)
             case .persist(let nodes):
                 let members = nodes.compactMap { node in
@@ -161,6 +192,12 @@ public actor FleetNode {
                 }
                 do { try store.saveMembers(members, at: Date()) } catch {
                     logger.error("cannot persist member records", metadata: ["error": "\(error)"])
+                }
+            case .closeLink(let peer):
+                if let session = sessions.removeValue(forKey: peer) {
+                    certificatesSent[session.id] = nil
+                    logger.notice("closing a silent peer link", metadata: ["peer.node": "\(peer)"])
+                    await session.close()
                 }
             case .livenessChanged(let node, let liveness):
                 logger.notice("member liveness changed", metadata: ["member.node": "\(node)", "member.liveness": "\(liveness.rawValue)"])

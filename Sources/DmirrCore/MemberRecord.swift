@@ -26,6 +26,8 @@ public struct MemberRecord: Sendable, Equatable {
     public var lastError: String = ""
     /// Unix milliseconds of its last successful sync; nil = never.
     public var lastSyncMillis: Int64?
+    /// Members this node has lost direct contact with, at the version it last held of each (see ``Membership``).
+    public var suspects: [Suspicion] = []
 
     public init(node: String, generation: UInt64) {
         self.node = node
@@ -33,6 +35,18 @@ public struct MemberRecord: Sendable, Equatable {
     }
 
     public var version: RecordVersion { RecordVersion(generation: generation, heartbeat: heartbeat) }
+}
+
+/// One member's claim that it lost contact with another, as of that member's record version `version`. A newer
+/// record of the suspect refutes it.
+public struct Suspicion: Sendable, Equatable {
+    public var node: String
+    public var version: RecordVersion
+
+    public init(node: String, version: RecordVersion) {
+        self.node = node
+        self.version = version
+    }
 }
 
 /// Which of two records for one node is newer: a later generation (agent restart) wins, then a higher heartbeat.

@@ -1,33 +1,53 @@
 /// The gossip membership state machine (DESIGN.md §4 "Membership"), sans I/O in the style of SWIM.Instance: the agent
 /// and the simulator feed it events with the current monotonic time and carry out the directives it returns.
 ///
-/// Push-pull anti-entropy: each round a member sends the digest of what it holds (node → version) to the peers it is
-/// connected to; a receiver answers with the records the sender lacks or holds older, plus a reply digest of its own
-/// so the sender can push back what the receiver lacks. Records are opaque signed bytes to this machine: the shell
-/// verifies signatures before ``onRecord(_:signed:from:now:)`` and signs this member's own record when told to.
-/// A member whose record has not advanced for `suspectAfter` is suspect, for `downAfter` down.
+/// **Anti-entropy.** Each round a member sends a *summary* (a hash of its digest) to one connected peer, in rotation,
+/// and to any connected peer it has not sent anything for a third of `suspectAfter` (so every link carries traffic
+/// often enough to judge it). A receiver whose own digest hashes the same does nothing; otherwise it answers with its
+/// full digest (node → version), the other side sends the records the receiver lacks and asks, with a reply digest, for
+/// the ones it lacks itself. An idle fleet therefore costs one small frame per member per round, whatever its size.
+///
+/// **Liveness.** Records are re-signed only when they change, and otherwise every `refreshInterval`, so heartbeats do
+/// not flood the fleet. Silence is judged by those in a position to judge it: a member connected to a peer (or that
+/// lost its link to it, until the peer is seen to advance elsewhere) suspects it after `suspectAfter` without a
+/// frame, and says so in its own signed record (`suspects`). Others take a suspicion at face value until the suspect
+/// refutes it with a newer record, which a live member does as soon as it sees itself suspected. A member is down
+/// after `downAfter` of silence as judged directly, or `downAfter − suspectAfter` after a suspicion reached us. A
+/// member nobody reports on is judged by its refreshes alone: suspect after `suspectAfter + refreshInterval` without
+/// one, down after `downAfter + refreshInterval`.
+///
+/// Records are opaque signed bytes to this machine: the shell verifies signatures before
+/// ``onRecord(_:signed:from:now:)`` and signs this member's own record when told to.
 public struct Membership: Sendable {
     public struct Configuration: Sendable {
         public var gossipInterval: Duration = .seconds(1)
-        /// How often this member advances its own heartbeat (and so re-signs and re-spreads its record). Fewer
-        /// advances mean less gossip; it must stay well under `suspectAfter`.
-        public var heartbeatInterval: Duration = .seconds(2)
         public var suspectAfter: Duration = .seconds(10)
         public var downAfter: Duration = .seconds(60)
+        /// How often an unchanged record is re-signed; nil means half of `downAfter`.
+        public var refreshInterval: Duration?
 
         public init() {}
+
+        public var refresh: Duration { refreshInterval ?? downAfter / 2 }
+        /// The longest a connected link may stay silent from our side.
+        public var keepalive: Duration { suspectAfter / 3 }
     }
 
     /// What the shell MUST do.
     public enum Directive: Sendable, Equatable {
-        /// Sign this record as our own and hand the bytes back with ``onOwnRecordSigned(_:signed:)``.
+        /// Sign this record as our own and hand the bytes back with ``onOwnRecordSigned(_:signed:now:)``.
         case signOwnRecord(MemberRecord)
+        /// Send ``digestHash`` (read when sending) to a connected peer.
+        case sendSummary(to: String)
         /// Send our digest to a connected peer (`isReply`: in answer to its digest; it must not answer with another).
         case sendDigest(to: String, entries: [DigestEntry], isReply: Bool)
         /// Send these members' stored signed records to a peer.
         case sendRecords(to: String, nodes: [String])
         /// Persist these members' records (they changed).
         case persist(nodes: [String])
+        /// A connected peer has sent nothing for `suspectAfter`: close the connection (dead or cut). The machine already
+        /// counts it as disconnected.
+        case closeLink(to: String)
         /// A member's liveness changed (for logs and metrics).
         case livenessChanged(node: String, Liveness)
         /// Call ``onTick(now:)`` again after this long.
@@ -60,7 +80,15 @@ public struct Membership: Sendable {
     /// Our own record as we last changed it (it is in `entries` once signed).
     public private(set) var own: MemberRecord
     public private(set) var connected: Set<String> = []
-    private var lastHeartbeat: Duration?
+    /// When a frame last arrived from each peer we have a link to (or had).
+    private var heardAt: [String: Duration] = [:]
+    /// Peers whose silence we judge ourselves: connected now, or lost and not seen advancing since.
+    private var watching: Set<String> = []
+    /// When a suspicion of each member first reached us.
+    private var rumourSince: [String: Duration] = [:]
+    private var lastSentTo: [String: Duration] = [:]
+    private var rotation = 0
+    private var lastSigned: Duration?
     private var ownDirty = true
 
     /// - Parameter generation: distinct for each start of this member (the shell uses its wall-clock start time).
@@ -72,7 +100,7 @@ public struct Membership: Sendable {
 
     // MARK: Events
 
-    /// Restores records saved before a restart. They count as not heard from until they advance again.
+    /// Restores records saved before a restart. They count as down until they advance again.
     public mutating func restore(_ record: MemberRecord, signed: [UInt8], now: Duration) {
         guard record.node != me else {
             // Our own old record: keep its fields, never its version (a new generation outranks it).
@@ -80,10 +108,11 @@ public struct Membership: Sendable {
             own = record
             own.generation = max(generation, record.generation + 1)
             own.heartbeat = 0
+            own.suspects = []
             ownDirty = true
             return
         }
-        let age = configuration.downAfter
+        let age = configuration.downAfter + configuration.refresh
         entries[record.node] = Entry(record: record, signed: signed, lastAdvance: now - age, liveness: .down)
     }
 
@@ -94,36 +123,88 @@ public struct Membership: Sendable {
         own.node = me
         own.generation = before.generation
         own.heartbeat = before.heartbeat
+        own.suspects = before.suspects
         if own != before { ownDirty = true }
     }
 
-    public mutating func onConnected(_ peer: String) { connected.insert(peer) }
-    public mutating func onDisconnected(_ peer: String) { connected.remove(peer) }
+    public mutating func onConnected(_ peer: String, now: Duration) {
+        connected.insert(peer)
+        watching.insert(peer)
+        heardAt[peer] = now
+    }
 
-    /// A gossip round: advance our heartbeat when due, judge liveness, send digests.
+    /// - Parameter deliberate: we closed it ourselves (rotation, shutdown), so its silence from now on means nothing.
+    public mutating func onDisconnected(_ peer: String, deliberate: Bool = false) {
+        connected.remove(peer)
+        lastSentTo[peer] = nil
+        if deliberate { watching.remove(peer) }
+    }
+
+    /// A gossip round: judge liveness, re-sign our record when it changed or is due, send summaries.
     public mutating func onTick(now: Duration) -> [Directive] {
         var out: [Directive] = []
-        if ownDirty || lastHeartbeat.map({ now - $0 >= configuration.heartbeatInterval }) ?? true {
-            own.heartbeat += 1
-            lastHeartbeat = now
-            ownDirty = false
-            out.append(.signOwnRecord(own))
+        for peer in connected.sorted() where now - (heardAt[peer] ?? now) >= configuration.suspectAfter {
+            onDisconnected(peer)
+            out.append(.closeLink(to: peer))
         }
+        var suspects: [Suspicion] = []
         for node in entries.keys.sorted() where node != me {
-            let entry = entries[node]!
-            let silent = now - entry.lastAdvance
-            let judged: Liveness = silent >= configuration.downAfter ? .down : silent >= configuration.suspectAfter ? .suspect : .alive
-            if judged != entry.liveness {
+            let (judged, directly) = judge(node, now: now)
+            if directly { suspects.append(Suspicion(node: node, version: entries[node]!.record.version)) }
+            if judged != entries[node]!.liveness {
                 entries[node]!.liveness = judged
                 out.append(.livenessChanged(node: node, judged))
             }
         }
-        let digest = self.digest()
-        for peer in connected.sorted() {
-            out.append(.sendDigest(to: peer, entries: digest, isReply: false))
+        if suspects != own.suspects {
+            own.suspects = suspects
+            ownDirty = true
+        }
+        if ownDirty || lastSigned.map({ now - $0 >= configuration.refresh }) ?? true {
+            own.heartbeat += 1
+            lastSigned = now
+            ownDirty = false
+            out.append(.signOwnRecord(own))
+        }
+        let peers = connected.sorted()
+        if !peers.isEmpty {
+            let turn = peers[rotation % peers.count]
+            rotation &+= 1
+            for peer in peers where peer == turn || lastSentTo[peer].map({ now - $0 >= configuration.keepalive }) ?? true {
+                lastSentTo[peer] = now
+                out.append(.sendSummary(to: peer))
+            }
         }
         out.append(.wake(after: configuration.gossipInterval))
         return out
+    }
+
+    /// How we judge `node` now, and whether we judge it from our own silence (so we report it).
+    private mutating func judge(_ node: String, now: Duration) -> (Liveness, directly: Bool) {
+        let entry = entries[node]!
+        let evidence = max(entry.lastAdvance, heardAt[node] ?? entry.lastAdvance)
+        let silent = now - evidence
+        let c = configuration
+        if silent < c.suspectAfter {
+            rumourSince[node] = nil
+            return (.alive, false)
+        }
+        if watching.contains(node) {
+            return (silent >= c.downAfter ? .down : .suspect, true)
+        }
+        let rumoured = entries.values.contains { other in
+            other.record.node != node && other.record.node != me && other.liveness != .down
+                && other.record.suspects.contains { $0.node == node && $0.version >= entry.record.version }
+        }
+        if rumoured {
+            let since = rumourSince[node] ?? now
+            rumourSince[node] = since
+            return (now - since >= c.downAfter - c.suspectAfter ? .down : .suspect, false)
+        }
+        rumourSince[node] = nil
+        if silent >= c.downAfter + c.refresh { return (.down, false) }
+        if silent >= c.suspectAfter + c.refresh { return (.suspect, false) }
+        return (.alive, false)
     }
 
     /// The shell signed our record.
@@ -135,8 +216,15 @@ public struct Membership: Sendable {
         return [.persist(nodes: [me])]
     }
 
+    /// A peer's summary: when our digest differs, start an exchange by sending it ours.
+    public mutating func onSummary(from peer: String, hash: UInt64, now: Duration) -> [Directive] {
+        heard(peer, now: now)
+        return hash == digestHash ? [] : [.sendDigest(to: peer, entries: digest(), isReply: false)]
+    }
+
     /// A peer's digest: send what it lacks; when it is not itself a reply, answer with our digest of what we lack.
     public mutating func onDigest(from peer: String, entries theirs: [DigestEntry], isReply: Bool, now: Duration) -> [Directive] {
+        heard(peer, now: now)
         var theirVersions: [String: RecordVersion] = [:]
         for e in theirs { theirVersions[e.node] = max(theirVersions[e.node] ?? e.version, e.version) }
         let newerHere = entries.keys.sorted().filter { node in
@@ -162,6 +250,7 @@ public struct Membership: Sendable {
     /// A record whose signature the shell verified. Newer versions replace older ones; our own record is only ever
     /// authored here (a copy of it from elsewhere is ignored, unless it proves a newer generation, see below).
     public mutating func onRecord(_ record: MemberRecord, signed: [UInt8], from peer: String, now: Duration) -> [Directive] {
+        heard(peer, now: now)
         if record.node == me {
             // Someone holds a record of ours newer than we think we are: we restarted without our state. Jump past it.
             if record.version > own.version {
@@ -174,9 +263,19 @@ public struct Membership: Sendable {
         if let existing = entries[record.node], existing.record.version >= record.version { return [] }
         let wasLiveness = entries[record.node]?.liveness
         entries[record.node] = Entry(record: record, signed: signed, lastAdvance: now, liveness: .alive)
+        rumourSince[record.node] = nil
+        if !connected.contains(record.node) { watching.remove(record.node) }
+        // Suspected at our newest version: refute it with a fresh record on the next tick.
+        if let mine = entries[me]?.record.version, record.suspects.contains(where: { $0.node == me && $0.version >= mine }) {
+            ownDirty = true
+        }
         var out: [Directive] = [.persist(nodes: [record.node])]
         if wasLiveness != .alive { out.append(.livenessChanged(node: record.node, .alive)) }
         return out
+    }
+
+    private mutating func heard(_ peer: String, now: Duration) {
+        if connected.contains(peer) { heardAt[peer] = now }
     }
 
     // MARK: Queries
@@ -184,6 +283,21 @@ public struct Membership: Sendable {
     /// Node → newest version held, ours included.
     public func digest() -> [DigestEntry] {
         entries.keys.sorted().map { DigestEntry(node: $0, version: entries[$0]!.record.version) }
+    }
+
+    /// FNV-1a over the digest: equal for two members exactly when (barring a collision, which only delays an
+    /// exchange until something changes) they hold the same versions of the same members.
+    public var digestHash: UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        func mix(_ byte: UInt8) { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
+        for entry in digest() {
+            for byte in entry.node.utf8 { mix(byte) }
+            mix(0)
+            for value in [entry.version.generation, entry.version.heartbeat] {
+                for shift in stride(from: 0, to: 64, by: 8) { mix(UInt8(truncatingIfNeeded: value >> UInt64(shift))) }
+            }
+        }
+        return hash
     }
 
     /// Members judged alive (ourselves included).

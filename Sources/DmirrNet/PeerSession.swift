@@ -18,6 +18,11 @@ public struct PeerSession: Sendable {
         try await outbound.write(try WireMessages.encode(envelope, allocator: channel.allocator))
     }
 
+    /// Closes the connection (the reader's loop then ends).
+    public func close() async {
+        try? await channel.close()
+    }
+
     /// Sends an error frame; the caller then returns, which closes the connection.
     public func reject(_ code: WireErrorFrame.Code, _ message: String) async {
         try? await send(WireMessages.error(code, message))

@@ -53,6 +53,7 @@ public struct RecordSigner: Sendable {
         case expiredCertificate
         case authorMismatch(record: String, certificate: String)
         case badSignature
+        case unknownAuthor(String)
 
         public var description: String {
             switch self {
@@ -61,34 +62,83 @@ public struct RecordSigner: Sendable {
             case .expiredCertificate: "the author certificate is not valid now"
             case .authorMismatch(let r, let c): "record for '\(r)' carries the certificate of '\(c)'"
             case .badSignature: "the signature does not match the record"
+            case .unknownAuthor(let node): "record for '\(node)' came without a certificate and none is known for it"
             }
         }
     }
 
-    /// Checks a signed record: certificate chains to the fleet CA and is valid now, names the record's node, and the
-    /// signature verifies. Returns the record.
+    /// Authors' certificates already checked, by node: records that arrive without one are verified against these.
+    public struct AuthorCache: Sendable {
+        struct Author: Sendable {
+            var der: [UInt8]
+            var key: P256.Signing.PublicKey
+            var notBefore: Date
+            var notAfter: Date
+        }
+        var authors: [String: Author] = [:]
+        public init() {}
+
+        /// The certificate (DER) last verified for `node`.
+        public func certificate(of node: String) -> [UInt8]? { authors[node]?.der }
+    }
+
+    /// A verified record and its author's certificate (DER).
+    public struct Verified: Sendable, Equatable {
+        public var record: MemberRecord
+        public var certificateDER: [UInt8]
+    }
+
+    /// Checks a signed record on its own (it must carry its certificate).
     public func verify(_ signed: WireSignedRecord, now: Date = Date()) -> Result<MemberRecord, Rejection> {
+        var cache = AuthorCache()
+        return verify(signed, cache: &cache, now: now).map(\.record)
+    }
+
+    /// Checks a signed record: its certificate, or the one cached for its node when it carries none, chains to the
+    /// fleet CA, is valid now and names the record's node, and the signature verifies. A newly checked certificate is
+    /// cached; checking a known certificate again costs a byte comparison, not a chain validation.
+    public func verify(_ signed: WireSignedRecord, cache: inout AuthorCache, now: Date = Date()) -> Result<Verified, Rejection> {
+        let wire: WireMemberRecord
+        do { wire = try WireMemberRecord(serializedBytes: Array(signed.record)) } catch {
+            return .failure(.malformed("record: \(error)"))
+        }
+        let author: AuthorCache.Author
+        if signed.authorCertificate.isEmpty {
+            guard let known = cache.authors[wire.node] else { return .failure(.unknownAuthor(wire.node)) }
+            author = known
+        } else if let known = cache.authors[wire.node], known.der.elementsEqual(signed.authorCertificate) {
+            author = known
+        } else {
+            switch checkCertificate(Array(signed.authorCertificate), node: wire.node, now: now) {
+            case .success(let checked):
+                author = checked
+                cache.authors[wire.node] = checked
+            case .failure(let rejection):
+                return .failure(rejection)
+            }
+        }
+        guard author.notBefore <= now, now <= author.notAfter else { return .failure(.expiredCertificate) }
+        guard let signature = try? P256.Signing.ECDSASignature(derRepresentation: signed.signature),
+            author.key.isValidSignature(signature, for: Array(signed.record))
+        else { return .failure(.badSignature) }
+        return .success(Verified(record: WireRecords.core(wire), certificateDER: author.der))
+    }
+
+    private func checkCertificate(_ der: [UInt8], node: String, now: Date) -> Result<AuthorCache.Author, Rejection> {
         let certificate: Certificate
-        do { certificate = try Certificate(derEncoded: Array(signed.authorCertificate)) } catch {
+        do { certificate = try Certificate(derEncoded: der) } catch {
             return .failure(.malformed("author certificate: \(error)"))
         }
         guard caKeys.contains(where: { $0.isValidSignature(certificate.signature, for: certificate) }) else {
             return .failure(.untrustedCertificate)
         }
         guard certificate.notValidBefore <= now, now <= certificate.notValidAfter else { return .failure(.expiredCertificate) }
-        guard let author = FleetPKI.identity(of: certificate), author.fleet == fleet, author.role == .node else {
+        guard let identity = FleetPKI.identity(of: certificate), identity.fleet == fleet, identity.role == .node else {
             return .failure(.untrustedCertificate)
         }
-        let wire: WireMemberRecord
-        do { wire = try WireMemberRecord(serializedBytes: Array(signed.record)) } catch {
-            return .failure(.malformed("record: \(error)"))
-        }
-        guard wire.node == author.name else { return .failure(.authorMismatch(record: wire.node, certificate: author.name)) }
-        guard let signature = try? P256.Signing.ECDSASignature(derRepresentation: signed.signature),
-            let publicKey = P256.Signing.PublicKey(certificate.publicKey),
-            publicKey.isValidSignature(signature, for: Array(signed.record))
-        else { return .failure(.badSignature) }
-        return .success(WireRecords.core(wire))
+        guard identity.name == node else { return .failure(.authorMismatch(record: node, certificate: identity.name)) }
+        guard let key = P256.Signing.PublicKey(certificate.publicKey) else { return .failure(.untrustedCertificate) }
+        return .success(.init(der: der, key: key, notBefore: certificate.notValidBefore, notAfter: certificate.notValidAfter))
     }
 }
 
@@ -115,6 +165,13 @@ public enum WireRecords {
             $0.serving = UInt32(clamping: r.serving)
             $0.lastError = r.lastError
             $0.lastSyncUnixMs = r.lastSyncMillis ?? 0
+            $0.suspects = r.suspects.map { suspicion in
+                .with {
+                    $0.node = suspicion.node
+                    $0.generation = suspicion.version.generation
+                    $0.heartbeat = suspicion.version.heartbeat
+                }
+            }
         }
     }
 
@@ -137,6 +194,7 @@ public enum WireRecords {
         r.serving = Int(w.serving)
         r.lastError = w.lastError
         r.lastSyncMillis = w.lastSyncUnixMs > 0 ? w.lastSyncUnixMs : nil
+        r.suspects = w.suspects.map { Suspicion(node: $0.node, version: RecordVersion(generation: $0.generation, heartbeat: $0.heartbeat)) }
         return r
     }
 }

@@ -57,4 +57,29 @@ import Testing
         garbage.authorCertificate = Data([1, 2, 3])
         if case .failure(.malformed) = verifier.verify(garbage) {} else { Issue.record("garbage certificate accepted") }
     }
+
+    @Test func recordsWithoutACertificateVerifyOnlyAgainstACheckedOne() throws {
+        let fleet = try TestFleet()
+        defer { fleet.dir.remove() }
+        let verifier = try signer(fleet, "good")
+        let server = try signer(fleet, "server")
+        var cache = RecordSigner.AuthorCache()
+
+        var bare = try server.sign(MemberRecord(node: "server", generation: 2))
+        bare.authorCertificate = Data()
+        #expect(verifier.verify(bare, cache: &cache).map(\.record.node) == .failure(.unknownAuthor("server")))
+
+        // Once a record of "server" arrived with its certificate, later ones may come bare.
+        let whole = try server.sign(MemberRecord(node: "server", generation: 1))
+        #expect(verifier.verify(whole, cache: &cache).map(\.record.generation) == .success(1))
+        let verified = verifier.verify(bare, cache: &cache)
+        #expect(verified.map(\.record.generation) == .success(2))
+        // The certificate comes back with it, so the record can be stored and relayed whole.
+        #expect(verified.map(\.certificateDER) == .success(Array(whole.authorCertificate)))
+
+        // A bare record for "server" signed by someone else's key does not pass on the strength of the cache.
+        var forged = try verifier.sign(MemberRecord(node: "server", generation: 3))
+        forged.authorCertificate = Data()
+        #expect(verifier.verify(forged, cache: &cache).map(\.record.node) == .failure(.badSignature))
+    }
 }

@@ -134,6 +134,14 @@ public nonisolated struct WireEnvelope: Sendable {
     set {body = .statusResponse(newValue)}
   }
 
+  public var summary: WireGossipSummary {
+    get {
+      if case .summary(let v)? = body {return v}
+      return WireGossipSummary()
+    }
+    set {body = .summary(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -143,6 +151,7 @@ public nonisolated struct WireEnvelope: Sendable {
     case records(WireGossipRecords)
     case statusRequest(WireStatusRequest)
     case statusResponse(WireStatusResponse)
+    case summary(WireGossipSummary)
 
   }
 
@@ -297,6 +306,9 @@ public nonisolated struct WireMemberRecord: Sendable {
   /// 0 = never
   public var lastSyncUnixMs: Int64 = 0
 
+  /// members this node lost contact with, at the version it last held of each
+  public var suspects: [WireDigestEntry] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -313,7 +325,7 @@ public nonisolated struct WireSignedRecord: Sendable {
   /// ECDSA P-256 over SHA-256(record), DER
   public var signature: Data = Data()
 
-  /// DER; must chain to the fleet CA and name record.node
+  /// DER; must chain to the fleet CA and name record.node. Empty when this connection
   public var authorCertificate: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -321,7 +333,22 @@ public nonisolated struct WireSignedRecord: Sendable {
   public init() {}
 }
 
-/// Push: what the sender knows, newest version per member.
+/// Each round, to one peer in rotation (and to any link idle for suspect_after / 3): a hash of the sender's digest.
+/// A receiver whose own digest hashes differently answers with a GossipDigest.
+public nonisolated struct WireGossipSummary: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// FNV-1a 64 over (node, 0, generation LE64, heartbeat LE64) in node order
+  public var digestHash: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// What the sender knows, newest version per member.
 public nonisolated struct WireGossipDigest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -432,7 +459,7 @@ nonisolated extension WireSyncState: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension WireEnvelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}hello\0\u{1}error\0\u{1}digest\0\u{1}records\0\u{3}status_request\0\u{3}status_response\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}hello\0\u{1}error\0\u{1}digest\0\u{1}records\0\u{3}status_request\0\u{3}status_response\0\u{1}summary\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -518,6 +545,19 @@ nonisolated extension WireEnvelope: SwiftProtobuf.Message, SwiftProtobuf._Messag
           self.body = .statusResponse(v)
         }
       }()
+      case 7: try {
+        var v: WireGossipSummary?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .summary(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .summary(v)
+        }
+      }()
       default: break
       }
     }
@@ -552,6 +592,10 @@ nonisolated extension WireEnvelope: SwiftProtobuf.Message, SwiftProtobuf._Messag
     case .statusResponse?: try {
       guard case .statusResponse(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    }()
+    case .summary?: try {
+      guard case .summary(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
     }()
     case nil: break
     }
@@ -661,7 +705,7 @@ nonisolated extension WireErrorFrame.Code: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MemberRecord"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}peer_address\0\u{3}rsync_url\0\u{1}generation\0\u{1}heartbeat\0\u{3}sync_state\0\u{3}published_token\0\u{3}target_token\0\u{1}source\0\u{1}progress\0\u{1}serving\0\u{3}last_error\0\u{3}last_sync_unix_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}peer_address\0\u{3}rsync_url\0\u{1}generation\0\u{1}heartbeat\0\u{3}sync_state\0\u{3}published_token\0\u{3}target_token\0\u{1}source\0\u{1}progress\0\u{1}serving\0\u{3}last_error\0\u{3}last_sync_unix_ms\0\u{1}suspects\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -682,6 +726,7 @@ nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
       case 11: try { try decoder.decodeSingularUInt32Field(value: &self.serving) }()
       case 12: try { try decoder.decodeSingularStringField(value: &self.lastError) }()
       case 13: try { try decoder.decodeSingularInt64Field(value: &self.lastSyncUnixMs) }()
+      case 14: try { try decoder.decodeRepeatedMessageField(value: &self.suspects) }()
       default: break
       }
     }
@@ -727,6 +772,9 @@ nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
     if self.lastSyncUnixMs != 0 {
       try visitor.visitSingularInt64Field(value: self.lastSyncUnixMs, fieldNumber: 13)
     }
+    if !self.suspects.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.suspects, fieldNumber: 14)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -744,6 +792,7 @@ nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
     if lhs.serving != rhs.serving {return false}
     if lhs.lastError != rhs.lastError {return false}
     if lhs.lastSyncUnixMs != rhs.lastSyncUnixMs {return false}
+    if lhs.suspects != rhs.suspects {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -784,6 +833,36 @@ nonisolated extension WireSignedRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
     if lhs.record != rhs.record {return false}
     if lhs.signature != rhs.signature {return false}
     if lhs.authorCertificate != rhs.authorCertificate {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireGossipSummary: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GossipSummary"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}digest_hash\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularFixed64Field(value: &self.digestHash) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.digestHash != 0 {
+      try visitor.visitSingularFixed64Field(value: self.digestHash, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireGossipSummary, rhs: WireGossipSummary) -> Bool {
+    if lhs.digestHash != rhs.digestHash {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
