@@ -32,7 +32,11 @@ let package = Package(
     ],
     targets: [
         // Pure: value types, parsers and decisions. No I/O, clocks, randomness or threads.
-        .target(name: "DmirrCore", swiftSettings: strict),
+        .target(
+            name: "DmirrCore",
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict
+        ),
         // SQLite state (GRDB). The only module that imports GRDB.
         .target(
             name: "DmirrStore",

@@ -53,6 +53,16 @@ public actor FleetNode {
 
     public var connectedPeers: Set<String> { Set(sessions.keys) }
 
+    /// The records of the members judged alive, ours excluded: the view the sync plan is computed from.
+    public func liveRecords() -> [MemberRecord] {
+        membership.entries.values.filter { $0.record.node != identity.name && $0.liveness == .alive }.map(\.record)
+    }
+
+    /// The rsync URL a member advertises, if we know the member.
+    public func rsyncURL(of node: String) -> String? {
+        membership.entries[node].map(\.record.rsyncURL).flatMap { $0.isEmpty ? nil : $0 }
+    }
+
     /// Peer addresses of members we know, for the dialer.
     public var knownAddresses: [(node: String, address: String)] {
         membership.entries.values.filter { $0.record.node != identity.name && !$0.record.peerAddress.isEmpty && $0.liveness != .down }

@@ -5,54 +5,156 @@ import Foundation
 import Logging
 import ServiceLifecycle
 
-/// Polls the upstream's token every `[upstream] poll` and runs the sync pipeline when it differs from the published
-/// one, reporting state, source and progress into this node's member record. (The agreed schedule of slots comes with
-/// the next piece of work; for now every agent pulls from upstream when it sees a new token.)
+/// Runs this member's ``SyncCoordinator`` (DESIGN.md §4): feeds it the live members' records every gossip round,
+/// polls upstream's token when told, and runs the sync pipeline from the source the fleet's plan gives us (upstream,
+/// or an in-sync peer's rsync URL pinned to the token and verified at the packages level), reporting state, source
+/// and progress into our member record. Everything runs in one task group; a pull is cancelled through its own signal.
 struct SyncService: Service {
     let config: Config
     let node: FleetNode
     let logger: Logger
 
+    enum Event: Sendable {
+        case tick
+        case polled(Result<Token, SyncError>)
+        case progress
+        case finished(SyncReport)
+    }
+
+    static func coordinatorConfiguration(_ config: Config) -> SyncCoordinator.Configuration {
+        var c = SyncCoordinator.Configuration()
+        c.upstreamSlots = config.upstream.slots
+        c.serveSlots = config.mirror.rsyncURL == nil ? 0 : config.mirror.serveSlots
+        c.poll = config.upstream.poll
+        c.fallbackPoll = config.upstream.poll * 10
+        c.agreementDeadline = max(.seconds(2), config.peers.gossip * 5)
+        // rsync's own --timeout ends a stalled transfer; this catches a source that trickles.
+        c.stallAfter = max(.seconds(30), config.upstream.timeout * 2)
+        c.busyBackoff = max(.seconds(5), config.upstream.poll)
+        return c
+    }
+
     func run() async throws {
         var logger = self.logger
         logger[metadataKey: "service"] = "sync"
         let pipeline = SyncPipeline(config: config)
-        let quiet = Logger(label: "dmirr.probe", factory: { _ in SwiftLogNoOpLogHandler() })
-        while !Task.isShuttingDownGracefully, !Task.isCancelled {
-            switch await pipeline.probeSource(logger: quiet) {
-            case .success(let token):
-                let own = await node.own
-                await node.updateOwn { $0.targetToken = token.value }
-                if own.publishedToken != token.value {
-                    await sync(pipeline, logger: logger)
-                } else if own.syncState != .inSync {
-                    await node.updateOwn { $0.syncState = .inSync }
+        let published = (try? StateStore(directory: config.state.dir).published())?.token ?? ""
+        var coordinator = SyncCoordinator(me: config.node, publishedToken: published, configuration: Self.coordinatorConfiguration(config))
+        let (events, sink) = AsyncStream.makeStream(of: Event.self)
+        let clock = ContinuousClock()
+        let started = clock.now
+        let gossip = config.peers.gossip
+        var pullCancel: CancelSignal?
+
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                // A graceful shutdown ends the ticks, and with them the loop below.
+                try? await cancelWhenGracefulShutdown {
+                    while !Task.isCancelled {
+                        sink.yield(.tick)
+                        try await Task.sleep(for: gossip)
+                    }
                 }
-            case .failure(let error):
-                logger.warning("cannot read the upstream token", metadata: ["error": "\(error.message)"])
-                await node.updateOwn { $0.lastError = error.message }
+                sink.finish()
             }
-            // Sleep until the next poll, but wake for shutdown.
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: config.upstream.poll) }
+            for await event in events {
+                let now = clock.now - started
+                var directives: [SyncCoordinator.Directive] = []
+                switch event {
+                case .tick:
+                    let view = await node.liveRecords()
+                    directives += coordinator.onView(view, wallMillis: Self.wallMillis, now: now)
+                    directives += coordinator.onTick(now: now)
+                case .polled(.success(let token)):
+                    directives += coordinator.onUpstreamToken(token.value, wallMillis: Self.wallMillis, now: now)
+                case .polled(.failure(let error)):
+                    logger.warning("cannot read the upstream token", metadata: ["error": "\(error.message)"])
+                    await node.updateOwn { $0.lastError = error.message }
+                    directives += coordinator.onUpstreamUnreachable(now: now)
+                case .progress:
+                    coordinator.onPullProgress(now: now)
+                case .finished(let report):
+                    pullCancel = nil
+                    await record(report, logger: logger)
+                    directives += coordinator.onPullFinished(Self.outcome(report), now: now)
+                }
+                for directive in directives {
+                    switch directive {
+                    case .pollUpstream:
+                        group.addTask {
+                            let quiet = Logger(label: "dmirr.probe", factory: { _ in SwiftLogNoOpLogHandler() })
+                            sink.yield(.polled(await pipeline.probeSource(logger: quiet)))
+                        }
+                    case .startPull(let source, let token):
+                        var options = SyncPipeline.Options()
+                        if case .peer(let peer) = source {
+                            // Only daemon URLs: a peer advertising a local path must not make us copy our own disk.
+                            guard let url = await node.rsyncURL(of: peer).flatMap(RsyncLocation.init), url.isDaemon else {
+                                logger.warning("the plan names a peer without a usable rsync URL", metadata: ["peer.node": "\(peer)"])
+                                sink.yield(.finished(SyncReport(outcome: .failed, exitCode: 1, message: "peer \(peer) has no rsync URL")))
+                                continue
+                            }
+                            options.peer = (peer, url, token)
+                        }
+                        let cancel = CancelSignal()
+                        pullCancel = cancel
+                        await node.updateOwn {
+                            $0.syncState = .syncing
+                            $0.source = source.recordValue
+                            $0.progress = 0
+                        }
+                        logger.info("pulling", metadata: ["sync.source": "\(source)", "sync.token": "\(token)"])
+                        let node = self.node
+                        group.addTask { [options, logger] in
+                            let progress = ProgressThrottle()
+                            let report = await cancel.racing {
+                                await pipeline.run(options: options, logger: logger) { event in
+                                    if case .progress(_, let p) = event, progress.due() {
+                                        sink.yield(.progress)
+                                        Task { await node.updateOwn { $0.progress = Double(p.percent) / 100 } }
+                                    }
+                                }
+                            }
+                            sink.yield(.finished(report))
+                        }
+                    case .cancelPull(let reason):
+                        logger.notice("cancelling the pull", metadata: ["reason": "\(reason)"])
+                        pullCancel?.fire()
+                    case .advertise(let a):
+                        await node.updateOwn {
+                            $0.targetToken = a.targetToken
+                            $0.targetSeenMillis = a.targetSeenMillis
+                            $0.avoid = a.avoid
+                            $0.planDigest = a.planDigest
+                            $0.serveSlots = a.serveSlots
+                            if $0.syncState != .syncing {
+                                $0.syncState = !a.targetToken.isEmpty && $0.publishedToken == a.targetToken ? .inSync
+                                    : $0.syncState == .failed ? .failed : .waiting
+                            }
+                        }
+                    case .wake:
+                        break  // ticks come every gossip round
+                    }
+                }
+            }
+            // Shutting down: a running pull is cancelled (rsync torn down, the token untouched) before we return.
+            pullCancel?.fire()
         }
     }
 
-    private func sync(_ pipeline: SyncPipeline, logger: Logger) async {
-        await node.updateOwn {
-            $0.syncState = .syncing
-            $0.source = "upstream"
-            $0.progress = 0
+    static var wallMillis: Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+
+    static func outcome(_ report: SyncReport) -> SyncCoordinator.PullOutcome {
+        if report.peerTokenMismatch { return .tokenMismatch(found: report.token?.value ?? "") }
+        switch report.outcome {
+        case .synced, .upToDate: return .synced(token: report.token?.value ?? "")
+        case .busy: return .busy
+        case .cancelled: return .cancelled
+        case .failed, .verifyFailed, .interrupted, .running: return .failed(report.message)
         }
-        let node = self.node
-        let progress = ProgressThrottle()
-        // A graceful shutdown cancels the running sync: rsync is torn down, the token stays unpublished.
-        let report = await cancelWhenGracefulShutdown {
-            await pipeline.run(options: .init(), logger: logger) { event in
-                if case .progress(_, let p) = event, progress.due() {
-                    Task { await node.updateOwn { $0.progress = Double(p.percent) / 100 } }
-                }
-            }
-        }
+    }
+
+    private func record(_ report: SyncReport, logger: Logger) async {
         let published = try? StateStore(directory: config.state.dir).published()
         await node.updateOwn {
             $0.progress = nil
@@ -61,7 +163,7 @@ struct SyncService: Service {
             $0.lastSyncMillis = published.map { Int64($0.at.timeIntervalSince1970 * 1000) } ?? $0.lastSyncMillis
             switch report.outcome {
             case .synced, .upToDate:
-                $0.syncState = .inSync
+                $0.syncState = $0.publishedToken == $0.targetToken ? .inSync : .waiting
                 $0.lastError = ""
             case .busy:
                 $0.syncState = .waiting
@@ -74,6 +176,38 @@ struct SyncService: Service {
             }
         }
         logger.info("sync finished", metadata: ["sync.outcome": "\(report.outcome.rawValue)", "sync.message": "\(report.message)"])
+    }
+}
+
+/// Cancels one pull from outside its task: ``racing(_:)`` runs the work beside a waiter on the signal and cancels the
+/// work when the signal fires first.
+final class CancelSignal: Sendable {
+    private let stream: AsyncStream<Void>
+    private let continuation: AsyncStream<Void>.Continuation
+
+    init() { (stream, continuation) = AsyncStream.makeStream(of: Void.self) }
+
+    func fire() { continuation.finish() }
+
+    func racing(_ work: @escaping @Sendable () async -> SyncReport) async -> SyncReport {
+        await withTaskGroup(of: SyncReport?.self) { group in
+            group.addTask { await work() }
+            group.addTask { [stream] in
+                for await _ in stream {}
+                return nil
+            }
+            var result: SyncReport?
+            for await value in group {
+                if let value {
+                    result = value
+                    break
+                }
+                group.cancelAll()  // the signal fired: cancel the work and wait for its (cancelled) report
+            }
+            group.cancelAll()
+            self.continuation.finish()
+            return result ?? SyncReport(outcome: .cancelled, exitCode: 1, message: "cancelled")
+        }
     }
 }
 

@@ -26,6 +26,14 @@ public struct MemberRecord: Sendable, Equatable {
     public var lastError: String = ""
     /// Unix milliseconds of its last successful sync; nil = never.
     public var lastSyncMillis: Int64?
+    /// Unix milliseconds when `targetToken` was first seen at upstream (orders tokens, which are opaque).
+    public var targetSeenMillis: Int64 = 0
+    /// How many peers it serves at once.
+    public var serveSlots: Int = 0
+    /// Sources it avoids for its target token ("upstream" or node names).
+    public var avoid: [String] = []
+    /// The digest of the sync plan it computed for its target token ("" when none).
+    public var planDigest: String = ""
     /// Members this node has lost direct contact with, at the version it last held of each (see ``Membership``).
     public var suspects: [Suspicion] = []
 

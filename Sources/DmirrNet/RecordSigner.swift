@@ -165,6 +165,10 @@ public enum WireRecords {
             $0.serving = UInt32(clamping: r.serving)
             $0.lastError = r.lastError
             $0.lastSyncUnixMs = r.lastSyncMillis ?? 0
+            $0.targetSeenUnixMs = r.targetSeenMillis
+            $0.serveSlots = UInt32(clamping: r.serveSlots)
+            $0.avoid = r.avoid
+            $0.planDigest = r.planDigest
             $0.suspects = r.suspects.map { suspicion in
                 .with {
                     $0.node = suspicion.node
@@ -194,6 +198,10 @@ public enum WireRecords {
         r.serving = Int(w.serving)
         r.lastError = w.lastError
         r.lastSyncMillis = w.lastSyncUnixMs > 0 ? w.lastSyncUnixMs : nil
+        r.targetSeenMillis = w.targetSeenUnixMs
+        r.serveSlots = Int(w.serveSlots)
+        r.avoid = w.avoid
+        r.planDigest = w.planDigest
         r.suspects = w.suspects.map { Suspicion(node: $0.node, version: RecordVersion(generation: $0.generation, heartbeat: $0.heartbeat)) }
         return r
     }

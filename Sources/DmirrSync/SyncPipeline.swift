@@ -36,6 +36,8 @@ public struct SyncReport: Sendable {
     /// rsync's exit code of the run that decided the outcome: 0 when every rsync succeeded, the failing one's code
     /// otherwise, nil when rsync did not run or died of a signal.
     public var rsyncExitCode: Int32?
+    /// A peer pull found the peer holding another token than the pinned one.
+    public var peerTokenMismatch = false
 
     public init(outcome: SyncRun.Outcome, exitCode: Int32, message: String) {
         self.outcome = outcome
@@ -70,7 +72,20 @@ public struct SyncPipeline: Sendable {
     public struct Options: Sendable {
         /// Sync even when the source's token equals the published one.
         public var force = false
+        /// Pull from a peer mirror instead of upstream: its name (recorded as the run's source), its rsync URL, and
+        /// the token it must hold. A peer's tree is always verified at the `packages` level before it is published.
+        public var peer: (node: String, url: RsyncLocation, token: String)?
         public init(force: Bool = false) { self.force = force }
+    }
+
+    /// The config this run uses: a peer pull reads the peer's tree and token, pinned and fully verified.
+    func effectiveConfig(_ options: Options) -> Config {
+        guard let peer = options.peer else { return config }
+        var c = config
+        c.upstream.url = peer.url
+        c.upstream.passwordFile = nil
+        c.mirror.verify = .packages
+        return c
     }
 
     public init(config: Config, runner: RsyncRunner = RsyncRunner()) {
@@ -82,8 +97,16 @@ public struct SyncPipeline: Sendable {
     public func run(options: Options, logger: Logger, onEvent: @escaping @Sendable (SyncEvent) -> Void = { _ in })
         async -> SyncReport
     {
+        guard options.peer != nil else { return await runResolved(options: options, logger: logger, onEvent: onEvent) }
+        var peerPipeline = SyncPipeline(config: effectiveConfig(options), runner: runner)
+        peerPipeline.checkpoint = checkpoint
+        return await peerPipeline.runResolved(options: options, logger: logger, onEvent: onEvent)
+    }
+
+    private func runResolved(options: Options, logger: Logger, onEvent: @escaping @Sendable (SyncEvent) -> Void) async -> SyncReport {
+        let sourceName = options.peer?.node ?? "upstream"
         var logger = logger
-        logger[metadataKey: "sync.source"] = "upstream"
+        logger[metadataKey: "sync.source"] = "\(sourceName)"
         // 1. Lock.
         let lock: SyncLock
         do {
@@ -103,7 +126,7 @@ public struct SyncPipeline: Sendable {
             return SyncReport(outcome: .failed, exitCode: 1, message: error.description)
         }
 
-        var run = SyncRun(token: nil, source: "upstream", startedAt: Date())
+        var run = SyncRun(token: nil, source: sourceName, startedAt: Date())
         var report: SyncReport
         do {
             // Leftovers first: a killed run must not leave anything behind for this one to trip over.
@@ -168,6 +191,14 @@ public struct SyncPipeline: Sendable {
         // 2. Token check.
         var target = try await fetchToken(logger: logger)
         run.token = target.value
+        if let pinned = options.peer?.token, target.value != pinned {
+            var report = SyncReport(
+                outcome: .failed, exitCode: 1,
+                message: "peer \(options.peer!.node) holds \(config.upstream.tokenFile) \(target.value), not \(pinned); not pulling from it",
+                token: target)
+            report.peerTokenMismatch = true
+            return report
+        }
         var logger = logger
         logger[metadataKey: "sync.token"] = "\(target.value)"
         if let published, published == target, !options.force {
@@ -248,7 +279,7 @@ public struct SyncPipeline: Sendable {
         } else {
             try TreeFiles.writeAtomically(target.bytes, to: tokenPath, like: fetchedTokenPath)
         }
-        try store.setPublished(token: target.value, source: "upstream", at: Date())
+        try store.setPublished(token: target.value, source: options.peer?.node ?? "upstream", at: Date())
         return SyncReport(
             outcome: .synced, exitCode: 0,
             message: "synced \(config.upstream.tokenFile) \(published?.value ?? "(none)") → \(target.value)",

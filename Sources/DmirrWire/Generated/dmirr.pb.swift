@@ -268,50 +268,118 @@ public nonisolated struct WireErrorFrame: Sendable {
 }
 
 /// What a member says about itself. Authored only by `node`, signed by its key (SignedRecord).
-public nonisolated struct WireMemberRecord: Sendable {
+public nonisolated struct WireMemberRecord: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var node: String = String()
+  public var node: String {
+    get {_storage._node}
+    set {_uniqueStorage()._node = newValue}
+  }
 
   /// host:port of its peer listener
-  public var peerAddress: String = String()
+  public var peerAddress: String {
+    get {_storage._peerAddress}
+    set {_uniqueStorage()._peerAddress = newValue}
+  }
 
-  public var rsyncURL: String = String()
+  public var rsyncURL: String {
+    get {_storage._rsyncURL}
+    set {_uniqueStorage()._rsyncURL = newValue}
+  }
 
   /// changes on each agent start (its start time, seconds); higher wins
-  public var generation: UInt64 = 0
+  public var generation: UInt64 {
+    get {_storage._generation}
+    set {_uniqueStorage()._generation = newValue}
+  }
 
   /// increases every gossip round within a generation; higher wins
-  public var heartbeat: UInt64 = 0
+  public var heartbeat: UInt64 {
+    get {_storage._heartbeat}
+    set {_uniqueStorage()._heartbeat = newValue}
+  }
 
-  public var syncState: WireSyncState = .unspecified
+  public var syncState: WireSyncState {
+    get {_storage._syncState}
+    set {_uniqueStorage()._syncState = newValue}
+  }
 
-  public var publishedToken: String = String()
+  public var publishedToken: String {
+    get {_storage._publishedToken}
+    set {_uniqueStorage()._publishedToken = newValue}
+  }
 
-  public var targetToken: String = String()
+  public var targetToken: String {
+    get {_storage._targetToken}
+    set {_uniqueStorage()._targetToken = newValue}
+  }
 
   /// "upstream", a node name, or "" when not syncing
-  public var source: String = String()
+  public var source: String {
+    get {_storage._source}
+    set {_uniqueStorage()._source = newValue}
+  }
 
   /// 0..1 while syncing, -1 otherwise
-  public var progress: Float = 0
+  public var progress: Float {
+    get {_storage._progress}
+    set {_uniqueStorage()._progress = newValue}
+  }
 
   /// peers pulling from it now
-  public var serving: UInt32 = 0
+  public var serving: UInt32 {
+    get {_storage._serving}
+    set {_uniqueStorage()._serving = newValue}
+  }
 
-  public var lastError: String = String()
+  public var lastError: String {
+    get {_storage._lastError}
+    set {_uniqueStorage()._lastError = newValue}
+  }
 
   /// 0 = never
-  public var lastSyncUnixMs: Int64 = 0
+  public var lastSyncUnixMs: Int64 {
+    get {_storage._lastSyncUnixMs}
+    set {_uniqueStorage()._lastSyncUnixMs = newValue}
+  }
 
   /// members this node lost contact with, at the version it last held of each
-  public var suspects: [WireDigestEntry] = []
+  public var suspects: [WireDigestEntry] {
+    get {_storage._suspects}
+    set {_uniqueStorage()._suspects = newValue}
+  }
+
+  /// when target_token was first seen at upstream (orders opaque tokens)
+  public var targetSeenUnixMs: Int64 {
+    get {_storage._targetSeenUnixMs}
+    set {_uniqueStorage()._targetSeenUnixMs = newValue}
+  }
+
+  /// peers it serves at once
+  public var serveSlots: UInt32 {
+    get {_storage._serveSlots}
+    set {_uniqueStorage()._serveSlots = newValue}
+  }
+
+  /// sources it gave up on for target_token ("upstream" or node names)
+  public var avoid: [String] {
+    get {_storage._avoid}
+    set {_uniqueStorage()._avoid = newValue}
+  }
+
+  /// digest of the sync plan it computed for target_token
+  public var planDigest: String {
+    get {_storage._planDigest}
+    set {_uniqueStorage()._planDigest = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct WireSignedRecord: Sendable {
@@ -705,94 +773,184 @@ nonisolated extension WireErrorFrame.Code: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MemberRecord"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}peer_address\0\u{3}rsync_url\0\u{1}generation\0\u{1}heartbeat\0\u{3}sync_state\0\u{3}published_token\0\u{3}target_token\0\u{1}source\0\u{1}progress\0\u{1}serving\0\u{3}last_error\0\u{3}last_sync_unix_ms\0\u{1}suspects\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}peer_address\0\u{3}rsync_url\0\u{1}generation\0\u{1}heartbeat\0\u{3}sync_state\0\u{3}published_token\0\u{3}target_token\0\u{1}source\0\u{1}progress\0\u{1}serving\0\u{3}last_error\0\u{3}last_sync_unix_ms\0\u{1}suspects\0\u{3}target_seen_unix_ms\0\u{3}serve_slots\0\u{1}avoid\0\u{3}plan_digest\0")
+
+  fileprivate class _StorageClass {
+    var _node: String = String()
+    var _peerAddress: String = String()
+    var _rsyncURL: String = String()
+    var _generation: UInt64 = 0
+    var _heartbeat: UInt64 = 0
+    var _syncState: WireSyncState = .unspecified
+    var _publishedToken: String = String()
+    var _targetToken: String = String()
+    var _source: String = String()
+    var _progress: Float = 0
+    var _serving: UInt32 = 0
+    var _lastError: String = String()
+    var _lastSyncUnixMs: Int64 = 0
+    var _suspects: [WireDigestEntry] = []
+    var _targetSeenUnixMs: Int64 = 0
+    var _serveSlots: UInt32 = 0
+    var _avoid: [String] = []
+    var _planDigest: String = String()
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _node = source._node
+      _peerAddress = source._peerAddress
+      _rsyncURL = source._rsyncURL
+      _generation = source._generation
+      _heartbeat = source._heartbeat
+      _syncState = source._syncState
+      _publishedToken = source._publishedToken
+      _targetToken = source._targetToken
+      _source = source._source
+      _progress = source._progress
+      _serving = source._serving
+      _lastError = source._lastError
+      _lastSyncUnixMs = source._lastSyncUnixMs
+      _suspects = source._suspects
+      _targetSeenUnixMs = source._targetSeenUnixMs
+      _serveSlots = source._serveSlots
+      _avoid = source._avoid
+      _planDigest = source._planDigest
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.node) }()
-      case 2: try { try decoder.decodeSingularStringField(value: &self.peerAddress) }()
-      case 3: try { try decoder.decodeSingularStringField(value: &self.rsyncURL) }()
-      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.generation) }()
-      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.heartbeat) }()
-      case 6: try { try decoder.decodeSingularEnumField(value: &self.syncState) }()
-      case 7: try { try decoder.decodeSingularStringField(value: &self.publishedToken) }()
-      case 8: try { try decoder.decodeSingularStringField(value: &self.targetToken) }()
-      case 9: try { try decoder.decodeSingularStringField(value: &self.source) }()
-      case 10: try { try decoder.decodeSingularFloatField(value: &self.progress) }()
-      case 11: try { try decoder.decodeSingularUInt32Field(value: &self.serving) }()
-      case 12: try { try decoder.decodeSingularStringField(value: &self.lastError) }()
-      case 13: try { try decoder.decodeSingularInt64Field(value: &self.lastSyncUnixMs) }()
-      case 14: try { try decoder.decodeRepeatedMessageField(value: &self.suspects) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._node) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._peerAddress) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._rsyncURL) }()
+        case 4: try { try decoder.decodeSingularUInt64Field(value: &_storage._generation) }()
+        case 5: try { try decoder.decodeSingularUInt64Field(value: &_storage._heartbeat) }()
+        case 6: try { try decoder.decodeSingularEnumField(value: &_storage._syncState) }()
+        case 7: try { try decoder.decodeSingularStringField(value: &_storage._publishedToken) }()
+        case 8: try { try decoder.decodeSingularStringField(value: &_storage._targetToken) }()
+        case 9: try { try decoder.decodeSingularStringField(value: &_storage._source) }()
+        case 10: try { try decoder.decodeSingularFloatField(value: &_storage._progress) }()
+        case 11: try { try decoder.decodeSingularUInt32Field(value: &_storage._serving) }()
+        case 12: try { try decoder.decodeSingularStringField(value: &_storage._lastError) }()
+        case 13: try { try decoder.decodeSingularInt64Field(value: &_storage._lastSyncUnixMs) }()
+        case 14: try { try decoder.decodeRepeatedMessageField(value: &_storage._suspects) }()
+        case 15: try { try decoder.decodeSingularInt64Field(value: &_storage._targetSeenUnixMs) }()
+        case 16: try { try decoder.decodeSingularUInt32Field(value: &_storage._serveSlots) }()
+        case 17: try { try decoder.decodeRepeatedStringField(value: &_storage._avoid) }()
+        case 18: try { try decoder.decodeSingularStringField(value: &_storage._planDigest) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.node.isEmpty {
-      try visitor.visitSingularStringField(value: self.node, fieldNumber: 1)
-    }
-    if !self.peerAddress.isEmpty {
-      try visitor.visitSingularStringField(value: self.peerAddress, fieldNumber: 2)
-    }
-    if !self.rsyncURL.isEmpty {
-      try visitor.visitSingularStringField(value: self.rsyncURL, fieldNumber: 3)
-    }
-    if self.generation != 0 {
-      try visitor.visitSingularUInt64Field(value: self.generation, fieldNumber: 4)
-    }
-    if self.heartbeat != 0 {
-      try visitor.visitSingularUInt64Field(value: self.heartbeat, fieldNumber: 5)
-    }
-    if self.syncState != .unspecified {
-      try visitor.visitSingularEnumField(value: self.syncState, fieldNumber: 6)
-    }
-    if !self.publishedToken.isEmpty {
-      try visitor.visitSingularStringField(value: self.publishedToken, fieldNumber: 7)
-    }
-    if !self.targetToken.isEmpty {
-      try visitor.visitSingularStringField(value: self.targetToken, fieldNumber: 8)
-    }
-    if !self.source.isEmpty {
-      try visitor.visitSingularStringField(value: self.source, fieldNumber: 9)
-    }
-    if self.progress.bitPattern != 0 {
-      try visitor.visitSingularFloatField(value: self.progress, fieldNumber: 10)
-    }
-    if self.serving != 0 {
-      try visitor.visitSingularUInt32Field(value: self.serving, fieldNumber: 11)
-    }
-    if !self.lastError.isEmpty {
-      try visitor.visitSingularStringField(value: self.lastError, fieldNumber: 12)
-    }
-    if self.lastSyncUnixMs != 0 {
-      try visitor.visitSingularInt64Field(value: self.lastSyncUnixMs, fieldNumber: 13)
-    }
-    if !self.suspects.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.suspects, fieldNumber: 14)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      if !_storage._node.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._node, fieldNumber: 1)
+      }
+      if !_storage._peerAddress.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._peerAddress, fieldNumber: 2)
+      }
+      if !_storage._rsyncURL.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._rsyncURL, fieldNumber: 3)
+      }
+      if _storage._generation != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._generation, fieldNumber: 4)
+      }
+      if _storage._heartbeat != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._heartbeat, fieldNumber: 5)
+      }
+      if _storage._syncState != .unspecified {
+        try visitor.visitSingularEnumField(value: _storage._syncState, fieldNumber: 6)
+      }
+      if !_storage._publishedToken.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._publishedToken, fieldNumber: 7)
+      }
+      if !_storage._targetToken.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._targetToken, fieldNumber: 8)
+      }
+      if !_storage._source.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._source, fieldNumber: 9)
+      }
+      if _storage._progress.bitPattern != 0 {
+        try visitor.visitSingularFloatField(value: _storage._progress, fieldNumber: 10)
+      }
+      if _storage._serving != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._serving, fieldNumber: 11)
+      }
+      if !_storage._lastError.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._lastError, fieldNumber: 12)
+      }
+      if _storage._lastSyncUnixMs != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._lastSyncUnixMs, fieldNumber: 13)
+      }
+      if !_storage._suspects.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._suspects, fieldNumber: 14)
+      }
+      if _storage._targetSeenUnixMs != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._targetSeenUnixMs, fieldNumber: 15)
+      }
+      if _storage._serveSlots != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._serveSlots, fieldNumber: 16)
+      }
+      if !_storage._avoid.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._avoid, fieldNumber: 17)
+      }
+      if !_storage._planDigest.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._planDigest, fieldNumber: 18)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: WireMemberRecord, rhs: WireMemberRecord) -> Bool {
-    if lhs.node != rhs.node {return false}
-    if lhs.peerAddress != rhs.peerAddress {return false}
-    if lhs.rsyncURL != rhs.rsyncURL {return false}
-    if lhs.generation != rhs.generation {return false}
-    if lhs.heartbeat != rhs.heartbeat {return false}
-    if lhs.syncState != rhs.syncState {return false}
-    if lhs.publishedToken != rhs.publishedToken {return false}
-    if lhs.targetToken != rhs.targetToken {return false}
-    if lhs.source != rhs.source {return false}
-    if lhs.progress != rhs.progress {return false}
-    if lhs.serving != rhs.serving {return false}
-    if lhs.lastError != rhs.lastError {return false}
-    if lhs.lastSyncUnixMs != rhs.lastSyncUnixMs {return false}
-    if lhs.suspects != rhs.suspects {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._node != rhs_storage._node {return false}
+        if _storage._peerAddress != rhs_storage._peerAddress {return false}
+        if _storage._rsyncURL != rhs_storage._rsyncURL {return false}
+        if _storage._generation != rhs_storage._generation {return false}
+        if _storage._heartbeat != rhs_storage._heartbeat {return false}
+        if _storage._syncState != rhs_storage._syncState {return false}
+        if _storage._publishedToken != rhs_storage._publishedToken {return false}
+        if _storage._targetToken != rhs_storage._targetToken {return false}
+        if _storage._source != rhs_storage._source {return false}
+        if _storage._progress != rhs_storage._progress {return false}
+        if _storage._serving != rhs_storage._serving {return false}
+        if _storage._lastError != rhs_storage._lastError {return false}
+        if _storage._lastSyncUnixMs != rhs_storage._lastSyncUnixMs {return false}
+        if _storage._suspects != rhs_storage._suspects {return false}
+        if _storage._targetSeenUnixMs != rhs_storage._targetSeenUnixMs {return false}
+        if _storage._serveSlots != rhs_storage._serveSlots {return false}
+        if _storage._avoid != rhs_storage._avoid {return false}
+        if _storage._planDigest != rhs_storage._planDigest {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,261 @@
+/// One member's side of "slots by consensus" (DESIGN.md §4), sans I/O like ``Membership``: the agent and the
+/// simulator feed it the gossiped view, upstream token observations and pull results, with the time, and carry out
+/// its directives (poll upstream, start or cancel a pull, advertise fields in our member record).
+///
+/// - **Target.** The token upstream serves. Watchers (the first `watchers` members of a fixed hash order) poll every
+///   `poll`; the others every `fallbackPoll`, and once whenever gossip brings a token they have not confirmed. A
+///   member only pulls a token it confirmed itself (one small fetch), so a peer cannot send the fleet after a token
+///   upstream does not serve.
+/// - **Plan.** From the live members' records it computes ``SyncPlan`` and advertises the plan's digest. Peer pulls
+///   start at once (the source's serving limit is the hard backstop). An upstream pull starts when more than half of
+///   the live members advertise the same digest, or `agreementDeadline` after this member was first planned upstream.
+/// - **Patience.** A pull with no progress for `stallAfter` is cancelled and its source avoided. A source that
+///   refused (busy) is avoided for `busyBackoff`; a peer that failed or held the wrong token, for the rest of the
+///   token; upstream is never avoided for longer than `busyBackoff`.
+public struct SyncCoordinator: Sendable {
+    public struct Configuration: Sendable {
+        public var upstreamSlots = 2
+        public var serveSlots = 4
+        public var poll: Duration = .seconds(60)
+        public var fallbackPoll: Duration = .seconds(600)
+        public var watchers = 2
+        public var agreementDeadline: Duration = .seconds(5)
+        public var stallAfter: Duration = .seconds(120)
+        public var busyBackoff: Duration = .seconds(30)
+
+        public init() {}
+    }
+
+    /// What the coordinator wants in our member record.
+    public struct Advertised: Sendable, Equatable {
+        public var targetToken = ""
+        public var targetSeenMillis: Int64 = 0
+        /// The running pull's source ("" when none).
+        public var source = ""
+        public var avoid: [String] = []
+        public var planDigest = ""
+        public var serveSlots = 0
+    }
+
+    public enum Directive: Sendable, Equatable {
+        /// Fetch upstream's token file and report it with ``onUpstreamToken(_:wallMillis:now:)``.
+        case pollUpstream
+        /// Pull `token`'s tree from `source` (a peer pull is pinned: the source must hold exactly `token`).
+        case startPull(PlanSource, token: String)
+        /// Cancel the running pull, then report it finished as ``PullOutcome/cancelled``.
+        case cancelPull(reason: String)
+        /// Put these fields in our member record.
+        case advertise(Advertised)
+        case wake(after: Duration)
+    }
+
+    public enum PullOutcome: Sendable, Equatable {
+        /// Published `token` (for an upstream pull, whatever upstream served by then).
+        case synced(token: String)
+        /// Refused for lack of slots (rsync exit 5 "max connections", our lock…).
+        case busy
+        /// The source's token file was not the pinned token.
+        case tokenMismatch(found: String)
+        case failed(String)
+        case cancelled
+    }
+
+    public struct Running: Sendable, Equatable {
+        public var source: PlanSource
+        public var token: String
+        public var started: Duration
+        public var lastProgress: Duration
+    }
+
+    public let me: String
+    public var configuration: Configuration
+    public private(set) var publishedToken: String
+    /// The newest token we know of, and whether our own fetch confirmed it.
+    public private(set) var target: (token: String, seenMillis: Int64, confirmed: Bool)?
+    public private(set) var running: Running?
+    public private(set) var plan: SyncPlan?
+    public private(set) var agreed = false
+    /// How many live members advertise our plan's digest, ourselves included, out of how many.
+    public private(set) var agreement = (same: 0, of: 0)
+    private var view: [MemberRecord] = []
+    private var firstView: Duration?
+    /// Avoided sources: until when (nil: for the rest of the target token).
+    private var avoid: [PlanSource: Duration?] = [:]
+    private var upstreamPlannedSince: Duration?
+    private var lastPoll: Duration?
+    private var pollPending = false
+    private var advertised: Advertised?
+
+    public init(me: String, publishedToken: String, configuration: Configuration = .init()) {
+        self.me = me
+        self.publishedToken = publishedToken
+        self.configuration = configuration
+    }
+
+    // MARK: Events
+
+    /// The live members' records as gossip has them (ours may be among them; our own state is taken from here).
+    public mutating func onView(_ records: [MemberRecord], wallMillis: Int64, now: Duration) -> [Directive] {
+        view = records.filter { $0.node != me }
+        if firstView == nil { firstView = now }
+        var out: [Directive] = []
+        // A newer token than ours in someone's record: adopt it unconfirmed and confirm it with one fetch. Claims from
+        // the future (beyond a minute of clock skew) are ignored.
+        if let newest = view.filter({ !$0.targetToken.isEmpty && $0.targetSeenMillis <= wallMillis + 60_000 })
+            .max(by: { ($0.targetSeenMillis, $0.targetToken) < ($1.targetSeenMillis, $1.targetToken) }),
+            newest.targetToken != target?.token, newest.targetSeenMillis > (target?.seenMillis ?? .min)
+        {
+            setTarget(newest.targetToken, seenMillis: newest.targetSeenMillis, confirmed: false)
+            if !pollPending {
+                pollPending = true
+                lastPoll = now
+                out.append(.pollUpstream)
+            }
+        }
+        return out + decide(now: now)
+    }
+
+    /// What our own fetch of upstream's token file found.
+    public mutating func onUpstreamToken(_ token: String, wallMillis: Int64, now: Duration) -> [Directive] {
+        pollPending = false
+        if let target, target.token == token {
+            self.target!.confirmed = true
+        } else {
+            setTarget(token, seenMillis: wallMillis, confirmed: true)
+        }
+        return decide(now: now)
+    }
+
+    /// The poll failed; try again at the next interval.
+    public mutating func onUpstreamUnreachable(now: Duration) -> [Directive] {
+        pollPending = false
+        return decide(now: now)
+    }
+
+    public mutating func onPullProgress(now: Duration) {
+        running?.lastProgress = now
+    }
+
+    public mutating func onPullFinished(_ outcome: PullOutcome, now: Duration) -> [Directive] {
+        guard let finished = running else { return decide(now: now) }
+        running = nil
+        switch outcome {
+        case .synced(let token):
+            publishedToken = token
+            if token == target?.token { avoid = [:] }
+        case .busy:
+            avoid[finished.source] = now + configuration.busyBackoff
+        case .tokenMismatch, .failed:
+            avoid[finished.source] = finished.source == .upstream ? now + configuration.busyBackoff : .some(nil)
+        case .cancelled:
+            break
+        }
+        return decide(now: now)
+    }
+
+    public mutating func onTick(now: Duration) -> [Directive] {
+        var out: [Directive] = []
+        let interval = isWatcher ? configuration.poll : configuration.fallbackPoll
+        if !pollPending, lastPoll.map({ now - $0 >= interval }) ?? true {
+            pollPending = true
+            lastPoll = now
+            out.append(.pollUpstream)
+        }
+        if let r = running, now - r.lastProgress >= configuration.stallAfter {
+            out.append(.cancelPull(reason: "no progress from \(r.source) for \(configuration.stallAfter)"))
+            avoid[r.source] = r.source == .upstream ? now + configuration.busyBackoff : .some(nil)
+        }
+        out += decide(now: now)
+        out.append(.wake(after: .seconds(1)))
+        return out
+    }
+
+    // MARK: Queries
+
+    /// Whether we are one of the members that poll upstream at the short interval.
+    public var isWatcher: Bool {
+        let nodes = [me] + view.map(\.node)
+        return SyncPlan.slotOrder(token: "watchers", nodes: nodes).prefix(configuration.watchers).contains(me)
+    }
+
+    // MARK: Deciding
+
+    private mutating func setTarget(_ token: String, seenMillis: Int64, confirmed: Bool) {
+        target = (token, seenMillis, confirmed)
+        avoid = [:]
+        upstreamPlannedSince = nil
+    }
+
+    private mutating func decide(now: Duration) -> [Directive] {
+        let out = replan(now: now)
+        return out + advertise()
+    }
+
+    private mutating func replan(now: Duration) -> [Directive] {
+        var out: [Directive] = []
+        for (source, until) in avoid { if let until, until <= now { avoid[source] = nil } }
+        guard let target else {
+            plan = nil
+            agreed = false
+            return out
+        }
+        if let running, target.token == publishedToken {
+            out.append(.cancelPull(reason: "we already hold \(target.token); the pull of \(running.token) is moot"))
+            return out
+        }
+        if let running, running.token != target.token {
+            out.append(.cancelPull(reason: "upstream moved on to \(target.token)"))
+            return out
+        }
+        var members = view.map { r in
+            SyncPlan.Member(
+                node: r.node, publishedToken: r.publishedToken,
+                pulling: r.syncState == .syncing && r.targetToken == target.token ? PlanSource(recordValue: r.source) : nil,
+                serveSlots: r.serveSlots, avoid: Set(r.avoid.compactMap(PlanSource.init(recordValue:))))
+        }
+        members.append(SyncPlan.Member(node: me, publishedToken: publishedToken, pulling: running?.source,
+                                       serveSlots: configuration.serveSlots, avoid: Set(avoid.keys)))
+        let plan = SyncPlan(token: target.token, members: members, upstreamSlots: configuration.upstreamSlots)
+        self.plan = plan
+        let same = 1 + view.filter { $0.planDigest == plan.digest }.count
+        agreement = (same, members.count)
+        agreed = same * 2 > members.count
+        // In sync, we still computed and advertise the plan: the members still pulling count on our agreement.
+        let mine = plan.assignments[me]!
+        if let running {
+            if mine != .pull(running.source) {
+                out.append(.cancelPull(reason: "the plan no longer has \(running.source) for us"))
+            }
+            return out
+        }
+        guard case .pull(let source) = mine, target.confirmed else {
+            upstreamPlannedSince = nil
+            return out
+        }
+        if source == .upstream {
+            let since = upstreamPlannedSince ?? now
+            upstreamPlannedSince = since
+            // Right after start our view may hold only ourselves, and a view of one always agrees with itself: give
+            // membership the agreement deadline to form first.
+            let settled = now - (firstView ?? now) >= configuration.agreementDeadline
+            guard (agreed && settled) || now - since >= configuration.agreementDeadline else { return out }
+        }
+        upstreamPlannedSince = nil
+        running = Running(source: source, token: target.token, started: now, lastProgress: now)
+        out.append(.startPull(source, token: target.token))
+        return out
+    }
+
+    private mutating func advertise() -> [Directive] {
+        var a = Advertised()
+        a.targetToken = target?.token ?? ""
+        a.targetSeenMillis = target?.seenMillis ?? 0
+        a.source = running?.source.recordValue ?? ""
+        a.avoid = avoid.keys.map(\.recordValue).sorted()
+        a.planDigest = plan?.digest ?? ""
+        a.serveSlots = configuration.serveSlots
+        guard a != advertised else { return [] }
+        advertised = a
+        return [.advertise(a)]
+    }
+}

@@ -1,0 +1,158 @@
+import Testing
+
+@testable import DmirrCore
+
+@Suite struct SyncCoordinatorTests {
+    static func record(_ node: String, published: String = "T1", target: String = "", seen: Int64 = 0, syncing source: String = "",
+                       digest: String = "", serveSlots: Int = 2) -> MemberRecord {
+        var r = MemberRecord(node: node, generation: 1)
+        r.publishedToken = published
+        r.targetToken = target
+        r.targetSeenMillis = seen
+        r.source = source
+        r.syncState = source.isEmpty ? (published == target ? .inSync : .waiting) : .syncing
+        r.planDigest = digest
+        r.serveSlots = serveSlots
+        return r
+    }
+
+    static func config(slots: Int = 2) -> SyncCoordinator.Configuration {
+        var c = SyncCoordinator.Configuration()
+        c.upstreamSlots = slots
+        c.serveSlots = 2
+        c.poll = .seconds(10)
+        c.fallbackPoll = .seconds(100)
+        c.agreementDeadline = .seconds(5)
+        c.stallAfter = .seconds(30)
+        c.busyBackoff = .seconds(20)
+        return c
+    }
+
+    static func pulls(_ directives: [SyncCoordinator.Directive]) -> [PlanSource] {
+        directives.compactMap { if case .startPull(let s, _) = $0 { s } else { nil } }
+    }
+
+    @Test func exactlyTheWatchersPollOftenAndEveryonePollsFirstThing() {
+        let names = (0..<10).map { "m\($0)" }
+        var watchers = 0
+        for name in names {
+            var c = SyncCoordinator(me: name, publishedToken: "T1", configuration: Self.config())
+            _ = c.onView(names.map { Self.record($0) }, wallMillis: 0, now: .zero)
+            #expect(c.onTick(now: .zero).contains(.pollUpstream))
+            _ = c.onUpstreamToken("T1", wallMillis: 0, now: .zero)
+            let polledAt10 = c.onTick(now: .seconds(10)).contains(.pollUpstream)
+            if c.isWatcher { watchers += 1 }
+            #expect(polledAt10 == c.isWatcher)
+        }
+        #expect(watchers == 2)
+    }
+
+    @Test func aGossipedTokenIsConfirmedBeforeAnythingIsPulled() {
+        var c = SyncCoordinator(me: "a", publishedToken: "T1", configuration: Self.config())
+        _ = c.onUpstreamToken("T1", wallMillis: 1_000, now: .zero)
+        // b saw T2 at upstream later than we saw T1.
+        let view = [Self.record("b", target: "T2", seen: 2_000), Self.record("c")]
+        let first = c.onView(view, wallMillis: 3_000, now: .seconds(1))
+        #expect(first.contains(.pollUpstream))
+        #expect(Self.pulls(first).isEmpty, "pulled an unconfirmed token")
+        // Upstream confirms it: a is planned upstream, but waits for agreement or the deadline.
+        #expect(Self.pulls(c.onUpstreamToken("T2", wallMillis: 3_100, now: .seconds(2))).isEmpty || c.agreed)
+        let later = c.onTick(now: .seconds(8))
+        if c.plan?.assignments["a"] == .pull(.upstream) { #expect(Self.pulls(later) == [.upstream]) }
+    }
+
+    @Test func aLyingPeerCannotSendTheFleetAfterATokenUpstreamDoesNotServe() {
+        var c = SyncCoordinator(me: "a", publishedToken: "T1", configuration: Self.config())
+        _ = c.onUpstreamToken("T1", wallMillis: 1_000, now: .zero)
+        _ = c.onView([Self.record("liar", target: "FAKE", seen: 2_000)], wallMillis: 3_000, now: .seconds(1))
+        // Upstream still serves T1: that is the target again, and a has it.
+        let after = c.onUpstreamToken("T1", wallMillis: 3_000, now: .seconds(2))
+        #expect(c.target?.token == "T1")
+        #expect(Self.pulls(after).isEmpty)
+        // A claim from the far future is not even adopted.
+        _ = c.onView([Self.record("liar", target: "FUTURE", seen: 10_000_000)], wallMillis: 4_000, now: .seconds(3))
+        #expect(c.target?.token == "T1")
+    }
+
+    @Test func anUpstreamPullWaitsForAMajorityOrTheDeadlineAndAPeerPullDoesNot() {
+        // Five members, nobody in sync: two will be planned upstream.
+        let names = ["a", "b", "c", "d", "e"]
+        let plan = SyncPlan(token: "T2", members: names.map { SyncPlan.Member(node: $0, publishedToken: "T1", serveSlots: 2) }, upstreamSlots: 2)
+        let upstreamer = plan.upstreamPulls[0]
+        var c = SyncCoordinator(me: upstreamer, publishedToken: "T1", configuration: Self.config())
+        let others = names.filter { $0 != upstreamer }
+        _ = c.onView(others.map { Self.record($0, target: "T2", seen: 5) }, wallMillis: 10, now: .zero)
+        let confirmed = c.onUpstreamToken("T2", wallMillis: 10, now: .zero)
+        #expect(Self.pulls(confirmed).isEmpty, "started before anyone agreed")
+        #expect(c.plan?.digest == plan.digest)
+        // Two others advertise the same plan: three of five agree, so it starts.
+        let agreeing = others.enumerated().map { i, n in Self.record(n, target: "T2", seen: 5, digest: i < 2 ? plan.digest : "other") }
+        #expect(Self.pulls(c.onView(agreeing, wallMillis: 10, now: .seconds(1))).isEmpty, "started before membership settled")
+        #expect(c.agreed)
+        #expect(Self.pulls(c.onView(agreeing, wallMillis: 10, now: .seconds(3))).isEmpty)
+        // With the majority it need not wait for its own deadline: membership settles 5 s after the first view.
+        var early = SyncCoordinator(me: upstreamer, publishedToken: "T1", configuration: Self.config())
+        _ = early.onView(others.map { Self.record($0, target: "T2", seen: 5) }, wallMillis: 10, now: .zero)
+        _ = early.onTick(now: .seconds(5))  // settled, no token yet
+        _ = early.onUpstreamToken("T2", wallMillis: 10, now: .seconds(6))
+        #expect(Self.pulls(early.onView(agreeing, wallMillis: 10, now: .seconds(7))) == [.upstream])
+
+        // Without agreement the deadline starts it.
+        var lonely = SyncCoordinator(me: upstreamer, publishedToken: "T1", configuration: Self.config())
+        _ = lonely.onView(others.map { Self.record($0, target: "T2", seen: 5) }, wallMillis: 10, now: .zero)
+        _ = lonely.onUpstreamToken("T2", wallMillis: 10, now: .zero)
+        #expect(Self.pulls(lonely.onTick(now: .seconds(4))).isEmpty)
+        #expect(Self.pulls(lonely.onTick(now: .seconds(5))) == [.upstream])
+
+        // A member planned onto an in-sync peer starts at once, agreement or not.
+        var follower = SyncCoordinator(me: "z", publishedToken: "T1", configuration: Self.config())
+        _ = follower.onView([Self.record("s", published: "T2", target: "T2", seen: 5)], wallMillis: 10, now: .zero)
+        #expect(Self.pulls(follower.onUpstreamToken("T2", wallMillis: 10, now: .zero)) == [.peer("s")])
+    }
+
+    @Test func aStalledPeerIsAbandonedAndAnotherSourceTaken() {
+        var c = SyncCoordinator(me: "z", publishedToken: "T1", configuration: Self.config(slots: 1))
+        let view = [Self.record("s1", published: "T2", target: "T2", seen: 5), Self.record("s2", published: "T2", target: "T2", seen: 5)]
+        _ = c.onView(view, wallMillis: 10, now: .zero)
+        let first = Self.pulls(c.onUpstreamToken("T2", wallMillis: 10, now: .zero))
+        #expect(first.count == 1)
+        c.onPullProgress(now: .seconds(20))
+        #expect(!c.onTick(now: .seconds(49)).contains { if case .cancelPull = $0 { true } else { false } })
+        let stalled = c.onTick(now: .seconds(50))
+        #expect(stalled.contains { if case .cancelPull = $0 { true } else { false } })
+        let next = Self.pulls(c.onPullFinished(.cancelled, now: .seconds(51)))
+        #expect(next.count == 1 && next != first, "\(next) after abandoning \(first)")
+        // The avoided source is advertised, so every member's plan leaves it out for us.
+        #expect(c.onTick(now: .seconds(52)).isEmpty == false)
+    }
+
+    @Test func busyUpstreamIsRetriedAfterTheBackoffAndAFailedPeerNotAtAll() {
+        var c = SyncCoordinator(me: "solo", publishedToken: "T1", configuration: Self.config(slots: 1))
+        _ = c.onView([], wallMillis: 0, now: .zero)
+        // Alone, it agrees with itself, but only once membership had the agreement deadline (5 s) to form.
+        #expect(Self.pulls(c.onUpstreamToken("T2", wallMillis: 0, now: .seconds(1))).isEmpty)
+        #expect(Self.pulls(c.onTick(now: .seconds(5))) == [.upstream])
+        #expect(Self.pulls(c.onPullFinished(.busy, now: .seconds(6))).isEmpty)
+        #expect(Self.pulls(c.onTick(now: .seconds(25))).isEmpty)
+        #expect(Self.pulls(c.onTick(now: .seconds(26))) == [.upstream])
+        #expect(Self.pulls(c.onPullFinished(.synced(token: "T2"), now: .seconds(30))).isEmpty)
+        #expect(c.publishedToken == "T2")
+
+        var f = SyncCoordinator(me: "f", publishedToken: "T1", configuration: Self.config(slots: 0))
+        _ = f.onView([Self.record("s", published: "T2", target: "T2", seen: 5)], wallMillis: 10, now: .zero)
+        #expect(Self.pulls(f.onUpstreamToken("T2", wallMillis: 10, now: .zero)) == [.peer("s")])
+        #expect(Self.pulls(f.onPullFinished(.tokenMismatch(found: "T1"), now: .seconds(1))).isEmpty)
+        #expect(Self.pulls(f.onTick(now: .seconds(500))).isEmpty, "went back to a peer that held the wrong token")
+    }
+
+    @Test func aNewTokenMidPullCancelsIt() {
+        var c = SyncCoordinator(me: "solo", publishedToken: "T1", configuration: Self.config())
+        _ = c.onView([], wallMillis: 0, now: .zero)
+        #expect(Self.pulls(c.onUpstreamToken("T2", wallMillis: 0, now: .seconds(5))) == [.upstream])
+        let moved = c.onUpstreamToken("T3", wallMillis: 100, now: .seconds(8))
+        #expect(moved.contains { if case .cancelPull = $0 { true } else { false } })
+        // Once the old pull is down, the new token is pulled (alone and settled, it agrees with itself at once).
+        #expect(Self.pulls(c.onPullFinished(.cancelled, now: .seconds(9))) == [.upstream])
+        #expect(c.running?.token == "T3")
+    }
+}
