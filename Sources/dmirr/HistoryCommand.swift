@@ -39,7 +39,7 @@ struct HistoryCommand: ParsableCommand {
 enum HistoryFormat {
     static func rfc3339(_ date: Date) -> String {
         let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime]
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         return f.string(from: date)
     }
 

@@ -16,9 +16,14 @@ import Testing
         var agents: [String: SpawnedDmirr] = [:]
 
         let mirrorExtra: String
+        let upstreamSlots: Int
+        /// Each agent's own rsync daemon serving its mirror to peers (when the fleet serves).
+        var servers: [String: RsyncDaemon] = [:]
 
-        init(size: Int, mirrorExtra: String = "") throws {
+        /// - Parameter serving: give every agent an rsync daemon for its mirror and advertise it (`rsync_url`).
+        init(size: Int, mirrorExtra: String = "", serving: Bool = false, upstreamSlots: Int = 2) throws {
             self.mirrorExtra = mirrorExtra
+            self.upstreamSlots = upstreamSlots
             dir = try TestDirectory("fleet")
             upstream = try Upstream(in: dir, packages: [.init("alpha", "1.0"), .init("beta", "1.0")], token: "push-1")
             let ca = try CLI.dmirr(["cert", "ca", "--fleet", "test", "--out", dir.sub("ca")])
@@ -28,6 +33,12 @@ import Testing
                 let issued = try CLI.dmirr(["cert", "issue", "--ca", dir.sub("ca"), "--node", name, "--ip", "127.0.0.1", "--out", dir.sub("certs")])
                 guard issued.exitCode == 0 else { throw TestFailure(issued.stderr) }
                 ports[name] = try FreePort.pick()
+            }
+            if serving {
+                for name in names {
+                    try FileManager.default.createDirectory(atPath: mirror(name), withIntermediateDirectories: true)
+                    servers[name] = try RsyncDaemon(directory: dir.sub("rsyncd-\(name)"), modules: [.init(name: "mirror", path: mirror(name), maxConnections: 2)])
+                }
             }
             for (i, name) in names.enumerated() {
                 // Each seeds the previous one (the first seeds the last): a ring to start from, not a mesh.
@@ -47,8 +58,10 @@ import Testing
             url = "\(upstream.url)"
             poll = "1s"
             timeout = "20s"
+            slots = \(upstreamSlots)
             [mirror]
             path = "\(mirror(name))"
+            \(servers[name].map { "rsync_url = \"\($0.url("mirror"))\"\nserve_slots = 2" } ?? "")
             \(mirrorExtra)
             [listen]
             peer = "127.0.0.1:\(ports[name]!)"
@@ -101,7 +114,54 @@ import Testing
 
         func stop() {
             for agent in agents.values { agent.killGroup() }
+            for server in servers.values { server.stop() }
             upstream.stop()
+        }
+
+        struct Run {
+            var node: String
+            var token: String
+            var source: String
+            var outcome: String
+            var started: Date
+            var finished: Date
+        }
+
+        /// Every agent's recorded sync runs (`dmirr history --json`).
+        func runs() throws -> [Run] {
+            let f = ISO8601DateFormatter()
+            f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+            var out: [Run] = []
+            for name in names {
+                let r = try CLI.dmirr(["history", "-c", configPath(name), "--json", "--limit", "100"])
+                let rows = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]] ?? []
+                for row in rows {
+                    guard let started = (row["started_at"] as? String).flatMap(f.date(from:)),
+                        let finished = (row["finished_at"] as? String).flatMap(f.date(from:))
+                    else { continue }
+                    out.append(Run(node: name, token: row["token"] as? String ?? "", source: row["source"] as? String ?? "",
+                                   outcome: row["outcome"] as? String ?? "", started: started, finished: finished))
+                }
+            }
+            return out
+        }
+
+        /// The most runs in `runs` that were in progress at one moment.
+        static func peakOverlap(_ runs: [Run]) -> Int {
+            var edges: [(at: Date, delta: Int)] = []
+            for run in runs {
+                edges.append((run.started, 1))
+                edges.append((run.finished, -1))
+            }
+            // Ends before starts at the same instant: back-to-back runs do not overlap.
+            edges.sort { a, b in a.at != b.at ? a.at < b.at : a.delta < b.delta }
+            var current = 0
+            var peak = 0
+            for (_, delta) in edges {
+                current += delta
+                peak = max(peak, current)
+            }
+            return peak
         }
 
         func logs() -> String { agents.map { "--- \($0.key)\n\($0.value.stderr.suffix(3000))" }.joined(separator: "\n") }
@@ -156,6 +216,35 @@ import Testing
         let m4 = fleet.agents["m4"]!
         kill(m4.pid, SIGTERM)
         #expect(m4.waitForExit(seconds: 10) == 0, "\(m4.stderr.suffix(2000))")
+    }
+
+    @Test func peersServeMostOfAPushAndUpstreamNeverSeesMoreThanItsSlots() throws {
+        // Upstream's daemon has no connection limit here: the bound of one upstream pull at a time is the fleet's.
+        let fleet = try Fleet(size: 6, serving: true, upstreamSlots: 1)
+        defer { fleet.stop(); fleet.dir.remove() }
+        for name in fleet.names { try fleet.start(name) }
+        let first = fleet.waitUntil(seconds: 90) { fleet.allInSync("push-1", among: fleet.names) }
+        #expect(first, "\(fleet.names.map { "\($0): \(fleet.view($0))" })\n\(fleet.logs())")
+        guard first else { return }
+
+        try fleet.upstream.push(add: [.init("gamma", "1.0", sizeKB: 256)], remove: ["beta-1.0-1.noarch.rpm"], token: "push-2")
+        let second = fleet.waitUntil(seconds: 90) { fleet.allInSync("push-2", among: fleet.names) }
+        #expect(second, "\(fleet.names.map { "\($0): \(fleet.view($0))" })\n\(fleet.logs())")
+        for name in fleet.names {
+            #expect(TreeComparison.differences(fleet.upstream.tree, fleet.mirror(name)) == [], "\(name)")
+        }
+        let runs = try fleet.runs()
+        let pushed = runs.filter { $0.token == "push-2" && $0.outcome == "synced" }
+        #expect(Set(pushed.map(\.node)) == Set(fleet.names), "\(pushed.map { "\($0.node)←\($0.source)" })")
+        let fromPeers = pushed.filter { $0.source != "upstream" }
+        #expect(fromPeers.count >= 3, "only \(fromPeers.count) of 6 pulled push-2 from a peer: \(pushed.map { "\($0.node)←\($0.source)" })")
+        // Every peer pull named a member that already held push-2 when it started.
+        for run in fromPeers {
+            let source = pushed.first { $0.node == run.source }
+            #expect(source.map { $0.finished <= run.started } == true, "\(run.node) pulled from \(run.source) before it had push-2")
+        }
+        let upstreamRuns = runs.filter { $0.source == "upstream" }
+        #expect(Fleet.peakOverlap(upstreamRuns) <= 1, "more than one pull from upstream at once: \(upstreamRuns.map { "\($0.node) \($0.started)–\($0.finished)" })")
     }
 
     @Test func sigtermDuringAnRsyncLeavesTheTokenAndTheNextStartFinishes() throws {
