@@ -5,7 +5,8 @@ Measures: time until every agent's status lists all N members; time from an upst
 in_sync with the new token; then, idle, per agent: gossip bytes/s and messages-equivalent (TCP payload bytes on the
 peer sockets, TLS included, from `ss -tin` bytes_acked over a window), RSS (VmRSS) and CPU (utime+stime).
 
-Usage: scripts/bench-fleet.py [--dmirr .build/release/dmirr] [--agents 20] [--gossip 1s] [--window 30]
+Usage: scripts/bench-fleet.py [--dmirr .build/release/dmirr] [--agents 20] [--gossip 1s] [--window 60]
+(The window should cover a record refresh, down_after / 2 = 30 s by default, or it under-counts gossip.)
 """
 import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -64,8 +65,8 @@ def proc_stats(pid):
         fields = f.read().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     with open(f"/proc/{pid}/status") as f:
-        rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
-    return cpu, rss
+        status = {l.split(":")[0]: l.split()[1] for l in f if l.startswith(("VmRSS:", "RssAnon:", "RssFile:"))}
+    return cpu, int(status["VmRSS"]), int(status["RssAnon"]), int(status["RssFile"])
 
 
 def main():
@@ -73,10 +74,10 @@ def main():
     ap.add_argument("--dmirr", default=os.path.join(ROOT, ".build/release/dmirr"))
     ap.add_argument("--agents", type=int, default=20)
     ap.add_argument("--gossip", default="1s")
-    ap.add_argument("--window", type=int, default=30)
+    ap.add_argument("--window", type=int, default=60)
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="dmirr-fleet-bench-")
-    procs, daemon = {}, None
+    procs, daemon, serving = {}, None, {}
     try:
         up = os.path.join(work, "upstream")
         os.makedirs(os.path.join(up, "Packages"))
@@ -92,11 +93,21 @@ def main():
         run([a.dmirr, "cert", "ca", "--fleet", "bench", "--out", f"{work}/ca"])
         names = [f"m{i:02d}" for i in range(a.agents)]
         ports = {n: free_port() for n in names}
+        for n in names:
+            # Each agent serves its mirror to peers through its own rsync daemon (max connections = serve_slots).
+            os.makedirs(f"{work}/mirror-{n}", exist_ok=True)
+            sport = free_port()
+            sconf = f"{work}/rsyncd-{n}.conf"
+            open(sconf, "w").write(f"use chroot = no\npid file = {work}/rsyncd-{n}.pid\nlock file = {work}/rsyncd-{n}.lock\n"
+                                   f"timeout = 60\nuid = root\ngid = root\nreverse lookup = no\n"
+                                   f"[mirror]\n    path = {work}/mirror-{n}\n    read only = yes\n    max connections = 2\n")
+            serving[n] = (sport, subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={sconf}",
+                                                   "--address=127.0.0.1", f"--port={sport}"]))
         for i, n in enumerate(names):
             run([a.dmirr, "cert", "issue", "--ca", f"{work}/ca", "--node", n, "--out", f"{work}/certs"])
             seed = names[(i - 1) % len(names)]
             cfg = f"""node = "{n}"\nfleet = "bench"\n[upstream]\nurl = "rsync://127.0.0.1:{port}/repo"\npoll = "2s"
-[mirror]\npath = "{work}/mirror-{n}"\n[listen]\npeer = "127.0.0.1:{ports[n]}"
+[mirror]\npath = "{work}/mirror-{n}"\nrsync_url = "rsync://127.0.0.1:{serving[n][0]}/mirror"\nserve_slots = 2\n[listen]\npeer = "127.0.0.1:{ports[n]}"
 [tls]\nca = "{work}/ca/ca.pem"\ncert = "{work}/certs/{n}.pem"\nkey = "{work}/certs/{n}.key"
 [peers]\nseeds = ["127.0.0.1:{ports[seed]}"]\ngossip = "{a.gossip}"\n[state]\ndir = "{work}/state-{n}"\n"""
             open(f"{work}/{n}.toml", "w").write(cfg)
@@ -128,8 +139,15 @@ def main():
         run(["bash", MAKE_REPO, "createrepo", up])
         open(os.path.join(up, "CURRENT"), "w").write("push-2\n")
         t_push = wait(lambda: all_in_sync("push-2"), 120)
-        print(f"push-2 on every agent: {t_push:.1f} s after the push (poll = 2s, every agent pulls from upstream)", flush=True)
+        print(f"push-2 on every agent: {t_push:.1f} s after the push (poll = 2s, upstream slots = 2, serve slots = 2)", flush=True)
 
+        sources = {"upstream": 0, "peer": 0}
+        for n in names:
+            r = subprocess.run([a.dmirr, "history", "-c", f"{work}/{n}.toml", "--json"], capture_output=True, text=True)
+            for run_ in json.loads(r.stdout or "[]"):
+                if run_["token"] == "push-2" and run_["outcome"] == "synced":
+                    sources["upstream" if run_["source"] == "upstream" else "peer"] += 1
+        print(f"push-2 sources: {sources['upstream']} from upstream, {sources['peer']} from peers", flush=True)
         time.sleep(5)
         peer_ports = set(ports.values())
         b0, s0 = peer_bytes(peer_ports), {n: proc_stats(p.pid) for n, p in procs.items()}
@@ -137,11 +155,16 @@ def main():
         b1, s1 = peer_bytes(peer_ports), {n: proc_stats(p.pid) for n, p in procs.items()}
         cpu = [(s1[n][0] - s0[n][0]) / a.window * 100 for n in names]
         rss = [s1[n][1] / 1024 for n in names]
+        anon = [s1[n][2] / 1024 for n in names]
+        filebacked = [s1[n][3] / 1024 for n in names]
         print(f"\n| {a.agents} agents, gossip {a.gossip}, idle window {a.window} s | value |\n|---|---|")
         print(f"| membership converged (every status lists all) | {t_members:.1f} s |")
-        print(f"| push reaches all (poll 2 s, each pulls from upstream) | {t_push:.1f} s |")
+        print(f"| push reaches all (poll 2 s, upstream slots 2, serve slots 2) | {t_push:.1f} s |")
+        print(f"| pulls of the push from upstream / from peers | {sources['upstream']} / {sources['peer']} |")
         print(f"| gossip bytes per agent per second (TCP payload incl. TLS, sent) | {(b1 - b0) / a.window / a.agents:.0f} B/s |")
         print(f"| idle RSS per agent: median / max | {statistics.median(rss):.1f} / {max(rss):.1f} MiB |")
+        print(f"| of which anonymous (heap, stacks) / file-backed (code, shared) | {statistics.median(anon):.1f} / "
+              f"{statistics.median(filebacked):.1f} MiB |")
         print(f"| idle CPU per agent: median / max | {statistics.median(cpu):.2f} / {max(cpu):.2f} % of a core |")
     finally:
         for p in procs.values():
@@ -151,6 +174,9 @@ def main():
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        for _, p in serving.values():
+            p.terminate()
+            p.wait()
         if daemon:
             daemon.terminate()
             daemon.wait()

@@ -17,6 +17,21 @@ public actor FleetNode {
     /// Per open session, the author certificate each node's records last went out with (sent once per connection).
     private var certificatesSent: [ObjectIdentifier: [String: [UInt8]]] = [:]
     private var authors = RecordSigner.AuthorCache()
+    private var plan = PlanStatus()
+
+    /// What the sync coordinator last decided, for `dmirr status`.
+    public struct PlanStatus: Sendable {
+        public var targetSeenMillis: Int64 = 0
+        public var token = ""
+        public var digest = ""
+        public var agreed = false
+        public var agreeing = 0
+        public var members = 0
+        public var order: [String] = []
+        public init() {}
+    }
+
+    public func setPlanStatus(_ status: PlanStatus) { plan = status }
     private let clock = ContinuousClock()
     private let started: ContinuousClock.Instant
 
@@ -234,10 +249,18 @@ public actor FleetNode {
             $0.fleet = identity.fleet
             $0.node = identity.name
             $0.targetToken = membership.own.targetToken
+            $0.targetSeenUnixMs = plan.targetSeenMillis
+            $0.planToken = plan.token
+            $0.planDigest = plan.digest
+            $0.planAgreed = plan.agreed
+            $0.planAgreeing = UInt32(clamping: plan.agreeing)
+            $0.planMembers = UInt32(clamping: plan.members)
+            let positions = Dictionary(uniqueKeysWithValues: plan.order.enumerated().map { ($1, $0 + 1) })
             $0.members = membership.entries.values.sorted { $0.record.node < $1.record.node }.map { entry in
                 .with {
                     $0.record = WireRecords.wire(entry.record.node == identity.name ? membership.own.withVersion(of: entry.record) : entry.record)
                     $0.liveness = entry.liveness.rawValue
+                    $0.position = UInt32(positions[entry.record.node] ?? 0)
                     let heardAgo = monoNow - entry.lastAdvance
                     $0.lastHeardUnixMs = Int64(wallNow.addingTimeInterval(-Double(heardAgo.components.seconds)).timeIntervalSince1970 * 1000)
                 }

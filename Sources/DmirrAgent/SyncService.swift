@@ -78,6 +78,15 @@ struct SyncService: Service {
                     await record(report, logger: logger)
                     directives += coordinator.onPullFinished(Self.outcome(report), now: now)
                 }
+                var status = FleetNode.PlanStatus()
+                status.targetSeenMillis = coordinator.target?.seenMillis ?? 0
+                status.token = coordinator.plan?.token ?? ""
+                status.digest = coordinator.plan?.digest ?? ""
+                status.agreed = coordinator.agreed
+                status.agreeing = coordinator.agreement.same
+                status.members = coordinator.agreement.of
+                status.order = coordinator.plan?.order ?? []
+                await node.setPlanStatus(status)
                 for directive in directives {
                     switch directive {
                     case .pollUpstream:

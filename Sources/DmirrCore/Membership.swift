@@ -207,13 +207,33 @@ public struct Membership: Sendable {
         return (.alive, false)
     }
 
-    /// The shell signed our record.
+    /// The shell signed our record. A change that matters to the fleet's plan is pushed at once: a summary to every
+    /// connected peer, instead of waiting for the rotation to reach them.
     public mutating func onOwnRecordSigned(_ record: MemberRecord, signed: [UInt8], now: Duration) -> [Directive] {
         guard record.node == me, record.version >= (entries[me]?.record.version ?? RecordVersion(generation: 0, heartbeat: 0)) else {
             return []
         }
+        let previous = entries[me]?.record
         entries[me] = Entry(record: record, signed: signed, lastAdvance: now, liveness: .alive)
-        return [.persist(nodes: [me])]
+        var out: [Directive] = [.persist(nodes: [me])]
+        if previous.map({ Self.matters(from: $0, to: record) }) ?? true { out += eagerSummaries(except: nil, now: now) }
+        return out
+    }
+
+    /// Whether a new version of a record changes something the sync plan or liveness depend on (not merely its
+    /// heartbeat, progress or serving count).
+    static func matters(from old: MemberRecord, to new: MemberRecord) -> Bool {
+        old.generation != new.generation || old.syncState != new.syncState || old.publishedToken != new.publishedToken
+            || old.targetToken != new.targetToken || old.source != new.source || old.planDigest != new.planDigest
+            || old.avoid != new.avoid || old.suspects != new.suspects || old.serveSlots != new.serveSlots
+            || old.rsyncURL != new.rsyncURL || old.peerAddress != new.peerAddress
+    }
+
+    private mutating func eagerSummaries(except peer: String?, now: Duration) -> [Directive] {
+        connected.sorted().filter { $0 != peer }.map { p in
+            lastSentTo[p] = now
+            return .sendSummary(to: p)
+        }
     }
 
     /// A peer's summary: when our digest differs, start an exchange by sending it ours.
@@ -262,6 +282,7 @@ public struct Membership: Sendable {
         }
         if let existing = entries[record.node], existing.record.version >= record.version { return [] }
         let wasLiveness = entries[record.node]?.liveness
+        let matters = entries[record.node].map { Self.matters(from: $0.record, to: record) } ?? true
         entries[record.node] = Entry(record: record, signed: signed, lastAdvance: now, liveness: .alive)
         rumourSince[record.node] = nil
         if !connected.contains(record.node) { watching.remove(record.node) }
@@ -271,6 +292,7 @@ public struct Membership: Sendable {
         }
         var out: [Directive] = [.persist(nodes: [record.node])]
         if wasLiveness != .alive { out.append(.livenessChanged(node: record.node, .alive)) }
+        if matters { out += eagerSummaries(except: peer, now: now) }
         return out
     }
 

@@ -112,6 +112,7 @@ struct StatusView {
         var progress: Double?
         var lastSync: Date?
         var lastError: String?
+        var position: Int?
     }
 
     var rows: [Row] {
@@ -122,8 +123,8 @@ struct StatusView {
                 node: r.node, state: state, token: r.publishedToken, source: r.source.isEmpty ? nil : r.source,
                 progress: r.progress >= 0 ? Double(r.progress) : nil,
                 lastSync: r.lastSyncUnixMs > 0 ? Date(timeIntervalSince1970: Double(r.lastSyncUnixMs) / 1000) : nil,
-                lastError: r.lastError.isEmpty ? nil : r.lastError)
-        }.sorted { $0.node < $1.node }
+                lastError: r.lastError.isEmpty ? nil : r.lastError, position: m.position > 0 ? Int(m.position) : nil)
+        }.sorted { ($0.position ?? .max, $0.node) < ($1.position ?? .max, $1.node) }
     }
 
     static func stateName(_ s: WireSyncState) -> String {
@@ -150,15 +151,23 @@ struct StatusView {
     func json() -> String {
         let members: [[String: Any]] = rows.map { r in
             [
-                "node": r.node, "state": r.state, "token": r.token.isEmpty ? NSNull() as Any : r.token as Any, "position": NSNull(),
+                "node": r.node, "state": r.state, "token": r.token.isEmpty ? NSNull() as Any : r.token as Any, "position": r.position ?? NSNull() as Any,
                 "source": r.source ?? NSNull(), "progress": r.progress ?? NSNull(),
                 "last_sync": r.lastSync.map(Self.rfc3339) ?? NSNull(), "last_error": r.lastError ?? NSNull(),
             ]
         }
         let object: [String: Any] = [
             "fleet": response.fleet, "node": response.node,
-            "target": ["token": response.targetToken.isEmpty ? NSNull() as Any : response.targetToken as Any, "seen_at": NSNull()],
-            "plan": ["token": NSNull(), "digest": NSNull(), "agreed": false],
+            "target": [
+                "token": response.targetToken.isEmpty ? NSNull() as Any : response.targetToken as Any,
+                "seen_at": response.targetSeenUnixMs > 0
+                    ? Self.rfc3339(Date(timeIntervalSince1970: Double(response.targetSeenUnixMs) / 1000)) as Any : NSNull() as Any,
+            ],
+            "plan": [
+                "token": response.planToken.isEmpty ? NSNull() as Any : response.planToken as Any,
+                "digest": response.planDigest.isEmpty ? NSNull() as Any : response.planDigest as Any,
+                "agreed": response.planAgreed,
+            ],
             "members": members,
         ]
         let data = try! JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
@@ -167,14 +176,19 @@ struct StatusView {
 
     func table(color: Bool) -> String {
         let target = response.targetToken
-        var lines = [["NODE", "STATE", "TOKEN", "LAG", "SOURCE", "PROGRESS", "LAST SYNC", "ERROR"]]
+        var lines = [["POS", "NODE", "STATE", "TOKEN", "LAG", "SOURCE", "PROGRESS", "LAST SYNC", "ERROR"]]
         for r in rows {
             let lag = r.token.isEmpty ? "-" : (r.token == target ? "0" : "behind")
             let progress = r.progress.map { String(format: "%3.0f%%", $0 * 100) } ?? "-"
             let lastSync = r.lastSync.map { DurationText.format(.seconds(Int64(Date().timeIntervalSince($0)))) + " ago" } ?? "never"
-            lines.append([r.node, r.state, Token(r.token).short.isEmpty ? "-" : Token(r.token).short, lag, r.source ?? "-", progress, lastSync, r.lastError ?? ""])
+            lines.append([r.position.map(String.init) ?? "-", r.node, r.state, Token(r.token).short.isEmpty ? "-" : Token(r.token).short, lag, r.source ?? "-", progress, lastSync, r.lastError ?? ""])
         }
-        var out = "fleet \(response.fleet), seen from \(response.node); target \(target.isEmpty ? "unknown" : target)\n"
+        var out = "fleet \(response.fleet), seen from \(response.node); target \(target.isEmpty ? "unknown" : target)"
+        if !response.planDigest.isEmpty {
+            out += "; plan \(response.planDigest) \(response.planAgreed ? "agreed" : "not agreed") "
+                + "(\(response.planAgreeing) of \(response.planMembers))"
+        }
+        out += "\n"
         out += TextTable.render(lines)
         guard color else { return out }
         let colors = ["in_sync": "32", "syncing": "36", "waiting": "33", "behind": "33", "failed": "31", "suspect": "33", "down": "31"]

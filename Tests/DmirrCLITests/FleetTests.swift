@@ -243,6 +243,13 @@ import Testing
             let source = pushed.first { $0.node == run.source }
             #expect(source.map { $0.finished <= run.started } == true, "\(run.node) pulled from \(run.source) before it had push-2")
         }
+        // status shows the plan: its token and digest, agreed, and each member's slot position.
+        let status = fleet.status("m0") ?? [:]
+        let plan = status["plan"] as? [String: Any] ?? [:]
+        #expect(plan["token"] as? String == "push-2" && (plan["digest"] as? String)?.count == 16, "\(plan)")
+        #expect(plan["agreed"] as? Bool == true, "\(plan)")
+        let positions = (status["members"] as? [[String: Any]] ?? []).compactMap { $0["position"] as? Int }
+        #expect(positions.sorted() == Array(1...6), "\(positions)")
         let upstreamRuns = runs.filter { $0.source == "upstream" }
         #expect(Fleet.peakOverlap(upstreamRuns) <= 1, "more than one pull from upstream at once: \(upstreamRuns.map { "\($0.node) \($0.started)–\($0.finished)" })")
     }

@@ -118,14 +118,22 @@ struct MiniFleet {
         #expect(rounds <= 10, "took \(rounds) rounds")
         #expect(fleet.members.values.allSatisfy { $0.aliveMembers.count == 20 })
 
-        // A change of one member's state spreads to all within a few rounds.
+        // A change the plan depends on is pushed eagerly: it reaches everyone in the round it was made.
+        for _ in 0..<3 { fleet.round() }
         fleet.members["m7"]!.updateOwn { $0.publishedToken = "T2" }
-        var spread = 0
+        fleet.round()
+        #expect(fleet.members.values.allSatisfy { $0.entries["m7"]?.record.publishedToken == "T2" })
+
+        // Progress is not pushed eagerly: it travels with the rotation, a few rounds later.
+        fleet.members["m3"]!.updateOwn { $0.progress = 0.5 }
+        fleet.round()
+        #expect(!fleet.members.values.allSatisfy { $0.entries["m3"]?.record.progress == 0.5 })
+        var spread = 1
         repeat {
             fleet.round()
             spread += 1
-        } while !fleet.members.values.allSatisfy({ $0.entries["m7"]?.record.publishedToken == "T2" }) && spread < 50
-        #expect(spread <= 10, "took \(spread) rounds")
+        } while !fleet.members.values.allSatisfy({ $0.entries["m3"]?.record.progress == 0.5 }) && spread < 50
+        #expect(spread <= 12, "took \(spread) rounds")
 
         // With nothing new, rounds carry only summaries: one per member per round, plus a keepalive on links that
         // the rotation has not reached for suspect_after / 3. No digest, no record.

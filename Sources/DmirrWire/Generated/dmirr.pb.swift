@@ -486,6 +486,20 @@ public nonisolated struct WireStatusResponse: Sendable {
 
   public var targetSeenUnixMs: Int64 = 0
 
+  /// the token the answering node's current sync plan is for ("" = none)
+  public var planToken: String = String()
+
+  public var planDigest: String = String()
+
+  /// more than half of the live members advertise plan_digest
+  public var planAgreed: Bool = false
+
+  /// how many do, the answering node included
+  public var planAgreeing: UInt32 = 0
+
+  /// out of how many live members
+  public var planMembers: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -509,6 +523,9 @@ public nonisolated struct WireMemberView: Sendable {
   public var liveness: String = String()
 
   public var lastHeardUnixMs: Int64 = 0
+
+  /// 1-based slot position in the plan, 0 = not in it
+  public var position: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1152,7 +1169,7 @@ nonisolated extension WireStatusRequest: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension WireStatusResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StatusResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}fleet\0\u{1}node\0\u{1}members\0\u{3}target_token\0\u{3}target_seen_unix_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}fleet\0\u{1}node\0\u{1}members\0\u{3}target_token\0\u{3}target_seen_unix_ms\0\u{3}plan_token\0\u{3}plan_digest\0\u{3}plan_agreed\0\u{3}plan_agreeing\0\u{3}plan_members\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1165,6 +1182,11 @@ nonisolated extension WireStatusResponse: SwiftProtobuf.Message, SwiftProtobuf._
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.members) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.targetToken) }()
       case 5: try { try decoder.decodeSingularInt64Field(value: &self.targetSeenUnixMs) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.planToken) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.planDigest) }()
+      case 8: try { try decoder.decodeSingularBoolField(value: &self.planAgreed) }()
+      case 9: try { try decoder.decodeSingularUInt32Field(value: &self.planAgreeing) }()
+      case 10: try { try decoder.decodeSingularUInt32Field(value: &self.planMembers) }()
       default: break
       }
     }
@@ -1186,6 +1208,21 @@ nonisolated extension WireStatusResponse: SwiftProtobuf.Message, SwiftProtobuf._
     if self.targetSeenUnixMs != 0 {
       try visitor.visitSingularInt64Field(value: self.targetSeenUnixMs, fieldNumber: 5)
     }
+    if !self.planToken.isEmpty {
+      try visitor.visitSingularStringField(value: self.planToken, fieldNumber: 6)
+    }
+    if !self.planDigest.isEmpty {
+      try visitor.visitSingularStringField(value: self.planDigest, fieldNumber: 7)
+    }
+    if self.planAgreed != false {
+      try visitor.visitSingularBoolField(value: self.planAgreed, fieldNumber: 8)
+    }
+    if self.planAgreeing != 0 {
+      try visitor.visitSingularUInt32Field(value: self.planAgreeing, fieldNumber: 9)
+    }
+    if self.planMembers != 0 {
+      try visitor.visitSingularUInt32Field(value: self.planMembers, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1195,6 +1232,11 @@ nonisolated extension WireStatusResponse: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.members != rhs.members {return false}
     if lhs.targetToken != rhs.targetToken {return false}
     if lhs.targetSeenUnixMs != rhs.targetSeenUnixMs {return false}
+    if lhs.planToken != rhs.planToken {return false}
+    if lhs.planDigest != rhs.planDigest {return false}
+    if lhs.planAgreed != rhs.planAgreed {return false}
+    if lhs.planAgreeing != rhs.planAgreeing {return false}
+    if lhs.planMembers != rhs.planMembers {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1202,7 +1244,7 @@ nonisolated extension WireStatusResponse: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension WireMemberView: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MemberView"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}record\0\u{1}liveness\0\u{3}last_heard_unix_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}record\0\u{1}liveness\0\u{3}last_heard_unix_ms\0\u{1}position\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1213,6 +1255,7 @@ nonisolated extension WireMemberView: SwiftProtobuf.Message, SwiftProtobuf._Mess
       case 1: try { try decoder.decodeSingularMessageField(value: &self._record) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.liveness) }()
       case 3: try { try decoder.decodeSingularInt64Field(value: &self.lastHeardUnixMs) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.position) }()
       default: break
       }
     }
@@ -1232,6 +1275,9 @@ nonisolated extension WireMemberView: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if self.lastHeardUnixMs != 0 {
       try visitor.visitSingularInt64Field(value: self.lastHeardUnixMs, fieldNumber: 3)
     }
+    if self.position != 0 {
+      try visitor.visitSingularUInt32Field(value: self.position, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1239,6 +1285,7 @@ nonisolated extension WireMemberView: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if lhs._record != rhs._record {return false}
     if lhs.liveness != rhs.liveness {return false}
     if lhs.lastHeardUnixMs != rhs.lastHeardUnixMs {return false}
+    if lhs.position != rhs.position {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
