@@ -46,18 +46,30 @@ def wait(predicate, seconds):
     return None
 
 
-def peer_bytes(ports):
-    """Sum of bytes_acked over TCP sockets whose local port is an agent's peer port or that connect to one."""
+def peer_sockets(ports):
+    """bytes_acked (bytes this end sent and the other acknowledged) of every established TCP socket whose local port
+    is an agent's peer port or that connects to one, keyed by its address pair."""
     out = subprocess.run(["ss", "-tinH", "state", "established"], capture_output=True, text=True).stdout
-    total, lines = 0, out.splitlines()
+    sockets, lines = {}, out.splitlines()
     for i, line in enumerate(lines):
-        m = re.match(r"\s*\S+\s+\S+\s+\S+:(\d+)\s+\S+:(\d+)", line)
-        if not m or (int(m.group(1)) not in ports and int(m.group(2)) not in ports):
+        m = re.match(r"\s*\S+\s+\S+\s+(\S+:(\d+))\s+(\S+:(\d+))", line)
+        if not m or (int(m.group(2)) not in ports and int(m.group(4)) not in ports):
             continue
         info = lines[i + 1] if i + 1 < len(lines) else ""
         b = re.search(r"bytes_acked:(\d+)", info)
-        total += int(b.group(1)) if b else 0
-    return total
+        sockets[(m.group(1), m.group(3))] = int(b.group(1)) if b else 0
+    return sockets
+
+
+def sent_during(ports, seconds):
+    """Bytes the peer sockets sent during `seconds`, sampled every second: links rotate, so sockets open and close
+    inside the window (a socket's last second before it closes is not counted)."""
+    first = peer_sockets(ports)
+    last = dict(first)
+    for _ in range(seconds):
+        time.sleep(1)
+        last.update(peer_sockets(ports))
+    return sum(v - first.get(k, 0) for k, v in last.items())
 
 
 def proc_stats(pid):
@@ -150,9 +162,9 @@ def main():
         print(f"push-2 sources: {sources['upstream']} from upstream, {sources['peer']} from peers", flush=True)
         time.sleep(5)
         peer_ports = set(ports.values())
-        b0, s0 = peer_bytes(peer_ports), {n: proc_stats(p.pid) for n, p in procs.items()}
-        time.sleep(a.window)
-        b1, s1 = peer_bytes(peer_ports), {n: proc_stats(p.pid) for n, p in procs.items()}
+        s0 = {n: proc_stats(p.pid) for n, p in procs.items()}
+        sent = sent_during(peer_ports, a.window)
+        s1 = {n: proc_stats(p.pid) for n, p in procs.items()}
         cpu = [(s1[n][0] - s0[n][0]) / a.window * 100 for n in names]
         rss = [s1[n][1] / 1024 for n in names]
         anon = [s1[n][2] / 1024 for n in names]
@@ -161,11 +173,14 @@ def main():
         print(f"| membership converged (every status lists all) | {t_members:.1f} s |")
         print(f"| push reaches all (poll 2 s, upstream slots 2, serve slots 2) | {t_push:.1f} s |")
         print(f"| pulls of the push from upstream / from peers | {sources['upstream']} / {sources['peer']} |")
-        print(f"| gossip bytes per agent per second (TCP payload incl. TLS, sent) | {(b1 - b0) / a.window / a.agents:.0f} B/s |")
+        print(f"| gossip bytes per agent per second (TCP payload incl. TLS, sent) | {sent / a.window / a.agents:.0f} B/s |")
         print(f"| idle RSS per agent: median / max | {statistics.median(rss):.1f} / {max(rss):.1f} MiB |")
         print(f"| of which anonymous (heap, stacks) / file-backed (code, shared) | {statistics.median(anon):.1f} / "
               f"{statistics.median(filebacked):.1f} MiB |")
         print(f"| idle CPU per agent: median / max | {statistics.median(cpu):.2f} / {max(cpu):.2f} % of a core |")
+        logs = "".join(open(f"{work}/{n}.log").read() for n in names)
+        print(f"| peer links rotated / false suspicions (whole run) | {logs.count('rotated a peer link')} / "
+              f"{logs.count('member.liveness=suspect')} |")
     finally:
         for p in procs.values():
             p.send_signal(signal.SIGTERM)

@@ -112,7 +112,17 @@ struct DialerService: Service {
         await cancelWhenGracefulShutdown { [node, tls, logger, config] in
         await withDiscardingTaskGroup { group in
             var round = 0
+            // Rotate one link every minute of gossip rounds (at least 10 s), so the topology keeps changing.
+            let rotateEvery = max(.seconds(10), config.peers.gossip * 60)
+            let clock = ContinuousClock()
+            var lastRotation = clock.now
             while !Task.isCancelled && !Task.isShuttingDownGracefully {
+                if clock.now - lastRotation >= rotateEvery {
+                    lastRotation = clock.now
+                    if let peer = await node.rotate(olderThan: rotateEvery) {
+                        logger.info("rotated a peer link", metadata: ["peer.node": "\(peer)"])
+                    }
+                }
                 let connected = await node.connectedPeers
                 let own = await node.own.peerAddress
                 let known = await node.knownAddresses

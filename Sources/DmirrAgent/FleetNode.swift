@@ -16,6 +16,7 @@ public actor FleetNode {
     private var sessions: [String: PeerSession] = [:]
     /// Per open session, the author certificate each node's records last went out with (sent once per connection).
     private var certificatesSent: [ObjectIdentifier: [String: [UInt8]]] = [:]
+    private var openedAt: [ObjectIdentifier: Duration] = [:]
     private var authors = RecordSigner.AuthorCache()
     private var plan = PlanStatus()
 
@@ -86,15 +87,35 @@ public actor FleetNode {
 
     // MARK: Sessions
 
+    /// Closes our longest-open peer link when live members exist that we have no link to, so that over time every
+    /// member talks to different peers (no fixed, possibly lopsided, topology). Returns the peer let go.
+    public func rotate(olderThan age: Duration) async -> String? {
+        let unlinked = membership.entries.values.contains {
+            $0.record.node != identity.name && $0.liveness == .alive && sessions[$0.record.node] == nil && !$0.record.peerAddress.isEmpty
+        }
+        guard unlinked,
+            let (peer, session) = sessions.min(by: { (openedAt[$0.value.id] ?? .zero) < (openedAt[$1.value.id] ?? .zero) }),
+            now - (openedAt[session.id] ?? now) >= age
+        else { return nil }
+        sessions[peer] = nil
+        certificatesSent[session.id] = nil
+        openedAt[session.id] = nil
+        membership.onDisconnected(peer, deliberate: true)
+        await session.close()
+        return peer
+    }
+
     public func attach(_ session: PeerSession) {
         guard session.peer.role == .node, session.peer.name != identity.name else { return }
         sessions[session.peer.name] = session
         certificatesSent[session.id] = [:]
+        openedAt[session.id] = now
         membership.onConnected(session.peer.name, now: now)
     }
 
     public func detach(_ session: PeerSession) {
         certificatesSent[session.id] = nil
+        openedAt[session.id] = nil
         guard let current = sessions[session.peer.name], current.id == session.id else { return }
         sessions[session.peer.name] = nil
         membership.onDisconnected(session.peer.name)

@@ -90,6 +90,7 @@ public struct Membership: Sendable {
     private var rotation = 0
     private var lastSigned: Duration?
     private var ownDirty = true
+    private var pushNextSigning = false
 
     /// - Parameter generation: distinct for each start of this member (the shell uses its wall-clock start time).
     public init(me: String, generation: UInt64, configuration: Configuration = .init()) {
@@ -134,10 +135,16 @@ public struct Membership: Sendable {
     }
 
     /// - Parameter deliberate: we closed it ourselves (rotation, shutdown), so its silence from now on means nothing.
+    ///   The peer cannot tell a deliberate close from a crash, so we re-sign and push our record at once: seeing us
+    ///   advance elsewhere ends its watch on us before it would suspect us.
     public mutating func onDisconnected(_ peer: String, deliberate: Bool = false) {
         connected.remove(peer)
         lastSentTo[peer] = nil
-        if deliberate { watching.remove(peer) }
+        if deliberate {
+            watching.remove(peer)
+            ownDirty = true
+            pushNextSigning = true
+        }
     }
 
     /// A gossip round: judge liveness, re-sign our record when it changed or is due, send summaries.
@@ -216,7 +223,10 @@ public struct Membership: Sendable {
         let previous = entries[me]?.record
         entries[me] = Entry(record: record, signed: signed, lastAdvance: now, liveness: .alive)
         var out: [Directive] = [.persist(nodes: [me])]
-        if previous.map({ Self.matters(from: $0, to: record) }) ?? true { out += eagerSummaries(except: nil, now: now) }
+        if pushNextSigning || previous.map({ Self.matters(from: $0, to: record) }) ?? true {
+            pushNextSigning = false
+            out += eagerSummaries(except: nil, now: now)
+        }
         return out
     }
 

@@ -211,6 +211,24 @@ struct MiniFleet {
         #expect(fleet.views(of: "m3").allSatisfy { $0 == .alive }, "\(fleet.views(of: "m3"))")
     }
 
+    @Test func aRotatedLinkIsNotMistakenForADeadPeer() {
+        var config = Membership.Configuration()
+        config.suspectAfter = .seconds(5)
+        config.downAfter = .seconds(12)
+        config.refreshInterval = .seconds(1000)
+        let (names, links) = Self.ring(8)
+        var fleet = MiniFleet(names, links: links, configuration: config)
+        for _ in 0..<5 { fleet.round() }
+        // m2 lets go of its link to m3 on purpose; m3 only sees the connection close.
+        fleet.members["m2"]!.onDisconnected("m3", deliberate: true)
+        fleet.members["m3"]!.onDisconnected("m2")
+        for _ in 0..<20 {
+            fleet.round()
+            #expect(fleet.views(of: "m2").allSatisfy { $0 == .alive }, "\(fleet.views(of: "m2"))")
+            #expect(!fleet.members["m3"]!.own.suspects.contains { $0.node == "m2" })
+        }
+    }
+
     @Test func aSuspicionOfOurNewestVersionIsRefutedAndAnOlderOneIgnored() {
         var config = Membership.Configuration()
         config.refreshInterval = .seconds(1000)
