@@ -131,7 +131,7 @@ let package = Package(
         .testTarget(
             name: "DmirrNetTests",
             dependencies: [
-                "DmirrNet", "DmirrWire", "DmirrTestSupport",
+                "DmirrNet", "DmirrWire", "DmirrTestSupport", "DmirrFixtures",
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

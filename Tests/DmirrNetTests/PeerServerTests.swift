@@ -1,4 +1,5 @@
 import DmirrCore
+import DmirrFixtures
 import DmirrTestSupport
 import DmirrWire
 import Foundation
@@ -174,6 +175,53 @@ enum RawPeer {
         }
     }
 
+    /// Where the rejection tests point their bad clients: the listener in this process (with a short Hello deadline
+    /// for the slowloris case), or a real `dmirr agent` process with the "server" certificate and its default 10 s
+    /// deadline. Both must behave the same; the agent is the one operators run.
+    enum Target: CaseIterable, CustomStringConvertible {
+        case inProcess
+        case agent
+        var description: String { self == .inProcess ? "in-process listener" : "dmirr agent" }
+    }
+
+    static func with(_ target: Target, _ fleet: TestFleet, helloDeadline: TimeAmount = .seconds(60), _ body: @Sendable (Int) async throws -> Void) async throws {
+        switch target {
+        case .inProcess:
+            try await withServer(fleet, helloDeadline: helloDeadline, body)
+        case .agent:
+            try await withAgent(fleet, body)
+        }
+    }
+
+    static func withAgent(_ fleet: TestFleet, _ body: @Sendable (Int) async throws -> Void) async throws {
+        let port = try FreePort.pick()
+        let config = """
+            node = "server"
+            fleet = "ius"
+            [upstream]
+            url = "\(fleet.dir.sub("no-upstream"))"
+            poll = "1h"
+            [mirror]
+            path = "\(fleet.dir.sub("mirror"))"
+            [listen]
+            peer = "127.0.0.1:\(port)"
+            [tls]
+            ca = "\(fleet.dir.sub("ca.pem"))"
+            cert = "\(fleet.dir.sub("server.pem"))"
+            key = "\(fleet.dir.sub("server.key"))"
+            [state]
+            dir = "\(fleet.dir.sub("state"))"
+            """
+        try config.write(toFile: fleet.dir.sub("server.toml"), atomically: true, encoding: .utf8)
+        let agent = try SpawnedDmirr(["agent", "-c", fleet.dir.sub("server.toml")], logDirectory: fleet.dir.path)
+        defer { agent.killGroup() }
+        guard FreePort.waitUntilAccepting(port: port, seconds: 30) else { throw TestFailure("the agent never listened:\n\(agent.stderr)") }
+        try await body(port)
+        #expect(agent.process.isRunning, "the agent died:\n\(agent.stderr.suffix(2000))")
+        // The bad clients reached this agent (not something else on the port): it logged closing them.
+        #expect(agent.stderr.contains("closed a peer connection"), "\(agent.stderr.suffix(2000))")
+    }
+
     /// A real status query over mTLS: proves the server is still serving.
     static func statusWorks(_ fleet: TestFleet, port: Int, as name: String = "alice") async throws -> Bool {
         let answered = ManagedFlag()
@@ -199,10 +247,10 @@ enum RawPeer {
         }
     }
 
-    @Test func tlsLevelRejections() async throws {
+    @Test(arguments: Target.allCases) func tlsLevelRejections(_ target: Target) async throws {
         let fleet = try TestFleet()
         defer { fleet.dir.remove() }
-        try await Self.withServer(fleet) { port in
+        try await Self.with(target, fleet) { port in
             let hello = try RawPeer.frame(RawPeer.hello(node: "good"))
             // No client certificate; a certificate from another CA of the same fleet name; an expired certificate;
             // another fleet's CA.
@@ -220,10 +268,10 @@ enum RawPeer {
         }
     }
 
-    @Test func protocolRejectionsSendAnErrorFrameAndClose() async throws {
+    @Test(arguments: Target.allCases) func protocolRejectionsSendAnErrorFrameAndClose(_ target: Target) async throws {
         let fleet = try TestFleet()
         defer { fleet.dir.remove() }
-        try await Self.withServer(fleet) { port in
+        try await Self.with(target, fleet) { port in
             let good = try fleet.rawClientContext(cert: "good")
             var oversize = ByteBuffer()
             oversize.writeInteger(UInt32(Framing.defaultLimit + 1), endianness: .big)
@@ -261,22 +309,26 @@ enum RawPeer {
         }
     }
 
-    @Test func slowlorisAndManyIdleConnectionsAreCutAtTheDeadline() async throws {
+    @Test(arguments: Target.allCases) func slowlorisAndManyIdleConnectionsAreCutAtTheDeadline(_ target: Target) async throws {
         let fleet = try TestFleet()
         defer { fleet.dir.remove() }
-        try await Self.withServer(fleet, helloDeadline: .milliseconds(800)) { port in
+        // In process the deadline is 0.8 s; the agent has its default, 10 s.
+        let deadline: Duration = target == .inProcess ? .milliseconds(800) : .seconds(10)
+        let wait: TimeAmount = target == .inProcess ? .seconds(5) : .seconds(20)
+        try await Self.with(target, fleet, helloDeadline: .milliseconds(800)) { port in
             // TLS done, but no Hello: HELLO_TIMEOUT, then closed.
             let started = ContinuousClock.now
-            let slow = try await RawPeer.exchange(port: port, tls: try fleet.rawClientContext(cert: "good"), send: [], timeout: .seconds(5))
+            let slow = try await RawPeer.exchange(port: port, tls: try fleet.rawClientContext(cert: "good"), send: [], timeout: wait)
             #expect(slow.errorCodes == [.helloTimeout])
             #expect(slow.closedByServer)
-            #expect(ContinuousClock.now - started < .seconds(4))
+            let took = ContinuousClock.now - started
+            #expect(took >= deadline && took < deadline + .seconds(4), "cut after \(took)")
 
             // 200 idle TCP connections (not even TLS) at once: status still works while they are open, and all are
             // closed by the deadline.
             let idle = try await withThrowingTaskGroup(of: RawPeer.Result.self) { group in
                 for _ in 0..<200 {
-                    group.addTask { try await RawPeer.exchange(port: port, tls: nil, send: [], timeout: .seconds(5)) }
+                    group.addTask { try await RawPeer.exchange(port: port, tls: nil, send: [], timeout: wait) }
                 }
                 let servingMeanwhile = try await Self.statusWorks(fleet, port: port)
                 #expect(servingMeanwhile)
