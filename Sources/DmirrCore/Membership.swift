@@ -76,7 +76,10 @@ public struct Membership: Sendable {
 
     public let me: String
     public var configuration: Configuration
-    public private(set) var entries: [String: Entry] = [:]
+    public private(set) var entries: [String: Entry] = [:] {
+        didSet { cachedDigestHash = nil }
+    }
+    private var cachedDigestHash: UInt64?
     /// Our own record as we last changed it (it is in `entries` once signed).
     public private(set) var own: MemberRecord
     public private(set) var connected: Set<String> = []
@@ -154,9 +157,17 @@ public struct Membership: Sendable {
             onDisconnected(peer)
             out.append(.closeLink(to: peer))
         }
+        // Who is suspected by whom, once per round: the newest suspected version of each member, from members we do
+        // not judge down (a suspicion by the suspect itself does not count).
+        var suspicions: [String: RecordVersion] = [:]
+        for other in entries.values where other.record.node != me && other.liveness != .down {
+            for s in other.record.suspects where s.node != other.record.node {
+                suspicions[s.node] = max(suspicions[s.node] ?? s.version, s.version)
+            }
+        }
         var suspects: [Suspicion] = []
         for node in entries.keys.sorted() where node != me {
-            let (judged, directly) = judge(node, now: now)
+            let (judged, directly) = judge(node, now: now, suspicions: suspicions)
             if directly { suspects.append(Suspicion(node: node, version: entries[node]!.record.version)) }
             if judged != entries[node]!.liveness {
                 entries[node]!.liveness = judged
@@ -187,7 +198,7 @@ public struct Membership: Sendable {
     }
 
     /// How we judge `node` now, and whether we judge it from our own silence (so we report it).
-    private mutating func judge(_ node: String, now: Duration) -> (Liveness, directly: Bool) {
+    private mutating func judge(_ node: String, now: Duration, suspicions: [String: RecordVersion]) -> (Liveness, directly: Bool) {
         let entry = entries[node]!
         let evidence = max(entry.lastAdvance, heardAt[node] ?? entry.lastAdvance)
         let silent = now - evidence
@@ -199,10 +210,7 @@ public struct Membership: Sendable {
         if watching.contains(node) {
             return (silent >= c.downAfter ? .down : .suspect, true)
         }
-        let rumoured = entries.values.contains { other in
-            other.record.node != node && other.record.node != me && other.liveness != .down
-                && other.record.suspects.contains { $0.node == node && $0.version >= entry.record.version }
-        }
+        let rumoured = (suspicions[node].map { $0 >= entry.record.version }) ?? false
         if rumoured {
             let since = rumourSince[node] ?? now
             rumourSince[node] = since
@@ -214,8 +222,9 @@ public struct Membership: Sendable {
         return (.alive, false)
     }
 
-    /// The shell signed our record. A change that matters to the fleet's plan is pushed at once: a summary to every
-    /// connected peer, instead of waiting for the rotation to reach them.
+    /// The shell signed our record. A change that matters to the fleet's plan is pushed at once: the record itself to
+    /// every connected peer (who relay it once more, see ``onRecord(_:signed:from:now:)``), instead of waiting for the
+    /// rotation to reach them.
     public mutating func onOwnRecordSigned(_ record: MemberRecord, signed: [UInt8], now: Duration) -> [Directive] {
         guard record.node == me, record.version >= (entries[me]?.record.version ?? RecordVersion(generation: 0, heartbeat: 0)) else {
             return []
@@ -225,24 +234,27 @@ public struct Membership: Sendable {
         var out: [Directive] = [.persist(nodes: [me])]
         if pushNextSigning || previous.map({ Self.matters(from: $0, to: record) }) ?? true {
             pushNextSigning = false
-            out += eagerSummaries(except: nil, now: now)
+            out += eagerRecords(of: me, except: nil, now: now)
         }
         return out
     }
 
     /// Whether a new version of a record changes something the sync plan or liveness depend on (not merely its
-    /// heartbeat, progress or serving count).
+    /// heartbeat, progress, serving count or plan digest: the digest changes as a consequence of the others, on every
+    /// member at once, and pushing each of those eagerly would cost every member N frames per change).
     static func matters(from old: MemberRecord, to new: MemberRecord) -> Bool {
         old.generation != new.generation || old.syncState != new.syncState || old.publishedToken != new.publishedToken
-            || old.targetToken != new.targetToken || old.source != new.source || old.planDigest != new.planDigest
+            || old.targetToken != new.targetToken || old.source != new.source
             || old.avoid != new.avoid || old.suspects != new.suspects || old.serveSlots != new.serveSlots
             || old.rsyncURL != new.rsyncURL || old.peerAddress != new.peerAddress
     }
 
-    private mutating func eagerSummaries(except peer: String?, now: Duration) -> [Directive] {
+    /// Pushes one member's record to every linked peer but `peer`: cheaper than a summary, which would cost the
+    /// receiver a full digest and a round trip to find the one record that changed.
+    private mutating func eagerRecords(of node: String, except peer: String?, now: Duration) -> [Directive] {
         connected.sorted().filter { $0 != peer }.map { p in
             lastSentTo[p] = now
-            return .sendSummary(to: p)
+            return .sendRecords(to: p, nodes: [node])
         }
     }
 
@@ -257,9 +269,11 @@ public struct Membership: Sendable {
         heard(peer, now: now)
         var theirVersions: [String: RecordVersion] = [:]
         for e in theirs { theirVersions[e.node] = max(theirVersions[e.node] ?? e.version, e.version) }
+        // A full digest lists everything its sender holds, so a member missing from it is one it lacks. A reply digest
+        // lists only what its sender asks for; everything else it already has.
         let newerHere = entries.keys.sorted().filter { node in
             guard let mine = entries[node]?.record.version else { return false }
-            return theirVersions[node].map { mine > $0 } ?? true
+            return theirVersions[node].map { mine > $0 } ?? !isReply
         }
         var out: [Directive] = []
         if !newerHere.isEmpty { out.append(.sendRecords(to: peer, nodes: newerHere)) }
@@ -302,7 +316,10 @@ public struct Membership: Sendable {
         }
         var out: [Directive] = [.persist(nodes: [record.node])]
         if wasLiveness != .alive { out.append(.livenessChanged(node: record.node, .alive)) }
-        if matters { out += eagerSummaries(except: peer, now: now) }
+        // Relayed eagerly one hop only (when it came straight from its author): the author's neighbours and theirs
+        // learn a change at once, the rest through the rotation. Relaying every change eagerly at every hop would cost
+        // each member a frame per link per change, O(N) per member per push.
+        if matters, peer == record.node { out += eagerRecords(of: record.node, except: peer, now: now) }
         return out
     }
 
@@ -320,6 +337,15 @@ public struct Membership: Sendable {
     /// FNV-1a over the digest: equal for two members exactly when (barring a collision, which only delays an
     /// exchange until something changes) they hold the same versions of the same members.
     public var digestHash: UInt64 {
+        mutating get {
+            if let cachedDigestHash { return cachedDigestHash }
+            let hash = computeDigestHash()
+            cachedDigestHash = hash
+            return hash
+        }
+    }
+
+    private func computeDigestHash() -> UInt64 {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         func mix(_ byte: UInt8) { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
         for entry in digest() {

@@ -25,7 +25,8 @@ public enum PlanSource: Sendable, Hashable, CustomStringConvertible {
 }
 
 /// The fleet's assignment for one upstream token, "slots by consensus" (DESIGN.md §4). Every member computes it from
-/// its own gossiped view; equal views give equal plans, and the plan's digest lets members see that they agree.
+/// its own gossiped view; equal views give equal plans, and the plan's digest lets members see that they agree on the
+/// part that needs agreeing: who pulls from upstream.
 ///
 /// Rules, applied in this order:
 /// 1. The slot order is the live members sorted by SHA-256(token ‖ 0 ‖ node), so it rotates with every token.
@@ -66,7 +67,9 @@ public struct SyncPlan: Sendable, Equatable {
     /// Live members in slot order.
     public let order: [String]
     public let assignments: [String: Assignment]
-    /// A short hex digest of (token, order, assignments): equal exactly when two members computed the same plan.
+    /// A short hex digest of the token and the upstream pulls in slot order: equal exactly when two members agree on
+    /// who uses the upstream slots. Peer assignments are left out on purpose: a peer's serving limit is enforced by its
+    /// own daemon, and leaving them out keeps the digest (a gossiped field) from changing with every finished pull.
     public let digest: String
 
     public init(token: String, members: [Member], upstreamSlots: Int) {
@@ -127,13 +130,8 @@ public struct SyncPlan: Sendable, Equatable {
     static func digest(token: String, order: [String], assignments: [String: Assignment]) -> String {
         var hasher = SHA256()
         hasher.update(data: Array(token.utf8) + [0])
-        for node in order {
-            let what: String = switch assignments[node]! {
-            case .inSync: "in_sync"
-            case .pull(let source): "pull:" + source.recordValue
-            case .wait: "wait"
-            }
-            hasher.update(data: Array(node.utf8) + [0] + Array(what.utf8) + [0])
+        for node in order where assignments[node] == .pull(.upstream) {
+            hasher.update(data: Array(node.utf8) + [0])
         }
         return hasher.finalize().prefix(8).map { byte in
             let hex = Array("0123456789abcdef".utf8)

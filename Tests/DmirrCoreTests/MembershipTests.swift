@@ -118,11 +118,19 @@ struct MiniFleet {
         #expect(rounds <= 10, "took \(rounds) rounds")
         #expect(fleet.members.values.allSatisfy { $0.aliveMembers.count == 20 })
 
-        // A change the plan depends on is pushed eagerly: it reaches everyone in the round it was made.
+        // A change the plan depends on is pushed eagerly two hops deep: in the round it was made it reaches the
+        // author's neighbours and theirs, and everyone a round or two later.
         for _ in 0..<3 { fleet.round() }
         fleet.members["m7"]!.updateOwn { $0.publishedToken = "T2" }
         fleet.round()
-        #expect(fleet.members.values.allSatisfy { $0.entries["m7"]?.record.publishedToken == "T2" })
+        let twoHops = Set(fleet.members["m7"]!.connected.flatMap { [$0] + fleet.members[$0]!.connected })
+        #expect(twoHops.allSatisfy { fleet.members[$0]!.entries["m7"]?.record.publishedToken == "T2" })
+        var spreadRounds = 1
+        while !fleet.members.values.allSatisfy({ $0.entries["m7"]?.record.publishedToken == "T2" }) && spreadRounds < 20 {
+            fleet.round()
+            spreadRounds += 1
+        }
+        #expect(spreadRounds <= 6, "took \(spreadRounds) rounds")
 
         // Progress is not pushed eagerly: it travels with the rotation, a few rounds later.
         fleet.members["m3"]!.updateOwn { $0.progress = 0.5 }
@@ -252,6 +260,18 @@ struct MiniFleet {
         _ = a.onRecord(b, signed: [3], from: "b", now: .seconds(5))
         let refuted = signTick(.seconds(6))
         #expect(refuted.map { $0.version > first.version } == true, "did not refute")
+    }
+
+    @Test func aReplyDigestGetsOnlyWhatItAskedFor() {
+        var a = Membership(me: "a", generation: 1)
+        _ = a.onOwnRecordSigned(MemberRecord(node: "a", generation: 1), signed: [1], now: .zero)
+        for node in ["b", "c", "d"] { _ = a.onRecord(MemberRecord(node: node, generation: 1), signed: [2], from: "x", now: .zero) }
+        // b replies asking for c only (it holds an older c); it has a, b and d already.
+        let ask = [Membership.DigestEntry(node: "c", version: .init(generation: 0, heartbeat: 0))]
+        #expect(a.onDigest(from: "b", entries: ask, isReply: true, now: .zero) == [.sendRecords(to: "b", nodes: ["c"])])
+        // The same entries as a full digest mean b lacks everything else too.
+        let full = a.onDigest(from: "b", entries: ask, isReply: false, now: .zero)
+        #expect(full.contains(.sendRecords(to: "b", nodes: ["a", "b", "c", "d"])))
     }
 
     @Test func olderRecordsNeverReplaceNewerOnes() {

@@ -35,9 +35,18 @@ struct SplitMix64: RandomNumberGenerator {
             let shuffled = SyncPlan(token: "T2", members: members.shuffled(using: &rng), upstreamSlots: 2)
             #expect(shuffled == reference)
         }
-        // A different view (one more member in sync) is a different plan with a different digest.
-        members[0].publishedToken = "T2"
-        #expect(SyncPlan(token: "T2", members: members, upstreamSlots: 2).digest != reference.digest)
+        // The digest covers who pulls from upstream: a view that changes only peer assignments keeps it, one that
+        // changes an upstream pull does not.
+        var peerOnly = members
+        let peerPuller = reference.order.first { if case .pull(.peer)? = reference.assignments[$0] { true } else { false } }!
+        peerOnly[Int(peerPuller.dropFirst())!].pulling = reference.assignments[peerPuller].flatMap { if case .pull(let s) = $0 { s } else { nil } }
+        let samePulls = SyncPlan(token: "T2", members: peerOnly, upstreamSlots: 2)
+        #expect(samePulls.digest == reference.digest)
+        var upstreamChanged = members
+        for i in upstreamChanged.indices where reference.assignments[upstreamChanged[i].node] == .pull(.upstream) {
+            upstreamChanged[i].publishedToken = "T2"  // its upstream pull finished
+        }
+        #expect(SyncPlan(token: "T2", members: upstreamChanged, upstreamSlots: 2).digest != reference.digest)
     }
 
     @Test func atMostCMembersPullFromUpstreamAndTheRestWaitInSlotOrder() {
