@@ -33,6 +33,11 @@ public actor FleetNode {
     }
 
     public func setPlanStatus(_ status: PlanStatus) { plan = status }
+
+    private var announced: (@Sendable (String) -> Void)?
+
+    /// Where `Announce` messages go (the sync service).
+    public func onAnnounce(_ handler: @escaping @Sendable (String) -> Void) { announced = handler }
     private let clock = ContinuousClock()
     private let started: ContinuousClock.Instant
 
@@ -171,11 +176,20 @@ public actor FleetNode {
                     ])
                 }
             }
+        case .announce(let announce):
+            logger.info("a push was announced", metadata: ["peer.identity": "\(session.peer)", "announce.token": "\(announce.token)"])
+            var ack = WireEnvelope()
+            ack.announceAck = .with {
+                $0.node = identity.name
+                $0.targetToken = membership.own.targetToken
+            }
+            announced?(announce.token)
+            try await session.send(ack)
         case .statusRequest:
             var response = WireEnvelope()
             response.statusResponse = status()
             try await session.send(response)
-        case .hello, .statusResponse, .error, nil:
+        case .hello, .statusResponse, .announceAck, .error, nil:
             break
         }
     }

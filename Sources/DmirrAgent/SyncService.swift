@@ -19,6 +19,7 @@ struct SyncService: Service {
         case polled(Result<Token, SyncError>)
         case progress
         case finished(SyncReport)
+        case announced
     }
 
     static func coordinatorConfiguration(_ config: Config) -> SyncCoordinator.Configuration {
@@ -45,6 +46,7 @@ struct SyncService: Service {
         let started = clock.now
         let gossip = config.peers.gossip
         var pullCancel: CancelSignal?
+        await node.onAnnounce { _ in sink.yield(.announced) }
 
         await withDiscardingTaskGroup { group in
             group.addTask {
@@ -73,6 +75,8 @@ struct SyncService: Service {
                     directives += coordinator.onUpstreamUnreachable(now: now)
                 case .progress:
                     coordinator.onPullProgress(now: now)
+                case .announced:
+                    directives += coordinator.onAnnounce(now: now)
                 case .finished(let report):
                     pullCancel = nil
                     await record(report, logger: logger)

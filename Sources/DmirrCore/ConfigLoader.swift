@@ -31,6 +31,9 @@ public enum ConfigLoader {
     public enum Purpose: Sendable {
         case sync
         case agent
+        /// `dmirr announce`: an upstream operator's small file needs only `node`, `fleet`, `[tls]` and
+        /// `[peers] seeds`; a mirror's own config works too.
+        case announce
     }
 
     public static func load(text: String, file: String, purpose: Purpose = .sync) -> Result<Config, ConfigErrors> {
@@ -204,7 +207,8 @@ private struct Reader {
         let fleet = name("", "fleet")
 
         var upstreamURL: RsyncLocation?
-        if let (s, line) = string("upstream", "url", required: true) {
+        let mirrorKeysRequired = purpose != .announce
+        if let (s, line) = string("upstream", "url", required: mirrorKeysRequired) {
             upstreamURL = RsyncLocation(s)
             if upstreamURL == nil {
                 problem("upstream.url", line: line, "'\(s)' is neither rsync://HOST[:PORT]/MODULE[/PATH] nor an absolute path")
@@ -228,7 +232,7 @@ private struct Reader {
             passwordFile: absolutePath("upstream", "password_file")
         )
 
-        let path = absolutePath("mirror", "path", required: true)
+        let path = absolutePath("mirror", "path", required: mirrorKeysRequired)
         var rsyncURL: String?
         if let (s, line) = string("mirror", "rsync_url") {
             if case .daemon = RsyncLocation(s) { rsyncURL = s } else {
@@ -276,7 +280,7 @@ private struct Reader {
         )
 
         var tls: Config.TLS?
-        if document.table("tls") != nil || purpose == .agent {
+        if document.table("tls") != nil || purpose == .agent || purpose == .announce {
             let ca = absolutePath("tls", "ca", required: true)
             let cert = absolutePath("tls", "cert", required: true)
             let key = absolutePath("tls", "key", required: true)
@@ -298,17 +302,25 @@ private struct Reader {
         if purpose == .agent, listen.peer == nil {
             missing("listen", "peer")
         }
+        if purpose == .announce, seeds.isEmpty {
+            missing("peers", "seeds")
+        }
         for (i, seed) in seeds.enumerated() where HostPort(seed) == nil {
             problem("peers.seeds", line: entry("peers", "seeds")?.line, "seed \(i + 1) '\(seed)' is not HOST:PORT")
         }
 
-        let stateDir = absolutePath("state", "dir", required: true)
+        let stateDir = absolutePath("state", "dir", required: mirrorKeysRequired)
         if let stateDir, let path, stateDir == path || stateDir.hasPrefix(path + "/") {
             problem("state.dir", line: entry("state", "dir")?.line, "must not be inside mirror.path (clients would see it)")
         }
 
-        guard let node, let fleet, upstreamURL != nil, let path, let stateDir else { return nil }
-        _ = path
+        guard let node, let fleet else { return nil }
+        if purpose == .announce {
+            // Nothing below is used to announce; a mirror's own file fills them in, an upstream operator's need not.
+            return Config(node: node, fleet: fleet, upstream: upstream, mirror: mirror, listen: listen, tls: tls, peers: peers,
+                          state: .init(dir: stateDir ?? "/"))
+        }
+        guard upstreamURL != nil, path != nil, let stateDir else { return nil }
         return Config(
             node: node, fleet: fleet, upstream: upstream, mirror: mirror, listen: listen, tls: tls, peers: peers,
             state: .init(dir: stateDir))

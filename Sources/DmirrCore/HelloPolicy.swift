@@ -46,13 +46,14 @@ public enum HelloPolicy {
     public enum Request: Sendable {
         case gossip
         case status
+        case announce
     }
 
-    /// Operators may only query status; nodes may do everything.
+    /// Operators may query status and announce a push; only nodes gossip.
     public static func permits(_ identity: PeerIdentity, _ request: Request) -> Bool {
         switch (identity.role, request) {
         case (.node, _): true
-        case (.operator, .status): true
+        case (.operator, .status), (.operator, .announce): true
         case (.operator, .gossip): false
         }
     }

@@ -78,6 +78,7 @@ public struct SyncCoordinator: Sendable {
     /// How many live members advertise our plan's digest, ourselves included, out of how many.
     public private(set) var agreement = (same: 0, of: 0)
     private var view: [MemberRecord] = []
+    private var lastPlanInput: [SyncPlan.Member] = []
     private var firstView: Duration?
     /// Avoided sources: until when (nil: for the rest of the target token).
     private var avoid: [PlanSource: Duration?] = [:]
@@ -124,6 +125,15 @@ public struct SyncCoordinator: Sendable {
             setTarget(token, seenMillis: wallMillis, confirmed: true)
         }
         return decide(now: now)
+    }
+
+    /// Someone announced a push (`dmirr announce`): poll upstream now rather than at the next interval. The token they
+    /// name is not trusted; only our fetch counts.
+    public mutating func onAnnounce(now: Duration) -> [Directive] {
+        guard !pollPending else { return [] }
+        pollPending = true
+        lastPoll = now
+        return [.pollUpstream]
     }
 
     /// The poll failed; try again at the next interval.
@@ -215,7 +225,15 @@ public struct SyncCoordinator: Sendable {
         }
         members.append(SyncPlan.Member(node: me, publishedToken: publishedToken, pulling: running?.source,
                                        serveSlots: configuration.serveSlots, avoid: Set(avoid.keys)))
-        let plan = SyncPlan(token: target.token, members: members, upstreamSlots: configuration.upstreamSlots)
+        // Most rounds change nothing the plan depends on: reuse the last one then (it costs a SHA-256 per member).
+        members.sort { $0.node < $1.node }
+        let plan: SyncPlan
+        if let last = self.plan, last.token == target.token, lastPlanInput == members {
+            plan = last
+        } else {
+            plan = SyncPlan(token: target.token, members: members, upstreamSlots: configuration.upstreamSlots)
+            lastPlanInput = members
+        }
         self.plan = plan
         let same = 1 + view.filter { $0.planDigest == plan.digest }.count
         agreement = (same, members.count)

@@ -13,7 +13,7 @@ struct Dmirr: AsyncParsableCommand {
             Exit codes: 0 ok or in sync; 1 failed; 2 usage or config error; 75 temporary (source busy, lock held): retry later.
             """,
         version: "0.1.0",
-        subcommands: [SyncCommand.self, AgentCommand.self, StatusCommand.self, CheckCommand.self, HistoryCommand.self, CertCommand.self, DemoCommand.self]
+        subcommands: [SyncCommand.self, AgentCommand.self, StatusCommand.self, AnnounceCommand.self, CheckCommand.self, HistoryCommand.self, CertCommand.self, DemoCommand.self]
     )
 }
 

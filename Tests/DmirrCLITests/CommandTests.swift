@@ -50,6 +50,22 @@ import Testing
         #expect(offline.exitCode == 0)
     }
 
+    @Test func theDemoRunsAFleetAndCleansUpItsProcesses() throws {
+        let dir = try TestDirectory("demo")
+        defer { dir.remove() }
+        let work = dir.sub("work")
+        let demo = try CLI.dmirr(["demo", "--mirrors", "3", "--dir", work], timeout: 300)
+        #expect(demo.exitCode == 0, "\(demo.stdout)\n\(demo.stderr)")
+        #expect(demo.stdout.contains("demo done: all 3 mirrors hold push-2"), "\(demo.stdout)")
+        #expect(demo.stdout.contains("pulling push-2 from mirror-"), "no peer pull shown:\n\(demo.stdout)")
+        for name in ["mirror-a", "mirror-b", "mirror-c"] {
+            #expect(try String(contentsOfFile: work + "/mirror-\(name)/CURRENT", encoding: .utf8) == "push-2\n")
+        }
+        // Nothing it started is left running: no agent, no rsync daemon with a config under the work directory.
+        let left = try CLI.run("/usr/bin/pgrep", ["-f", work])
+        #expect(left.stdout.isEmpty, "still running: \(left.stdout)")
+    }
+
     @Test func peerSourceWithoutAgentIsAUsageError() throws {
         let dir = try TestDirectory("src")
         defer { dir.remove() }

@@ -21,9 +21,12 @@ import Testing
         var servers: [String: RsyncDaemon] = [:]
 
         /// - Parameter serving: give every agent an rsync daemon for its mirror and advertise it (`rsync_url`).
-        init(size: Int, mirrorExtra: String = "", serving: Bool = false, upstreamSlots: Int = 2) throws {
+        let poll: String
+
+        init(size: Int, mirrorExtra: String = "", serving: Bool = false, upstreamSlots: Int = 2, poll: String = "1s") throws {
             self.mirrorExtra = mirrorExtra
             self.upstreamSlots = upstreamSlots
+            self.poll = poll
             dir = try TestDirectory("fleet")
             upstream = try Upstream(in: dir, packages: [.init("alpha", "1.0"), .init("beta", "1.0")], token: "push-1")
             let ca = try CLI.dmirr(["cert", "ca", "--fleet", "test", "--out", dir.sub("ca")])
@@ -56,7 +59,7 @@ import Testing
             fleet = "test"
             [upstream]
             url = "\(upstream.url)"
-            poll = "1s"
+            poll = "\(poll)"
             timeout = "20s"
             slots = \(upstreamSlots)
             [mirror]
@@ -252,6 +255,48 @@ import Testing
         #expect(positions.sorted() == Array(1...6), "\(positions)")
         let upstreamRuns = runs.filter { $0.source == "upstream" }
         #expect(Fleet.peakOverlap(upstreamRuns) <= 1, "more than one pull from upstream at once: \(upstreamRuns.map { "\($0.node) \($0.started)–\($0.finished)" })")
+    }
+
+    @Test func anAnnouncedPushSpreadsWithoutWaitingForThePoll() throws {
+        // Agents poll upstream once at start and then only hourly: without the announcement push-2 would wait.
+        let fleet = try Fleet(size: 3, serving: true, poll: "1h")
+        defer { fleet.stop(); fleet.dir.remove() }
+        for name in fleet.names { try fleet.start(name) }
+        #expect(fleet.waitUntil(seconds: 60) { fleet.allInSync("push-1", among: fleet.names) }, "\(fleet.logs())")
+        try fleet.upstream.push(add: [.init("gamma", "1.0")], token: "push-2")
+        sleep(3)
+        #expect(fleet.status("m0").flatMap { ($0["target"] as? [String: Any])?["token"] as? String } == "push-1", "polled anyway")
+
+        // An upstream operator's small config: an operator certificate and one agent to tell.
+        let op = try CLI.dmirr(["cert", "issue", "--ca", fleet.dir.sub("ca"), "--node", "upstream-ops", "--operator", "--out", fleet.dir.sub("ops")])
+        #expect(op.exitCode == 0)
+        let announceConfig = fleet.dir.sub("announce.toml")
+        try """
+            node = "upstream-ops"
+            fleet = "test"
+            [tls]
+            ca = "\(fleet.dir.sub("ca/ca.pem"))"
+            cert = "\(fleet.dir.sub("ops/upstream-ops.pem"))"
+            key = "\(fleet.dir.sub("ops/upstream-ops.key"))"
+            [peers]
+            seeds = ["127.0.0.1:\(fleet.ports["m0"]!)"]
+            """.write(toFile: announceConfig, atomically: true, encoding: .utf8)
+        let told = try CLI.dmirr(["announce", "-c", announceConfig, "--token", "push-2"])
+        #expect(told.exitCode == 0, "\(told.stderr)")
+        #expect(told.stdout.contains("told m0"), "\(told.stdout)")
+        #expect(fleet.waitUntil(seconds: 30) { fleet.allInSync("push-2", among: fleet.names) }, "\(fleet.logs())")
+        #expect(fleet.agents["m0"]!.stderr.contains("a push was announced"))
+
+        // Nobody to tell: exit 1, naming the seed. No seeds at all: exit 2, naming the key.
+        let closed = try FreePort.pick()
+        try String(contentsOfFile: announceConfig, encoding: .utf8).replacingOccurrences(of: "\(fleet.ports["m0"]!)", with: "\(closed)")
+            .write(toFile: announceConfig, atomically: true, encoding: .utf8)
+        let nobody = try CLI.dmirr(["announce", "-c", announceConfig])
+        #expect(nobody.exitCode == 1 && nobody.stderr.contains("127.0.0.1:\(closed)"), "\(nobody.stderr)")
+        try "node = \"upstream-ops\"\nfleet = \"test\"\n[tls]\nca = \"/x/ca.pem\"\ncert = \"/x/c.pem\"\nkey = \"/x/c.key\"\n"
+            .write(toFile: announceConfig, atomically: true, encoding: .utf8)
+        let noSeeds = try CLI.dmirr(["announce", "-c", announceConfig])
+        #expect(noSeeds.exitCode == 2 && noSeeds.stderr.contains("peers.seeds"), "\(noSeeds.stderr)")
     }
 
     @Test func sigtermDuringAnRsyncLeavesTheTokenAndTheNextStartFinishes() throws {

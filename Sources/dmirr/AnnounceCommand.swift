@@ -1,0 +1,71 @@
+import ArgumentParser
+import DmirrCore
+import DmirrNet
+import DmirrWire
+import Foundation
+
+/// `dmirr announce`: an upstream operator tells the fleet that a push happened, so propagation starts in seconds
+/// instead of at the next poll. No ssh keys into mirrors: an operator certificate and mTLS. The agents trust only what
+/// they then fetch from upstream themselves.
+struct AnnounceCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "announce",
+        abstract: "Tell the fleet's agents that upstream has a new token.",
+        discussion: """
+            Reads `node`, `fleet`, `[tls]` (an operator or node certificate of the fleet) and `[peers] seeds` (the agents \
+            to tell; one is enough, the fleet spreads the news by gossip) from the config. Each agent polls upstream at \
+            once. Exit 0 when at least one agent acknowledged, 1 when none could be reached, 2 on a config error.
+            """
+    )
+
+    @OptionGroup var options: ConfigOptions
+
+    @Option(help: "The new token, for the agents' logs (they fetch the real one from upstream).")
+    var token: String = ""
+
+    func run() async throws {
+        let config = try options.load(purpose: .announce)
+        guard let tlsConfig = config.tls else { throw ExitCode(2) }
+        let tls: FleetTLS
+        do { tls = try FleetTLS(caPath: tlsConfig.ca, certPath: tlsConfig.cert, keyPath: tlsConfig.key) } catch {
+            printError("error: \(error)")
+            throw ExitCode(2)
+        }
+        var told = 0
+        for seed in config.peers.seeds {
+            guard let address = HostPort(seed) else { continue }
+            do {
+                let ack = try await Self.announce(to: address, token: token, tls: tls)
+                told += 1
+                print("told \(ack.node) at \(seed) (its target was \(ack.targetToken.isEmpty ? "unknown" : ack.targetToken))")
+            } catch {
+                printError("dmirr announce: cannot tell \(seed): \(error)")
+            }
+        }
+        guard told > 0 else {
+            printError("dmirr announce: no agent of \(config.peers.seeds.joined(separator: ", ")) acknowledged")
+            throw ExitCode(1)
+        }
+    }
+
+    static func announce(to address: HostPort, token: String, tls: FleetTLS) async throws -> WireAnnounceAck {
+        let box = AckBox()
+        try await PeerClient.connect(host: address.host, port: address.port, tls: tls) { session, messages in
+            var envelope = WireEnvelope()
+            envelope.announce = .with { $0.token = token }
+            try await session.send(envelope)
+            for try await message in messages {
+                if case .announceAck(let ack) = message.body {
+                    box.value = ack
+                    return
+                }
+            }
+        }
+        guard let ack = box.value else { throw NetError(.connection, "\(address) closed without acknowledging") }
+        return ack
+    }
+
+    final class AckBox: @unchecked Sendable {
+        var value: WireAnnounceAck?
+    }
+}
