@@ -1,0 +1,495 @@
+import DmirrCore
+
+/// What one simulated run is made of. Times are seconds of virtual time, sizes bytes, bandwidths bytes per second.
+public struct Scenario: Sendable, Equatable {
+    public var nodes = 100
+    public var seed: UInt64 = 1
+    /// `[upstream] slots` (C): fleet-wide upstream pulls at once.
+    public var upstreamSlots = 2
+    /// `[mirror] serve_slots` (F), also each peer daemon's `max connections`.
+    public var serveSlots = 2
+    /// The upstream daemon's own `max connections` (the hard backstop).
+    public var upstreamMaxConnections = 8
+    /// One-way latency of every link and of every rsync connection setup.
+    public var latency = 0.02
+    public var mirrorBandwidth = 12.5e6
+    public var upstreamBandwidth = 125e6
+    /// Bytes a push changes (what each mirror must fetch).
+    public var delta = 100e6
+    public var gossip = 1.0
+    public var poll = 60.0
+    public var fanout = 4
+    public var suspectAfter = 10.0
+    public var downAfter = 60.0
+    /// When upstream's token changes.
+    public var pushAt = 30.0
+    /// The run stops here whether or not everyone converged.
+    public var horizon = 4 * 3600.0
+    public var failures = Failures()
+
+    public struct Failures: Sendable, Equatable {
+        /// Fraction of mirrors killed (kill -9) at a random moment in the first `window` seconds after the push.
+        public var kill = 0.0
+        /// Fraction of mirrors that stop for a while (SIGSTOP) in that window, then continue.
+        public var stop = 0.0
+        public var stopFor = 30.0
+        /// Fraction whose outgoing bandwidth is a twentieth of the rest (slow sources).
+        public var slow = 0.0
+        /// Fraction that serve a tampered tree (a lying peer: in sync by its record, bad packages on disk).
+        public var liars = 0.0
+        /// Fraction cut off from the others (all their links) for `partitionFor` seconds in the window.
+        public var partition = 0.0
+        public var partitionFor = 60.0
+        public var window = 120.0
+        public init() {}
+    }
+
+    public init() {}
+
+    /// A mix of every failure kind drawn from the seed: up to 10 % killed, 5 % stopped for 30 s, 5 % cut off for
+    /// 60 s, 10 % slow sources and 5 % lying peers. The simulator tests and `dmirr-sim --random-failures` use it.
+    public mutating func drawFailures() {
+        var rng = SeededRandom(seed: seed)
+        failures.kill = Double(Int.random(in: 0...10, using: &rng)) / 100
+        failures.stop = Double(Int.random(in: 0...5, using: &rng)) / 100
+        failures.partition = Double(Int.random(in: 0...5, using: &rng)) / 100
+        failures.slow = Double(Int.random(in: 0...10, using: &rng)) / 100
+        failures.liars = Double(Int.random(in: 0...5, using: &rng)) / 100
+    }
+}
+
+/// What a run measured.
+public struct RunResult: Sendable {
+    /// Seconds after the push until 50, 90 and 100 % of the surviving honest mirrors held the new token (nil: never).
+    public var t50: Double?
+    public var t90: Double?
+    public var t100: Double?
+    public var peakUpstreamConcurrency = 0
+    /// In units of one delta.
+    public var upstreamCopies = 0.0
+    public var peerCopies = 0.0
+    public var pullsFromPeers = 0
+    public var pullsFromUpstream = 0
+    public var messagesPerNodeSecond = 0.0
+    public var bytesPerNodeSecond = 0.0
+    /// Gossip frames by kind, and own-record signings, over the measured window (all nodes).
+    public var frames: [String: Int] = [:]
+    public var signings = 0
+    /// Invariant violations (empty when the run was clean).
+    public var violations: [String] = []
+}
+
+/// Runs the real ``Membership`` and ``SyncCoordinator`` of every mirror in virtual time: gossip over a sparse random
+/// topology with latency, upstream token polls, and rsync pulls as fluid transfers that share bandwidth, with the
+/// upstream's and every peer's `max connections` enforced. Deterministic for a given scenario (seed included).
+public struct Simulation {
+    enum Event {
+        case tick(Int)
+        case deliver(to: Int, from: Int, Message)
+        case pollAnswer(Int)
+        case pullConnect(Int, pull: Int)
+        case transferCheck(generation: Int)
+        case pullFinished(Int, pull: Int, SyncCoordinator.PullOutcome)
+        case push
+        case kill(Int)
+        case stop(Int, resumeAt: Double)
+        case resume(Int)
+        case cut(Int, healAt: Double)
+        case heal(Int)
+    }
+
+    enum Message {
+        case summary(UInt64)
+        case digest([Membership.DigestEntry], isReply: Bool)
+        case records([(MemberRecord, [UInt8])])
+    }
+
+    struct Node {
+        var name: String
+        var membership: Membership
+        var coordinator: SyncCoordinator
+        var links: Set<Int> = []
+        var alive = true
+        var stopped = false
+        var cut = false
+        var liar = false
+        var published = "T0"
+        var tampered = false
+        /// The running pull: its number (to ignore stale events), source, token, transfer id once flowing.
+        var pull: (number: Int, source: PlanSource, token: String, transfer: Int?)?
+    }
+
+    public let scenario: Scenario
+    var nodes: [Node] = []
+    var index: [String: Int] = [:]
+    var queue = EventQueue<Event>()
+    var network: FluidNetwork
+    var rng: SeededRandom
+    var now = 0.0
+    var upstreamToken = "T0"
+    var pullNumber = 0
+    var transferGeneration = 0
+    var messages = 0
+    var messageBytes = 0.0
+    var result = RunResult()
+    var reachedAt: [Int: Double] = [:]
+
+    public init(_ scenario: Scenario) {
+        self.scenario = scenario
+        rng = SeededRandom(seed: scenario.seed)
+        let n = scenario.nodes
+        var membership = Membership.Configuration()
+        membership.gossipInterval = .seconds(scenario.gossip)
+        membership.suspectAfter = .seconds(scenario.suspectAfter)
+        membership.downAfter = .seconds(scenario.downAfter)
+        var coordination = SyncCoordinator.Configuration()
+        coordination.upstreamSlots = scenario.upstreamSlots
+        coordination.serveSlots = scenario.serveSlots
+        coordination.poll = .seconds(scenario.poll)
+        coordination.fallbackPoll = .seconds(scenario.poll * 10)
+        coordination.agreementDeadline = .seconds(max(2, scenario.gossip * 5))
+        coordination.stallAfter = .seconds(120)
+        coordination.busyBackoff = .seconds(max(5, scenario.poll / 4))
+        var send = Array(repeating: scenario.mirrorBandwidth, count: n)
+        for i in 0..<n {
+            let name = "m\(i)"
+            index[name] = i
+            var node = Node(name: name, membership: Membership(me: name, generation: 1, configuration: membership),
+                            coordinator: SyncCoordinator(me: name, publishedToken: "T0", configuration: coordination))
+            node.membership.updateOwn {
+                $0.publishedToken = "T0"
+                $0.targetToken = "T0"
+                $0.syncState = .inSync
+                $0.rsyncURL = "rsync://\(name)/repo"
+                $0.serveSlots = scenario.serveSlots
+            }
+            nodes.append(node)
+        }
+        network = FluidNetwork(sendBandwidth: send, receiveBandwidth: Array(repeating: scenario.mirrorBandwidth, count: n),
+                               upstreamBandwidth: scenario.upstreamBandwidth)
+        // A sparse random topology: each mirror links to `fanout` others (so about 2·fanout links each).
+        for i in 0..<n where n > 1 {
+            var picked = 0
+            var attempts = 0
+            while picked < min(scenario.fanout, n - 1), attempts < 100 {
+                attempts += 1
+                let j = Int.random(in: 0..<n, using: &rng)
+                guard j != i, !nodes[i].links.contains(j) else { continue }
+                nodes[i].links.insert(j)
+                nodes[j].links.insert(i)
+                picked += 1
+            }
+        }
+        for i in 0..<n {
+            for j in nodes[i].links.sorted() { nodes[i].membership.onConnected(nodes[j].name, now: .zero) }
+        }
+        // Failures, chosen up front from the seed.
+        let f = scenario.failures
+        var order = Array(0..<n)
+        order.shuffle(using: &rng)
+        var cursor = 0
+        func take(_ fraction: Double) -> ArraySlice<Int> {
+            let k = min(n - cursor, Int((fraction * Double(n)).rounded()))
+            defer { cursor += k }
+            return order[cursor..<(cursor + k)]
+        }
+        for i in take(f.slow) { send[i] = scenario.mirrorBandwidth / 20 }
+        network.sendBandwidth = send
+        for i in take(f.liars) { nodes[i].liar = true }
+        for i in take(f.kill) { queue.push(.kill(i), at: scenario.pushAt + Double.random(in: 0..<f.window, using: &rng)) }
+        for i in take(f.stop) {
+            let at = scenario.pushAt + Double.random(in: 0..<f.window, using: &rng)
+            queue.push(.stop(i, resumeAt: at + f.stopFor), at: at)
+        }
+        for i in take(f.partition) {
+            let at = scenario.pushAt + Double.random(in: 0..<f.window, using: &rng)
+            queue.push(.cut(i, healAt: at + f.partitionFor), at: at)
+        }
+        for i in 0..<n { queue.push(.tick(i), at: Double.random(in: 0..<scenario.gossip, using: &rng)) }
+        queue.push(.push, at: scenario.pushAt)
+    }
+
+    // MARK: Running
+
+    public static func run(_ scenario: Scenario) -> RunResult {
+        var sim = Simulation(scenario)
+        return sim.run()
+    }
+
+    mutating func run() -> RunResult {
+        while let (at, event) = queue.pop(), at <= scenario.horizon {
+            now = at
+            handle(event)
+            if now > scenario.pushAt, everyoneHasTheToken { break }
+        }
+        return finish()
+    }
+
+    var honestSurvivors: [Int] { nodes.indices.filter { nodes[$0].alive && !nodes[$0].liar } }
+
+    var everyoneHasTheToken: Bool {
+        upstreamToken != "T0" && honestSurvivors.allSatisfy { nodes[$0].published == upstreamToken }
+    }
+
+    var d: Duration { .nanoseconds(Int64(now * 1e9)) }
+    var wallMillis: Int64 { 1_800_000_000_000 + Int64(now * 1000) }
+
+    func canTalk(_ a: Int, _ b: Int) -> Bool {
+        nodes[a].alive && nodes[b].alive && !nodes[a].stopped && !nodes[b].stopped && !nodes[a].cut && !nodes[b].cut
+    }
+
+    mutating func handle(_ event: Event) {
+        switch event {
+        case .tick(let i):
+            guard nodes[i].alive else { return }
+            queue.push(.tick(i), at: now + scenario.gossip)
+            guard !nodes[i].stopped else { return }
+            perform(i, nodes[i].membership.onTick(now: d))
+            let view = nodes[i].membership.entries.values.filter { $0.record.node != nodes[i].name && $0.liveness == .alive }.map(\.record)
+            var directives = nodes[i].coordinator.onView(view, wallMillis: wallMillis, now: d)
+            directives += nodes[i].coordinator.onTick(now: d)
+            if nodes[i].pull?.transfer != nil { nodes[i].coordinator.onPullProgress(now: d) }
+            coordinate(i, directives)
+        case .deliver(let to, let from, let message):
+            guard canTalk(to, from), nodes[to].links.contains(from) else { return }
+            let peer = nodes[from].name
+            switch message {
+            case .summary(let hash): perform(to, nodes[to].membership.onSummary(from: peer, hash: hash, now: d))
+            case .digest(let entries, let isReply):
+                perform(to, nodes[to].membership.onDigest(from: peer, entries: entries, isReply: isReply, now: d))
+            case .records(let records):
+                for (record, signed) in records { perform(to, nodes[to].membership.onRecord(record, signed: signed, from: peer, now: d)) }
+            }
+        case .pollAnswer(let i):
+            guard nodes[i].alive, !nodes[i].stopped else { return }
+            coordinate(i, nodes[i].coordinator.onUpstreamToken(upstreamToken, wallMillis: wallMillis, now: d))
+        case .pullConnect(let i, let number):
+            guard nodes[i].alive, let pull = nodes[i].pull, pull.number == number else { return }
+            connect(i, pull: pull)
+        case .transferCheck(let generation):
+            guard generation == transferGeneration else { return }
+            network.advance(to: now)
+            if let next = network.nextCompletion(), next.at <= now + 1e-9 { complete(next.id) }
+            scheduleTransferCheck()
+        case .pullFinished(let i, let number, let outcome):
+            guard nodes[i].alive, let pull = nodes[i].pull, pull.number == number else { return }
+            finishPull(i, outcome)
+        case .push:
+            upstreamToken = "T1"
+        case .kill(let i):
+            nodes[i].alive = false
+            abortTransfers(touching: i)
+        case .stop(let i, let resumeAt):
+            nodes[i].stopped = true
+            queue.push(.resume(i), at: resumeAt)
+        case .resume(let i):
+            nodes[i].stopped = false
+            relink(i)
+        case .cut(let i, let healAt):
+            nodes[i].cut = true
+            queue.push(.heal(i), at: healAt)
+        case .heal(let i):
+            nodes[i].cut = false
+            relink(i)
+        }
+    }
+
+    /// A member is reachable again: its links come back on both ends.
+    mutating func relink(_ i: Int) {
+        for j in nodes[i].links.sorted() where canTalk(i, j) {
+            nodes[i].membership.onConnected(nodes[j].name, now: d)
+            nodes[j].membership.onConnected(nodes[i].name, now: d)
+        }
+    }
+
+    // MARK: Membership directives
+
+    mutating func perform(_ i: Int, _ directives: [Membership.Directive]) {
+        for directive in directives {
+            switch directive {
+            case .signOwnRecord(let record):
+                if now >= scenario.pushAt { result.signings += 1 }
+                perform(i, nodes[i].membership.onOwnRecordSigned(record, signed: [], now: d))
+            case .sendSummary(let peer):
+                send(from: i, to: peer, .summary(nodes[i].membership.digestHash), bytes: 45)
+            case .sendDigest(let peer, let entries, let isReply):
+                send(from: i, to: peer, .digest(entries, isReply: isReply), bytes: 40 + 14 * Double(entries.count))
+            case .sendRecords(let peer, let names):
+                let records = names.compactMap { n in nodes[i].membership.entries[n].map { ($0.record, $0.signed) } }
+                send(from: i, to: peer, .records(records), bytes: 30 + 260 * Double(records.count))
+            case .closeLink(let peer):
+                // The machine already counts it gone; a link to a live, reachable peer is dialed again at once (the
+                // dialer's job). Dead, stopped or cut-off peers stay unlinked until they come back.
+                if let j = index[peer], canTalk(i, j), nodes[i].links.contains(j) {
+                    nodes[i].membership.onConnected(peer, now: d)
+                }
+            case .persist, .livenessChanged, .wake:
+                break
+            }
+        }
+    }
+
+    mutating func send(from i: Int, to peer: String, _ message: Message, bytes: Double) {
+        guard let j = index[peer] else { return }
+        if now >= scenario.pushAt {
+            messages += 1
+            messageBytes += bytes
+            let kind = switch message {
+            case .summary: "summary"
+            case .digest: "digest"
+            case .records(let r): "records(\(r.count))"
+            }
+            result.frames[kind, default: 0] += 1
+        }
+        queue.push(.deliver(to: j, from: i, message), at: now + scenario.latency)
+    }
+
+    // MARK: Coordinator directives
+
+    mutating func coordinate(_ i: Int, _ directives: [SyncCoordinator.Directive]) {
+        for directive in directives {
+            switch directive {
+            case .pollUpstream:
+                queue.push(.pollAnswer(i), at: now + 4 * scenario.latency)
+            case .startPull(let source, let token):
+                pullNumber += 1
+                nodes[i].pull = (pullNumber, source, token, nil)
+                nodes[i].membership.updateOwn {
+                    $0.syncState = .syncing
+                    $0.source = source.recordValue
+                }
+                queue.push(.pullConnect(i, pull: pullNumber), at: now + 2 * scenario.latency)
+            case .cancelPull:
+                guard let pull = nodes[i].pull else { break }
+                if let t = pull.transfer { network.stop(t, now: now) ; scheduleTransferCheck() }
+                queue.push(.pullFinished(i, pull: pull.number, .cancelled), at: now + scenario.latency)
+            case .advertise(let a):
+                let published = nodes[i].published
+                nodes[i].membership.updateOwn {
+                    $0.targetToken = a.targetToken
+                    $0.targetSeenMillis = a.targetSeenMillis
+                    $0.avoid = a.avoid
+                    $0.planDigest = a.planDigest
+                    $0.serveSlots = a.serveSlots
+                    if $0.syncState != .syncing { $0.syncState = published == a.targetToken ? .inSync : .waiting }
+                }
+            case .wake:
+                break
+            }
+        }
+    }
+
+    mutating func connect(_ i: Int, pull: (number: Int, source: PlanSource, token: String, transfer: Int?)) {
+        switch pull.source {
+        case .upstream:
+            guard network.count(from: -1) < scenario.upstreamMaxConnections else {
+                queue.push(.pullFinished(i, pull: pull.number, .busy), at: now + scenario.latency)
+                return
+            }
+            if nodes[i].coordinator.agreed, network.count(from: -1) + 1 > scenario.upstreamSlots {
+                result.violations.append("t=\(Int(now)) s: \(nodes[i].name) started an upstream pull in an agreed plan beside "
+                                         + "\(network.count(from: -1)) others")
+            }
+            startTransfer(i, source: -1, pull: pull)
+        case .peer(let name):
+            guard let j = index[name], canTalk(i, j) else {
+                queue.push(.pullFinished(i, pull: pull.number, .failed("connection refused")), at: now + scenario.latency)
+                return
+            }
+            guard network.count(from: j) < scenario.serveSlots else {
+                queue.push(.pullFinished(i, pull: pull.number, .busy), at: now + scenario.latency)
+                return
+            }
+            guard nodes[j].published == pull.token else {
+                queue.push(.pullFinished(i, pull: pull.number, .tokenMismatch(found: nodes[j].published)), at: now + 2 * scenario.latency)
+                return
+            }
+            startTransfer(i, source: j, pull: pull)
+        }
+    }
+
+    mutating func startTransfer(_ i: Int, source: Int, pull: (number: Int, source: PlanSource, token: String, transfer: Int?)) {
+        let id = network.start(source: source, destination: i, bytes: scenario.delta, now: now)
+        nodes[i].pull?.transfer = id
+        if source < 0 {
+            result.pullsFromUpstream += 1
+            result.peakUpstreamConcurrency = max(result.peakUpstreamConcurrency, network.count(from: -1))
+        } else {
+            result.pullsFromPeers += 1
+        }
+        scheduleTransferCheck()
+    }
+
+    mutating func scheduleTransferCheck() {
+        transferGeneration += 1
+        if let next = network.nextCompletion() { queue.push(.transferCheck(generation: transferGeneration), at: max(now, next.at)) }
+    }
+
+    mutating func complete(_ id: Int) {
+        guard let transfer = network.stop(id, now: now) else { return }
+        let i = transfer.destination
+        guard let pull = nodes[i].pull, pull.transfer == id else { return }
+        // Verification: a tree from a lying peer fails the packages check; anything else is the genuine tree.
+        let bad = transfer.source >= 0 && nodes[transfer.source].tampered
+        let outcome: SyncCoordinator.PullOutcome = bad ? .failed("verification failed") : .synced(token: pull.token)
+        queue.push(.pullFinished(i, pull: pull.number, outcome), at: now)
+    }
+
+    mutating func finishPull(_ i: Int, _ outcome: SyncCoordinator.PullOutcome) {
+        if let t = nodes[i].pull?.transfer, network.active[t] != nil {
+            network.stop(t, now: now)
+            scheduleTransferCheck()
+        }
+        nodes[i].pull = nil
+        if case .synced(let token) = outcome {
+            nodes[i].published = token
+            // A liar's own copy is what it serves: bad packages behind a good token.
+            nodes[i].tampered = nodes[i].liar
+            if token == upstreamToken, reachedAt[i] == nil, !nodes[i].liar { reachedAt[i] = now - scenario.pushAt }
+        }
+        let published = nodes[i].published
+        nodes[i].membership.updateOwn {
+            $0.publishedToken = published
+            $0.source = ""
+            $0.syncState = published == $0.targetToken ? .inSync : .waiting
+        }
+        coordinate(i, nodes[i].coordinator.onPullFinished(outcome, now: d))
+    }
+
+    mutating func abortTransfers(touching i: Int) {
+        for t in network.active.values where t.source == i || t.destination == i {
+            network.stop(t.id, now: now)
+            let dest = t.destination
+            if dest != i, let pull = nodes[dest].pull, pull.transfer == t.id {
+                queue.push(.pullFinished(dest, pull: pull.number, .failed("source died")), at: now + scenario.latency)
+            }
+        }
+        scheduleTransferCheck()
+    }
+
+    mutating func finish() -> RunResult {
+        network.advance(to: now)
+        let honest = honestSurvivors
+        let times = honest.compactMap { reachedAt[$0] }.sorted()
+        func quantile(_ q: Double) -> Double? {
+            let needed = Int((q * Double(honest.count)).rounded(.up))
+            return needed <= times.count && needed > 0 ? times[needed - 1] : (honest.isEmpty ? 0 : nil)
+        }
+        result.t50 = quantile(0.5)
+        result.t90 = quantile(0.9)
+        result.t100 = quantile(1.0)
+        result.upstreamCopies = network.upstreamBytes / scenario.delta
+        result.peerCopies = network.peerBytes / scenario.delta
+        let seconds = max(1, now - scenario.pushAt)
+        result.messagesPerNodeSecond = Double(messages) / Double(scenario.nodes) / seconds
+        result.bytesPerNodeSecond = messageBytes / Double(scenario.nodes) / seconds
+        if result.t100 == nil {
+            let missing = honest.filter { nodes[$0].published != upstreamToken }.map { nodes[$0].name }
+            result.violations.append("not converged by the horizon: \(missing.prefix(10).joined(separator: ", "))\(missing.count > 10 ? ", …" : "")")
+        }
+        for i in honest where nodes[i].tampered {
+            result.violations.append("\(nodes[i].name) published a tree that failed verification")
+        }
+        return result
+    }
+}
