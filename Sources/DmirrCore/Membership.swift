@@ -232,7 +232,10 @@ public struct Membership: Sendable {
         let previous = entries[me]?.record
         entries[me] = Entry(record: record, signed: signed, lastAdvance: now, liveness: .alive)
         var out: [Directive] = [.persist(nodes: [me])]
-        if pushNextSigning || previous.map({ Self.matters(from: $0, to: record) }) ?? true {
+        // A new plan digest is pushed to our own neighbours (agreement needs it soon) but not relayed further: it
+        // changes on every member at once, and the neighbours' own digests travel the same way.
+        let pushed = previous.map { Self.matters(from: $0, to: record) || $0.planDigest != record.planDigest } ?? true
+        if pushNextSigning || pushed {
             pushNextSigning = false
             out += eagerRecords(of: me, except: nil, now: now)
         }
