@@ -258,6 +258,15 @@ public struct SyncPipeline: Sendable {
                 verification = await verify(tree: tree, packages: packages, logger: logger, onEvent: onEvent)
             }
             guard verification.isClean else {
+                // The bad files have the size and mtime the metadata promises, so rsync's quick check would keep them
+                // on every later run, from any source. Remove them: the next run fetches them again. (They are not
+                // published: in snapshot mode they sit in staging; in place, the token still names the old tree.)
+                for problem in verification.problems where !problem.path.contains("repodata/") {
+                    let file = tree + "/" + problem.path
+                    if unlink(file) == 0 {
+                        logger.notice("removed a file that failed verification", metadata: ["verify.path": "\(problem.path)"])
+                    }
+                }
                 let list = verification.problems.prefix(20).map { "  \($0)" }.joined(separator: "\n")
                 return SyncReport(
                     outcome: .verifyFailed, exitCode: 1,

@@ -39,7 +39,10 @@ import Testing
             }
             if serving {
                 for name in names {
-                    try FileManager.default.createDirectory(atPath: mirror(name), withIntermediateDirectories: true)
+                    // Snapshot mode manages `path` as a symlink; the daemon resolves it at each connection.
+                    if !mirrorExtra.contains("snapshot") {
+                        try FileManager.default.createDirectory(atPath: mirror(name), withIntermediateDirectories: true)
+                    }
                     servers[name] = try RsyncDaemon(directory: dir.sub("rsyncd-\(name)"), modules: [.init(name: "mirror", path: mirror(name), maxConnections: 2)])
                 }
             }
@@ -255,6 +258,37 @@ import Testing
         #expect(positions.sorted() == Array(1...6), "\(positions)")
         let upstreamRuns = runs.filter { $0.source == "upstream" }
         #expect(Fleet.peakOverlap(upstreamRuns) <= 1, "more than one pull from upstream at once: \(upstreamRuns.map { "\($0.node) \($0.started)–\($0.finished)" })")
+    }
+
+    @Test func aTamperedPeerIsRejectedAndAnotherSourceTaken() throws {
+        let fleet = try Fleet(size: 3, mirrorExtra: "publish = \"snapshot\"", serving: true, upstreamSlots: 1)
+        defer { fleet.stop(); fleet.dir.remove() }
+        try fleet.start("m0")
+        #expect(fleet.waitUntil(seconds: 60) { fleet.allInSync("push-1", among: ["m0"]) }, "\(fleet.logs())")
+        try fleet.upstream.push(add: [.init("gamma", "1.0", sizeKB: 64)], token: "push-2")
+        #expect(fleet.waitUntil(seconds: 60) { fleet.allInSync("push-2", among: ["m0"]) }, "\(fleet.logs())")
+
+        // m0's copy of gamma goes bad on disk, same size and mtime: only a checksum can tell.
+        let bad = realPath(fleet.mirror("m0")) + "/Packages/gamma-1.0-1.noarch.rpm"
+        let mtime = try FileManager.default.attributesOfItem(atPath: bad)[.modificationDate] as! Date
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: bad))
+        bytes[bytes.count / 2] ^= 0xFF
+        try bytes.write(to: URL(fileURLWithPath: bad))
+        try FileManager.default.setAttributes([.modificationDate: mtime], ofItemAtPath: bad)
+
+        // Two new mirrors join; m0 is the only one in sync, so the plan sends both to it first.
+        try fleet.start("m1")
+        try fleet.start("m2")
+        let converged = fleet.waitUntil(seconds: 120) { fleet.allInSync("push-2", among: fleet.names) }
+        #expect(converged, "\(fleet.names.map { "\($0): \(fleet.view($0))" })\n\(fleet.logs())")
+        for name in ["m1", "m2"] {
+            #expect(TreeComparison.differences(fleet.upstream.tree, realPath(fleet.mirror(name))) == [], "\(name) holds a bad tree")
+        }
+        let runs = try fleet.runs().filter { $0.node != "m0" }
+        let rejected = runs.filter { $0.source == "m0" && $0.outcome == "verify-failed" }
+        #expect(!rejected.isEmpty, "nobody pulled from m0 and caught it: \(runs.map { "\($0.node)←\($0.source) \($0.outcome)" })")
+        let published = runs.filter { $0.outcome == "synced" }
+        #expect(published.allSatisfy { $0.source != "m0" }, "a tree from m0 was published: \(published.map { "\($0.node)←\($0.source)" })")
     }
 
     @Test func anAnnouncedPushSpreadsWithoutWaitingForThePoll() throws {
