@@ -260,6 +260,47 @@ import Testing
         #expect(Fleet.peakOverlap(upstreamRuns) <= 1, "more than one pull from upstream at once: \(upstreamRuns.map { "\($0.node) \($0.started)–\($0.finished)" })")
     }
 
+    @Test func killingAServingPeerMidTransferSendsItsPullersElsewhere() throws {
+        // Pulls are slowed to ~400 KB/s so that one can be caught in flight.
+        let fleet = try Fleet(size: 4, mirrorExtra: "rsync_args = [\"--bwlimit=400\"]", serving: true, upstreamSlots: 1)
+        defer { fleet.stop(); fleet.dir.remove() }
+        for name in fleet.names { try fleet.start(name) }
+        #expect(fleet.waitUntil(seconds: 90) { fleet.allInSync("push-1", among: fleet.names) }, "\(fleet.logs())")
+        try fleet.upstream.push(add: [.init("big", "1.0", sizeKB: 3072)], token: "push-2")
+
+        // Wait until some member pulls push-2 from a peer, then take that peer's host down: agent and rsync daemon
+        // (with the daemon's per-connection children), as a power cut would.
+        var victim: String?
+        let caught = fleet.waitUntil(seconds: 90) {
+            for viewer in fleet.names {
+                let members = fleet.status(viewer)?["members"] as? [[String: Any]] ?? []
+                if let pulling = members.first(where: { $0["state"] as? String == "syncing" && fleet.names.contains($0["source"] as? String ?? "") }) {
+                    victim = pulling["source"] as? String
+                    return true
+                }
+            }
+            return false
+        }
+        #expect(caught, "no peer pull seen:\n\(fleet.logs())")
+        guard caught, let victim else { return }
+        fleet.agents[victim]!.killGroup()
+        kill(-fleet.servers[victim]!.pid, SIGKILL)
+        let survivors = fleet.names.filter { $0 != victim }
+        let converged = fleet.waitUntil(seconds: 120) { fleet.allInSync("push-2", among: survivors) }
+        #expect(converged, "\(survivors.map { "\($0): \(fleet.view($0))" })\n\(fleet.logs())")
+        for name in survivors {
+            #expect(TreeComparison.differences(fleet.upstream.tree, fleet.mirror(name)) == [], "\(name)")
+        }
+        // The interrupted pull shows as a failed run from the victim, followed by a synced one from elsewhere.
+        let runs = try fleet.runs().filter { survivors.contains($0.node) && $0.token == "push-2" }
+        let broken = runs.filter { $0.source == victim && $0.outcome != "synced" }
+        #expect(!broken.isEmpty, "\(runs.map { "\($0.node)←\($0.source) \($0.outcome)" })")
+        for run in broken {
+            #expect(runs.contains { $0.node == run.node && $0.outcome == "synced" && $0.source != victim && $0.started >= run.finished },
+                    "\(run.node) did not finish from another source")
+        }
+    }
+
     @Test func aTamperedPeerIsRejectedAndAnotherSourceTaken() throws {
         let fleet = try Fleet(size: 3, mirrorExtra: "publish = \"snapshot\"", serving: true, upstreamSlots: 1)
         defer { fleet.stop(); fleet.dir.remove() }
