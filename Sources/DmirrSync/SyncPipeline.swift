@@ -261,7 +261,9 @@ public struct SyncPipeline: Sendable {
                 // The bad files have the size and mtime the metadata promises, so rsync's quick check would keep them
                 // on every later run, from any source. Remove them: the next run fetches them again. (They are not
                 // published: in snapshot mode they sit in staging; in place, the token still names the old tree.)
-                for problem in verification.problems where !problem.path.contains("repodata/") {
+                // Only files this run received are removed: a problem's path can come from the source's metadata,
+                // and a lying source must not be able to name a file for us to delete.
+                for problem in verification.problems where packages.contains(problem.path) {
                     let file = tree + "/" + problem.path
                     if unlink(file) == 0 {
                         logger.notice("removed a file that failed verification", metadata: ["verify.path": "\(problem.path)"])

@@ -25,7 +25,10 @@ struct AnnounceCommand: AsyncParsableCommand {
 
     func run() async throws {
         let config = try options.load(purpose: .announce)
-        guard let tlsConfig = config.tls else { throw ExitCode(2) }
+        guard let tlsConfig = config.tls else {
+            printError("error: \(options.config): [tls] ca, cert and key are required to announce")
+            throw ExitCode(2)
+        }
         let tls: FleetTLS
         do { tls = try FleetTLS(caPath: tlsConfig.ca, certPath: tlsConfig.cert, keyPath: tlsConfig.key) } catch {
             printError("error: \(error)")
@@ -49,23 +52,10 @@ struct AnnounceCommand: AsyncParsableCommand {
     }
 
     static func announce(to address: HostPort, token: String, tls: FleetTLS) async throws -> WireAnnounceAck {
-        let box = AckBox()
-        try await PeerClient.connect(host: address.host, port: address.port, tls: tls) { session, messages in
-            var envelope = WireEnvelope()
-            envelope.announce = .with { $0.token = token }
-            try await session.send(envelope)
-            for try await message in messages {
-                if case .announceAck(let ack) = message.body {
-                    box.value = ack
-                    return
-                }
-            }
+        var envelope = WireEnvelope()
+        envelope.announce = .with { $0.token = token }
+        return try await PeerRequest.ask(address, tls: tls, envelope) {
+            if case .announceAck(let ack) = $0.body { ack } else { nil }
         }
-        guard let ack = box.value else { throw NetError(.connection, "\(address) closed without acknowledging") }
-        return ack
-    }
-
-    final class AckBox: @unchecked Sendable {
-        var value: WireAnnounceAck?
     }
 }

@@ -222,8 +222,8 @@ struct DemoFleet {
                 }
                 if lastSeen[name] != line {
                     lastSeen[name] = line
-                    let at = Double((ContinuousClock.now - started).components.attoseconds) / 1e18
-                        + Double((ContinuousClock.now - started).components.seconds)
+                    let elapsed = (ContinuousClock.now - started).components
+                    let at = Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
                     print(String(format: "   [%6.1fs] ", at) + "\(name)  \(line)")
                     if state == "syncing" { pulls.append((name, me.targetToken, me.source)) }
                 }
@@ -237,6 +237,10 @@ struct DemoFleet {
 
     mutating func stop() {
         for process in agents.values where process.isRunning { kill(process.processIdentifier, SIGTERM) }
+        // Agents drain within a few seconds; one that does not is killed rather than left to hang the demo.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while agents.values.contains(where: \.isRunning), ContinuousClock.now < deadline { usleep(50_000) }
+        for process in agents.values where process.isRunning { kill(-process.processIdentifier, SIGKILL) }
         for process in agents.values { process.waitUntilExit() }
         agents = [:]
         for server in servers.values { server.stop() }

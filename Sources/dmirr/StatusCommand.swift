@@ -74,17 +74,18 @@ struct StatusCommand: AsyncParsableCommand {
     }
 }
 
-/// `dmirr status --peer`: one StatusRequest over mTLS.
-enum RemoteStatus {
-    static func ask(_ address: HostPort, tls: FleetTLS) async throws -> WireStatusResponse {
-        let box = ResponseBox()
+/// One request to an agent over mTLS and its one answer (`dmirr status --peer`, `dmirr announce`).
+enum PeerRequest {
+    /// Sends `request`, then reads until `answer` picks a message out; throws if the agent closes first.
+    static func ask<Answer: Sendable>(
+        _ address: HostPort, tls: FleetTLS, _ request: WireEnvelope, answer: @escaping @Sendable (WireEnvelope) -> Answer?
+    ) async throws -> Answer {
+        let box = AnswerBox<Answer>()
         try await PeerClient.connect(host: address.host, port: address.port, tls: tls) { session, messages in
-            var request = WireEnvelope()
-            request.statusRequest = .init()
             try await session.send(request)
             for try await message in messages {
-                if case .statusResponse(let r) = message.body {
-                    box.value = r
+                if let value = answer(message) {
+                    box.value = value
                     return
                 }
             }
@@ -93,8 +94,18 @@ enum RemoteStatus {
         return value
     }
 
-    final class ResponseBox: @unchecked Sendable {
-        var value: WireStatusResponse?
+    final class AnswerBox<Value>: @unchecked Sendable {
+        var value: Value?
+    }
+}
+
+enum RemoteStatus {
+    static func ask(_ address: HostPort, tls: FleetTLS) async throws -> WireStatusResponse {
+        var request = WireEnvelope()
+        request.statusRequest = .init()
+        return try await PeerRequest.ask(address, tls: tls, request) {
+            if case .statusResponse(let r) = $0.body { r } else { nil }
+        }
     }
 }
 

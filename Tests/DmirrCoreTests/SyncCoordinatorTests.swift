@@ -48,17 +48,20 @@ import Testing
     }
 
     @Test func aGossipedTokenIsConfirmedBeforeAnythingIsPulled() {
-        var c = SyncCoordinator(me: "a", publishedToken: "T1", configuration: Self.config())
+        // Three upstream slots for three members: whatever the slot order, a is planned upstream.
+        var c = SyncCoordinator(me: "a", publishedToken: "T1", configuration: Self.config(slots: 3))
         _ = c.onUpstreamToken("T1", wallMillis: 1_000, now: .zero)
         // b saw T2 at upstream later than we saw T1.
         let view = [Self.record("b", target: "T2", seen: 2_000), Self.record("c")]
         let first = c.onView(view, wallMillis: 3_000, now: .seconds(1))
         #expect(first.contains(.pollUpstream))
         #expect(Self.pulls(first).isEmpty, "pulled an unconfirmed token")
-        // Upstream confirms it: a is planned upstream, but waits for agreement or the deadline.
-        #expect(Self.pulls(c.onUpstreamToken("T2", wallMillis: 3_100, now: .seconds(2))).isEmpty || c.agreed)
-        let later = c.onTick(now: .seconds(8))
-        if c.plan?.assignments["a"] == .pull(.upstream) { #expect(Self.pulls(later) == [.upstream]) }
+        #expect(Self.pulls(c.onTick(now: .seconds(7))).isEmpty, "pulled before its own fetch confirmed the token")
+        // Upstream confirms it: nobody else advertises our digest, so it waits for the agreement deadline (5 s).
+        #expect(Self.pulls(c.onUpstreamToken("T2", wallMillis: 3_100, now: .seconds(8))).isEmpty)
+        #expect(c.plan?.assignments["a"] == .pull(.upstream))
+        #expect(Self.pulls(c.onTick(now: .seconds(12))).isEmpty)
+        #expect(Self.pulls(c.onTick(now: .seconds(13))) == [.upstream])
     }
 
     @Test func aLyingPeerCannotSendTheFleetAfterATokenUpstreamDoesNotServe() {
@@ -120,10 +123,12 @@ import Testing
         #expect(!c.onTick(now: .seconds(49)).contains { if case .cancelPull = $0 { true } else { false } })
         let stalled = c.onTick(now: .seconds(50))
         #expect(stalled.contains { if case .cancelPull = $0 { true } else { false } })
-        let next = Self.pulls(c.onPullFinished(.cancelled, now: .seconds(51)))
+        let after = c.onPullFinished(.cancelled, now: .seconds(51))
+        let next = Self.pulls(after)
         #expect(next.count == 1 && next != first, "\(next) after abandoning \(first)")
         // The avoided source is advertised, so every member's plan leaves it out for us.
-        #expect(c.onTick(now: .seconds(52)).isEmpty == false)
+        let advertised = after.compactMap { if case .advertise(let a) = $0 { a } else { nil } }.last
+        #expect(advertised?.avoid == first.map(\.recordValue), "\(after)")
     }
 
     @Test func busyUpstreamIsRetriedAfterTheBackoffAndAFailedPeerNotAtAll() {
