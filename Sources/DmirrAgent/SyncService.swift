@@ -46,6 +46,7 @@ struct SyncService: Service {
         let started = clock.now
         let gossip = config.peers.gossip
         var pullCancel: CancelSignal?
+        var vouchedBy: String?
         await node.onAnnounce { _ in sink.yield(.announced) }
 
         await withDiscardingTaskGroup { group in
@@ -81,6 +82,13 @@ struct SyncService: Service {
                     pullCancel = nil
                     await record(report, logger: logger)
                     directives += coordinator.onPullFinished(Self.outcome(report), now: now)
+                }
+                if coordinator.vouchedBy != vouchedBy {
+                    vouchedBy = coordinator.vouchedBy
+                    if let vouchedBy, let token = coordinator.target?.token {
+                        logger.notice("our own fetch of the upstream token failed; following the token a peer has published",
+                                      metadata: ["peer.node": "\(vouchedBy)", "sync.token": "\(token)"])
+                    }
                 }
                 var status = FleetNode.PlanStatus()
                 status.targetSeenMillis = coordinator.target?.seenMillis ?? 0

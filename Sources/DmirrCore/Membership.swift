@@ -77,8 +77,17 @@ public struct Membership: Sendable {
     public let me: String
     public var configuration: Configuration
     public private(set) var entries: [String: Entry] = [:] {
-        didSet { cachedDigestHash = nil }
+        didSet {
+            cachedDigestHash = nil
+            revision &+= 1
+            // Members are never forgotten, so the count tells when the sorted list is stale.
+            if nodes.count != entries.count { nodes = entries.keys.sorted() }
+        }
     }
+    /// Changes whenever any entry does (a record, a liveness): a shell may skip work while it stays the same.
+    public private(set) var revision: UInt64 = 0
+    /// The members we hold, sorted.
+    public private(set) var nodes: [String] = []
     private var cachedDigestHash: UInt64?
     /// Our own record as we last changed it (it is in `entries` once signed).
     public private(set) var own: MemberRecord
@@ -166,7 +175,7 @@ public struct Membership: Sendable {
             }
         }
         var suspects: [Suspicion] = []
-        for node in entries.keys.sorted() where node != me {
+        for node in nodes where node != me {
             let (judged, directly) = judge(node, now: now, suspicions: suspicions)
             if directly { suspects.append(Suspicion(node: node, version: entries[node]!.record.version)) }
             if judged != entries[node]!.liveness {
@@ -274,7 +283,7 @@ public struct Membership: Sendable {
         for e in theirs { theirVersions[e.node] = max(theirVersions[e.node] ?? e.version, e.version) }
         // A full digest lists everything its sender holds, so a member missing from it is one it lacks. A reply digest
         // lists only what its sender asks for; everything else it already has.
-        let newerHere = entries.keys.sorted().filter { node in
+        let newerHere = nodes.filter { node in
             guard let mine = entries[node]?.record.version else { return false }
             return theirVersions[node].map { mine > $0 } ?? !isReply
         }
@@ -334,7 +343,7 @@ public struct Membership: Sendable {
 
     /// Node → newest version held, ours included.
     public func digest() -> [DigestEntry] {
-        entries.keys.sorted().map { DigestEntry(node: $0, version: entries[$0]!.record.version) }
+        nodes.map { DigestEntry(node: $0, version: entries[$0]!.record.version) }
     }
 
     /// FNV-1a over the digest: equal for two members exactly when (barring a collision, which only delays an
@@ -363,6 +372,6 @@ public struct Membership: Sendable {
 
     /// Members judged alive (ourselves included).
     public var aliveMembers: [String] {
-        entries.keys.sorted().filter { $0 == me || entries[$0]!.liveness == .alive }
+        nodes.filter { $0 == me || entries[$0]!.liveness == .alive }
     }
 }

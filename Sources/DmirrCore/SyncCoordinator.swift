@@ -4,8 +4,11 @@
 ///
 /// - **Target.** The token upstream serves. Watchers (the first `watchers` members of a fixed hash order) poll every
 ///   `poll`; the others every `fallbackPoll`, and once whenever gossip brings a token they have not confirmed. A
-///   member only pulls a token it confirmed itself (one small fetch), so a peer cannot send the fleet after a token
-///   upstream does not serve.
+///   member pulls a token it confirmed itself (one small fetch), so a peer cannot send the fleet after a token
+///   upstream does not serve. The one exception: when our own fetch fails (upstream refuses us as busy, or cannot be
+///   reached from here), a token some live member has already *published* counts as confirmed ("vouched"), so a
+///   member cut off from upstream still follows the fleet through its peers. Trusting a member's published token is
+///   no wider than trusting its tree, which a peer pull does anyway; the tree is still verified before it is published.
 /// - **Plan.** From the live members' records it computes ``SyncPlan`` and advertises the plan's digest. Peer pulls
 ///   start at once (the source's serving limit is the hard backstop). An upstream pull starts when more than half of
 ///   the live members advertise the same digest, or `agreementDeadline` after this member was first planned upstream.
@@ -77,14 +80,28 @@ public struct SyncCoordinator: Sendable {
     public private(set) var agreed = false
     /// How many live members advertise our plan's digest, ourselves included, out of how many.
     public private(set) var agreement = (same: 0, of: 0)
-    private var view: [MemberRecord] = []
-    private var lastPlanInput: [SyncPlan.Member] = []
+    private var view: [MemberRecord] = [] {
+        didSet {
+            viewStamp &+= 1
+            watcher = nil
+        }
+    }
+    /// Counts changes of `view`: a plan and its agreement are recomputed only when the view or our own part changed,
+    /// so that an idle round costs O(1) rather than a pass over every member.
+    private var viewStamp = 0
+    private var lastPlanKey: PlanKey?
+    private var lastOrder: (token: String, nodes: [String], order: [String])?
+    private var watcher: Bool?
     private var firstView: Duration?
     /// Avoided sources: until when (nil: for the rest of the target token).
     private var avoid: [PlanSource: Duration?] = [:]
     private var upstreamPlannedSince: Duration?
     private var lastPoll: Duration?
     private var pollPending = false
+    /// Our last fetch of upstream's token failed (busy or unreachable); cleared by the next one that answers.
+    private var ownPollFailed = false
+    /// The member whose published token stood in for our own fetch, when one did.
+    public private(set) var vouchedBy: String?
     private var advertised: Advertised?
 
     public init(me: String, publishedToken: String, configuration: Configuration = .init()) {
@@ -119,6 +136,7 @@ public struct SyncCoordinator: Sendable {
     /// What our own fetch of upstream's token file found.
     public mutating func onUpstreamToken(_ token: String, wallMillis: Int64, now: Duration) -> [Directive] {
         pollPending = false
+        ownPollFailed = false
         if let target, target.token == token {
             self.target!.confirmed = true
         } else {
@@ -136,9 +154,11 @@ public struct SyncCoordinator: Sendable {
         return [.pollUpstream]
     }
 
-    /// The poll failed; try again at the next interval.
+    /// The poll failed (refused as busy, or upstream unreachable from here); try again at the next interval. Until a
+    /// poll answers, a token a live member has published is taken as confirmed (see the type's documentation).
     public mutating func onUpstreamUnreachable(now: Duration) -> [Directive] {
         pollPending = false
+        ownPollFailed = true
         return decide(now: now)
     }
 
@@ -184,14 +204,31 @@ public struct SyncCoordinator: Sendable {
 
     /// Whether we are one of the members that poll upstream at the short interval.
     public var isWatcher: Bool {
-        let nodes = [me] + view.map(\.node)
-        return SyncPlan.slotOrder(token: "watchers", nodes: nodes).prefix(configuration.watchers).contains(me)
+        mutating get {
+            if let watcher { return watcher }
+            let nodes = [me] + view.map(\.node)
+            let answer = SyncPlan.slotOrder(token: "watchers", nodes: nodes).prefix(configuration.watchers).contains(me)
+            watcher = answer
+            return answer
+        }
     }
 
     // MARK: Deciding
 
+    /// Everything a plan and its agreement are computed from.
+    private struct PlanKey: Equatable {
+        var viewStamp: Int
+        var token: String
+        var published: String
+        var running: PlanSource?
+        var avoid: Set<PlanSource>
+        var serveSlots: Int
+        var upstreamSlots: Int
+    }
+
     private mutating func setTarget(_ token: String, seenMillis: Int64, confirmed: Bool) {
         target = (token, seenMillis, confirmed)
+        vouchedBy = nil
         avoid = [:]
         upstreamPlannedSince = nil
     }
@@ -204,10 +241,17 @@ public struct SyncCoordinator: Sendable {
     private mutating func replan(now: Duration) -> [Directive] {
         var out: [Directive] = []
         for (source, until) in avoid { if let until, until <= now { avoid[source] = nil } }
-        guard let target else {
+        guard var target else {
             plan = nil
             agreed = false
             return out
+        }
+        if !target.confirmed, ownPollFailed,
+            let voucher = view.filter({ $0.publishedToken == target.token }).map(\.node).min()
+        {
+            target.confirmed = true
+            self.target = target
+            vouchedBy = voucher
         }
         if let running, target.token == publishedToken {
             out.append(.cancelPull(reason: "we already hold \(target.token); the pull of \(running.token) is moot"))
@@ -217,27 +261,36 @@ public struct SyncCoordinator: Sendable {
             out.append(.cancelPull(reason: "upstream moved on to \(target.token)"))
             return out
         }
-        var members = view.map { r in
-            SyncPlan.Member(
-                node: r.node, publishedToken: r.publishedToken,
-                pulling: r.syncState == .syncing && r.targetToken == target.token ? PlanSource(recordValue: r.source) : nil,
-                serveSlots: r.serveSlots, avoid: Set(r.avoid.compactMap(PlanSource.init(recordValue:))))
+        // Most rounds change nothing the plan depends on: reuse the last plan and agreement then.
+        let key = PlanKey(viewStamp: viewStamp, token: target.token, published: publishedToken, running: running?.source,
+                          avoid: Set(avoid.keys), serveSlots: configuration.serveSlots, upstreamSlots: configuration.upstreamSlots)
+        if key != lastPlanKey || self.plan == nil {
+            var members = view.map { r in
+                SyncPlan.Member(
+                    node: r.node, publishedToken: r.publishedToken,
+                    pulling: r.syncState == .syncing && r.targetToken == target.token ? PlanSource(recordValue: r.source) : nil,
+                    serveSlots: r.serveSlots, avoid: Set(r.avoid.compactMap(PlanSource.init(recordValue:))))
+            }
+            members.append(SyncPlan.Member(node: me, publishedToken: publishedToken, pulling: running?.source,
+                                           serveSlots: configuration.serveSlots, avoid: Set(avoid.keys)))
+            members.sort { $0.node < $1.node }
+            // The slot order costs a SHA-256 per member and changes only with the token or who is live.
+            let nodes = members.map(\.node)
+            let order: [String]
+            if let last = lastOrder, last.token == target.token, last.nodes == nodes {
+                order = last.order
+            } else {
+                order = SyncPlan.slotOrder(token: target.token, nodes: nodes)
+                lastOrder = (target.token, nodes, order)
+            }
+            let plan = SyncPlan(token: target.token, members: members, upstreamSlots: configuration.upstreamSlots, order: order)
+            self.plan = plan
+            let same = 1 + view.filter { $0.planDigest == plan.digest }.count
+            agreement = (same, members.count)
+            agreed = same * 2 > members.count
+            lastPlanKey = key
         }
-        members.append(SyncPlan.Member(node: me, publishedToken: publishedToken, pulling: running?.source,
-                                       serveSlots: configuration.serveSlots, avoid: Set(avoid.keys)))
-        // Most rounds change nothing the plan depends on: reuse the last one then (it costs a SHA-256 per member).
-        members.sort { $0.node < $1.node }
-        let plan: SyncPlan
-        if let last = self.plan, last.token == target.token, lastPlanInput == members {
-            plan = last
-        } else {
-            plan = SyncPlan(token: target.token, members: members, upstreamSlots: configuration.upstreamSlots)
-            lastPlanInput = members
-        }
-        self.plan = plan
-        let same = 1 + view.filter { $0.planDigest == plan.digest }.count
-        agreement = (same, members.count)
-        agreed = same * 2 > members.count
+        let plan = self.plan!
         // In sync, we still computed and advertise the plan: the members still pulling count on our agreement.
         let mine = plan.assignments[me]!
         if let running {

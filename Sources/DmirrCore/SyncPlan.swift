@@ -72,11 +72,13 @@ public struct SyncPlan: Sendable, Equatable {
     /// own daemon, and leaving them out keeps the digest (a gossiped field) from changing with every finished pull.
     public let digest: String
 
-    public init(token: String, members: [Member], upstreamSlots: Int) {
+    /// - Parameter order: the slot order of exactly these members for `token`, when the caller kept it from an earlier
+    ///   plan (``slotOrder(token:nodes:)`` costs a SHA-256 per member); computed when nil.
+    public init(token: String, members: [Member], upstreamSlots: Int, order knownOrder: [String]? = nil) {
         self.token = token
         var byNode: [String: Member] = [:]
         for m in members { byNode[m.node] = m }
-        let order = Self.slotOrder(token: token, nodes: Array(byNode.keys))
+        let order = knownOrder ?? Self.slotOrder(token: token, nodes: Array(byNode.keys))
         var assignments: [String: Assignment] = [:]
         var freeSlots: [String: Int] = [:]
         for node in order where byNode[node]!.publishedToken == token {
@@ -97,14 +99,33 @@ public struct SyncPlan: Sendable, Equatable {
                 break
             }
         }
-        let position = Dictionary(uniqueKeysWithValues: order.enumerated().map { ($1, $0) })
+        // Peers with free slots, bucketed by how many are free, each bucket in slot order: the peer with the most free
+        // slots (ties to the earlier in slot order) is the first non-avoided one of the highest non-empty bucket. This
+        // keeps a plan O(N log N) when hundreds of members are in sync at once.
+        var buckets: [Int: [String]] = [:]
+        var position: [String: Int] = [:]
+        for (i, node) in order.enumerated() {
+            position[node] = i
+            if let free = freeSlots[node], free > 0 { buckets[free, default: []].append(node) }
+        }
+        var highest = buckets.keys.max() ?? 0
         for node in order where assignments[node] == nil {
             let avoid = byNode[node]!.avoid
-            let peer = freeSlots.filter { $0.value > 0 && !avoid.contains(.peer($0.key)) }
-                .min { a, b in a.value != b.value ? a.value > b.value : position[a.key]! < position[b.key]! }
-            if let peer {
-                assignments[node] = .pull(.peer(peer.key))
-                freeSlots[peer.key]! -= 1
+            var chosen: (free: Int, index: Int)?
+            var k = highest
+            while k > 0, chosen == nil {
+                if let bucket = buckets[k], let i = bucket.firstIndex(where: { !avoid.contains(.peer($0)) }) { chosen = (k, i) }
+                k -= 1
+            }
+            if let (free, index) = chosen {
+                let peer = buckets[free]!.remove(at: index)
+                assignments[node] = .pull(.peer(peer))
+                if free > 1 {
+                    let mine = position[peer]!
+                    let at = (buckets[free - 1] ?? []).partitionPoint { position[$0]! < mine }
+                    buckets[free - 1, default: []].insert(peer, at: at)
+                }
+                while highest > 0, buckets[highest]?.isEmpty ?? true { highest -= 1 }
             } else if upstreamUsed < upstreamSlots, !avoid.contains(.upstream) {
                 assignments[node] = .pull(.upstream)
                 upstreamUsed += 1
@@ -144,4 +165,17 @@ public struct SyncPlan: Sendable, Equatable {
 
     /// Members pulling from `node`.
     public func pulls(from node: String) -> [String] { order.filter { assignments[$0] == .pull(.peer(node)) } }
+}
+
+extension Array {
+    /// The first index whose element is not `belongsBefore` (the array partitioned so that those come first).
+    func partitionPoint(_ belongsBefore: (Element) -> Bool) -> Int {
+        var low = 0
+        var high = count
+        while low < high {
+            let mid = (low + high) / 2
+            if belongsBefore(self[mid]) { low = mid + 1 } else { high = mid }
+        }
+        return low
+    }
 }

@@ -21,6 +21,10 @@ public struct Scenario: Sendable, Equatable {
     public var fanout = 4
     public var suspectAfter = 10.0
     public var downAfter = 60.0
+    /// How often an unchanged record is re-signed (nil: half of `downAfter`, the agent's default).
+    public var refresh: Double?
+    /// Measure an idle fleet instead: no push happens, and gossip is counted for this long from `pushAt`.
+    public var idleWindow: Double?
     /// When upstream's token changes.
     public var pushAt = 30.0
     /// The run stops here whether or not everyone converged.
@@ -114,6 +118,8 @@ public struct Simulation {
         var cut = false
         var liar = false
         var published = "T0"
+        /// The membership revision the coordinator last saw.
+        var viewRevision: UInt64 = .max
         var tampered = false
         /// The running pull: its number (to ignore stale events), source, token, transfer id once flowing.
         var pull: (number: Int, source: PlanSource, token: String, transfer: Int?)?
@@ -142,6 +148,7 @@ public struct Simulation {
         membership.gossipInterval = .seconds(scenario.gossip)
         membership.suspectAfter = .seconds(scenario.suspectAfter)
         membership.downAfter = .seconds(scenario.downAfter)
+        membership.refreshInterval = scenario.refresh.map { .seconds($0) }
         var coordination = SyncCoordinator.Configuration()
         coordination.upstreamSlots = scenario.upstreamSlots
         coordination.serveSlots = scenario.serveSlots
@@ -220,7 +227,9 @@ public struct Simulation {
         while let (at, event) = queue.pop(), at <= scenario.horizon {
             now = at
             handle(event)
-            if now > scenario.pushAt, everyoneHasTheToken { break }
+            if let idle = scenario.idleWindow {
+                if now >= scenario.pushAt + idle { break }
+            } else if now > scenario.pushAt, everyoneHasTheToken { break }
         }
         return finish()
     }
@@ -245,8 +254,15 @@ public struct Simulation {
             queue.push(.tick(i), at: now + scenario.gossip)
             guard !nodes[i].stopped else { return }
             perform(i, nodes[i].membership.onTick(now: d))
-            let view = nodes[i].membership.entries.values.filter { $0.record.node != nodes[i].name && $0.liveness == .alive }.map(\.record)
-            var directives = nodes[i].coordinator.onView(view, wallMillis: wallMillis, now: d)
+            // The coordinator needs the view again only when membership changed (as the agent, which hands it over
+            // every round, it would find nothing new otherwise).
+            var directives: [SyncCoordinator.Directive] = []
+            if nodes[i].viewRevision != nodes[i].membership.revision {
+                nodes[i].viewRevision = nodes[i].membership.revision
+                let m = nodes[i].membership
+                let view = m.nodes.compactMap { n in m.entries[n].flatMap { $0.liveness == .alive && n != m.me ? $0.record : nil } }
+                directives += nodes[i].coordinator.onView(view, wallMillis: wallMillis, now: d)
+            }
             directives += nodes[i].coordinator.onTick(now: d)
             if nodes[i].pull?.transfer != nil { nodes[i].coordinator.onPullProgress(now: d) }
             coordinate(i, directives)
@@ -275,7 +291,7 @@ public struct Simulation {
             guard nodes[i].alive, let pull = nodes[i].pull, pull.number == number else { return }
             finishPull(i, outcome)
         case .push:
-            upstreamToken = "T1"
+            if scenario.idleWindow == nil { upstreamToken = "T1" }
         case .kill(let i):
             nodes[i].alive = false
             abortTransfers(touching: i)
@@ -483,7 +499,7 @@ public struct Simulation {
         let seconds = max(1, now - scenario.pushAt)
         result.messagesPerNodeSecond = Double(messages) / Double(scenario.nodes) / seconds
         result.bytesPerNodeSecond = messageBytes / Double(scenario.nodes) / seconds
-        if result.t100 == nil {
+        if result.t100 == nil, scenario.idleWindow == nil {
             let missing = honest.filter { nodes[$0].published != upstreamToken }.map { nodes[$0].name }
             result.violations.append("not converged by the horizon: \(missing.prefix(10).joined(separator: ", "))\(missing.count > 10 ? ", …" : "")")
         }

@@ -39,6 +39,10 @@ struct DmirrSimCommand: ParsableCommand {
     var randomFailures = false
     @Option(help: "When upstream pushes, s of virtual time after start.") var pushAt = 30.0
     @Flag(name: .shortAndLong, help: "Print gossip frames by kind for each run.") var verbose = false
+    @Option(help: "Measure an idle fleet: no push; gossip is counted for this many seconds after --push-at.") var idle: Double?
+    @Option(help: "[peers] down_after, s (records are re-signed every half of it unless --refresh says otherwise).")
+    var downAfter = 60.0
+    @Option(help: "Re-sign an unchanged record this often, s.") var refresh: Double?
 
     func run() throws {
         var base = Scenario()
@@ -54,6 +58,9 @@ struct DmirrSimCommand: ParsableCommand {
         base.poll = poll
         base.horizon = horizonHours * 3600
         base.pushAt = pushAt
+        base.idleWindow = idle
+        base.downAfter = downAfter
+        base.refresh = refresh
         base.failures.kill = kill
         base.failures.stop = stop
         base.failures.partition = partition

@@ -144,7 +144,7 @@ struct DemoFleet {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: executable)
             process.arguments = ["agent", "-c", configPath(name)]
-            FileManager.default.createFile(atPath: root + "/logs/\(name).log", contents: nil)
+            _ = FileManager.default.createFile(atPath: root + "/logs/\(name).log", contents: nil)
             process.standardError = FileHandle(forWritingAtPath: root + "/logs/\(name).log")
             process.standardOutput = FileHandle.nullDevice
             try process.run()

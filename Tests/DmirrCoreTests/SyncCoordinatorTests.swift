@@ -77,6 +77,33 @@ import Testing
         #expect(c.target?.token == "T1")
     }
 
+    @Test func aMemberUpstreamRefusesFollowsATokenAPeerHasPublished() {
+        var c = SyncCoordinator(me: "a", publishedToken: "T1", configuration: Self.config(slots: 3))
+        _ = c.onUpstreamToken("T1", wallMillis: 1_000, now: .zero)
+        // b saw T2 upstream and is pulling it; our own fetch is refused as busy.
+        let first = c.onView([Self.record("b", target: "T2", seen: 2_000, syncing: "upstream"), Self.record("c")], wallMillis: 3_000, now: .seconds(1))
+        #expect(first.contains(.pollUpstream))
+        #expect(Self.pulls(c.onUpstreamUnreachable(now: .seconds(2))).isEmpty, "nobody holds T2 yet: nothing to follow")
+        #expect(c.target?.confirmed == false && c.vouchedBy == nil)
+        // b publishes T2: its published token stands in for the fetch we could not make, and b serves us.
+        let b = Self.record("b", published: "T2", target: "T2", seen: 2_000)
+        let pulls = Self.pulls(c.onView([b, Self.record("c")], wallMillis: 4_000, now: .seconds(3)))
+        #expect(pulls == [.peer("b")], "\(String(describing: c.plan?.assignments))")
+        #expect(c.target?.confirmed == true && c.vouchedBy == "b")
+
+        // Without a failed fetch, a published token alone confirms nothing: the member waits for its own fetch.
+        var d = SyncCoordinator(me: "d", publishedToken: "T1", configuration: Self.config(slots: 3))
+        _ = d.onUpstreamToken("T1", wallMillis: 1_000, now: .zero)
+        let seen = d.onView([b, Self.record("c")], wallMillis: 4_000, now: .seconds(1))
+        #expect(seen.contains(.pollUpstream) && Self.pulls(seen).isEmpty)
+        #expect(Self.pulls(d.onTick(now: .seconds(2))).isEmpty && d.vouchedBy == nil)
+        // And a fetch that answers puts our own reading of upstream first again: T1 here, so nothing to pull.
+        _ = d.onUpstreamUnreachable(now: .seconds(3))
+        #expect(d.target?.confirmed == true && d.vouchedBy == "b")
+        _ = d.onUpstreamToken("T1", wallMillis: 5_000, now: .seconds(4))
+        #expect(d.target?.token == "T1" && d.vouchedBy == nil)
+    }
+
     @Test func anUpstreamPullWaitsForAMajorityOrTheDeadlineAndAPeerPullDoesNot() {
         // Five members, nobody in sync: two will be planned upstream.
         let names = ["a", "b", "c", "d", "e"]

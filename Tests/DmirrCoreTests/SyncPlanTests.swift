@@ -193,6 +193,51 @@ struct SplitMix64: RandomNumberGenerator {
             }
             // Same view in another order: same plan.
             #expect(SyncPlan(token: "T", members: members.reversed(), upstreamSlots: c) == plan, "seed \(seed)")
+            // The plan's choice of peer is rule 4 as written, checked against a plain quadratic reading of it.
+            #expect(plan.assignments == Self.rule4(members, token: "T", upstreamSlots: c), "seed \(seed)")
+            // A slot order handed in (the coordinator keeps it between plans) gives the same plan.
+            #expect(SyncPlan(token: "T", members: members, upstreamSlots: c, order: plan.order) == plan, "seed \(seed)")
         }
+    }
+
+    /// SyncPlan's rules 2–4 the slow, obvious way: every waiting member scans every in-sync peer.
+    static func rule4(_ members: [SyncPlan.Member], token: String, upstreamSlots: Int) -> [String: SyncPlan.Assignment] {
+        let order = SyncPlan.slotOrder(token: token, nodes: members.map(\.node))
+        let byNode = Dictionary(uniqueKeysWithValues: members.map { ($0.node, $0) })
+        var out: [String: SyncPlan.Assignment] = [:]
+        var free: [String: Int] = [:]
+        for node in order where byNode[node]!.publishedToken == token {
+            out[node] = .inSync
+            free[node] = max(0, byNode[node]!.serveSlots)
+        }
+        var upstream = 0
+        for node in order where out[node] == nil {
+            switch byNode[node]!.pulling {
+            case .upstream?:
+                out[node] = .pull(.upstream)
+                upstream += 1
+            case .peer(let s)? where free[s] != nil && s != node:
+                out[node] = .pull(.peer(s))
+                free[s]! -= 1
+            default: break
+            }
+        }
+        for node in order where out[node] == nil {
+            let avoid = byNode[node]!.avoid
+            var best: String?
+            for peer in order where (free[peer] ?? 0) > 0 && !avoid.contains(.peer(peer)) {
+                if best == nil || free[peer]! > free[best!]! { best = peer }
+            }
+            if let best {
+                out[node] = .pull(.peer(best))
+                free[best]! -= 1
+            } else if upstream < upstreamSlots, !avoid.contains(.upstream) {
+                out[node] = .pull(.upstream)
+                upstream += 1
+            } else {
+                out[node] = .wait
+            }
+        }
+        return out
     }
 }
