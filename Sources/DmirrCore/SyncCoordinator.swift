@@ -3,7 +3,9 @@
 /// its directives (poll upstream, start or cancel a pull, advertise fields in our member record).
 ///
 /// - **Target.** The token upstream serves. Watchers (the first `watchers` members of a fixed hash order) poll every
-///   `poll`; the others every `fallbackPoll`, and once whenever gossip brings a token they have not confirmed. A
+///   `poll` (not while a member pulls from upstream: that pull reads upstream's token, and a full daemon would refuse
+///   the poll); the others every `fallbackPoll`, and once when the plan for a gossiped token they have not confirmed
+///   first gives them a source (members that must wait anyway do not all fetch at once). A
 ///   member pulls a token it confirmed itself (one small fetch), so a peer cannot send the fleet after a token
 ///   upstream does not serve. The one exception: when our own fetch fails (upstream refuses us as busy, or cannot be
 ///   reached from here), a token some live member has already *published* counts as confirmed ("vouched"), so a
@@ -14,7 +16,9 @@
 ///   the live members advertise the same digest, or `agreementDeadline` after this member was first planned upstream.
 /// - **Patience.** A pull with no progress for `stallAfter` is cancelled and its source avoided. A source that
 ///   refused (busy) is avoided for `busyBackoff`; a peer that failed or held the wrong token, for the rest of the
-///   token; upstream is never avoided for longer than `busyBackoff`.
+///   token; upstream is never avoided for longer than `busyBackoff`, except that a member whose own token fetch
+///   failed avoids upstream until a fetch answers (so the plan gives its upstream slots to members that can use
+///   them) and fetches again every `busyBackoff` meanwhile (watchers too, rather than every `poll`).
 public struct SyncCoordinator: Sendable {
     public struct Configuration: Sendable {
         public var upstreamSlots = 2
@@ -92,6 +96,9 @@ public struct SyncCoordinator: Sendable {
     private var lastPlanKey: PlanKey?
     private var lastOrder: (token: String, nodes: [String], order: [String])?
     private var watcher: Bool?
+    /// Some other live member is pulling from upstream: its pull reads upstream's token, so polling adds nothing but a
+    /// connection a full daemon may refuse.
+    private var upstreamInUse = false
     private var firstView: Duration?
     /// Avoided sources: until when (nil: for the rest of the target token).
     private var avoid: [PlanSource: Duration?] = [:]
@@ -115,22 +122,19 @@ public struct SyncCoordinator: Sendable {
     /// The live members' records as gossip has them (ours may be among them; our own state is taken from here).
     public mutating func onView(_ records: [MemberRecord], wallMillis: Int64, now: Duration) -> [Directive] {
         view = records.filter { $0.node != me }
+        upstreamInUse = view.contains { $0.syncState == .syncing && $0.source == PlanSource.upstream.recordValue }
         if firstView == nil { firstView = now }
-        var out: [Directive] = []
         // A newer token than ours in someone's record: adopt it unconfirmed and confirm it with one fetch. Claims from
         // the future (beyond a minute of clock skew) are ignored.
         if let newest = view.filter({ !$0.targetToken.isEmpty && $0.targetSeenMillis <= wallMillis + 60_000 })
             .max(by: { ($0.targetSeenMillis, $0.targetToken) < ($1.targetSeenMillis, $1.targetToken) }),
             newest.targetToken != target?.token, newest.targetSeenMillis > (target?.seenMillis ?? .min)
         {
+            // Confirmed when the plan first gives us a source (see `replan`): members that must wait anyway do not
+            // all fetch upstream's token at once, which a busy upstream would refuse.
             setTarget(newest.targetToken, seenMillis: newest.targetSeenMillis, confirmed: false)
-            if !pollPending {
-                pollPending = true
-                lastPoll = now
-                out.append(.pollUpstream)
-            }
         }
-        return out + decide(now: now)
+        return decide(now: now)
     }
 
     /// What our own fetch of upstream's token file found.
@@ -185,8 +189,11 @@ public struct SyncCoordinator: Sendable {
 
     public mutating func onTick(now: Duration) -> [Directive] {
         var out: [Directive] = []
-        let interval = isWatcher ? configuration.poll : configuration.fallbackPoll
-        if !pollPending, lastPoll.map({ now - $0 >= interval }) ?? true {
+        var interval = isWatcher ? configuration.poll : configuration.fallbackPoll
+        // A refused or failed fetch is retried after the busy backoff, by watchers and the rest alike: a watcher that
+        // kept polling a full daemon every `poll` would add to its refusals, and the rest must not wait `fallbackPoll`.
+        if ownPollFailed { interval = configuration.busyBackoff }
+        if !pollPending, !upstreamInUse, running?.source != .upstream, lastPoll.map({ now - $0 >= interval }) ?? true {
             pollPending = true
             lastPoll = now
             out.append(.pollUpstream)
@@ -214,6 +221,13 @@ public struct SyncCoordinator: Sendable {
     }
 
     // MARK: Deciding
+
+    /// The sources we will not be planned on: those we gave up on, and upstream while it does not answer our fetch.
+    private var avoiding: Set<PlanSource> {
+        var sources = Set(avoid.keys)
+        if ownPollFailed { sources.insert(.upstream) }
+        return sources
+    }
 
     /// Everything a plan and its agreement are computed from.
     private struct PlanKey: Equatable {
@@ -263,7 +277,7 @@ public struct SyncCoordinator: Sendable {
         }
         // Most rounds change nothing the plan depends on: reuse the last plan and agreement then.
         let key = PlanKey(viewStamp: viewStamp, token: target.token, published: publishedToken, running: running?.source,
-                          avoid: Set(avoid.keys), serveSlots: configuration.serveSlots, upstreamSlots: configuration.upstreamSlots)
+                          avoid: avoiding, serveSlots: configuration.serveSlots, upstreamSlots: configuration.upstreamSlots)
         if key != lastPlanKey || self.plan == nil {
             var members = view.map { r in
                 SyncPlan.Member(
@@ -272,7 +286,7 @@ public struct SyncCoordinator: Sendable {
                     serveSlots: r.serveSlots, avoid: Set(r.avoid.compactMap(PlanSource.init(recordValue:))))
             }
             members.append(SyncPlan.Member(node: me, publishedToken: publishedToken, pulling: running?.source,
-                                           serveSlots: configuration.serveSlots, avoid: Set(avoid.keys)))
+                                           serveSlots: configuration.serveSlots, avoid: avoiding))
             members.sort { $0.node < $1.node }
             // The slot order costs a SHA-256 per member and changes only with the token or who is live.
             let nodes = members.map(\.node)
@@ -301,6 +315,11 @@ public struct SyncCoordinator: Sendable {
         }
         guard case .pull(let source) = mine, target.confirmed else {
             upstreamPlannedSince = nil
+            if case .pull = mine, !target.confirmed, !pollPending, !ownPollFailed {
+                pollPending = true
+                lastPoll = now
+                out.append(.pollUpstream)
+            }
             return out
         }
         if source == .upstream {
@@ -322,7 +341,7 @@ public struct SyncCoordinator: Sendable {
         a.targetToken = target?.token ?? ""
         a.targetSeenMillis = target?.seenMillis ?? 0
         a.source = running?.source.recordValue ?? ""
-        a.avoid = avoid.keys.map(\.recordValue).sorted()
+        a.avoid = avoiding.map(\.recordValue).sorted()
         a.planDigest = plan?.digest ?? ""
         a.serveSlots = configuration.serveSlots
         guard a != advertised else { return [] }

@@ -23,12 +23,21 @@ import Testing
         /// - Parameter serving: give every agent an rsync daemon for its mirror and advertise it (`rsync_url`).
         let poll: String
 
-        init(size: Int, mirrorExtra: String = "", serving: Bool = false, upstreamSlots: Int = 2, poll: String = "1s") throws {
+        /// Per-member `[upstream] url` where it is not upstream's own module.
+        var upstreamURLs: [String: String] = [:]
+
+        /// - Parameters:
+        ///   - upstreamMaxConnections: the upstream daemon's own `max connections` (0: none).
+        ///   - extraModules: more modules on upstream's daemon (point a member at one with ``upstreamURLs``).
+        init(size: Int, mirrorExtra: String = "", serving: Bool = false, upstreamSlots: Int = 2, poll: String = "1s",
+             upstreamMaxConnections: Int = 0, extraModules: [RsyncDaemon.Module] = [], upstreamURLs: [String: String] = [:]) throws {
             self.mirrorExtra = mirrorExtra
             self.upstreamSlots = upstreamSlots
             self.poll = poll
             dir = try TestDirectory("fleet")
-            upstream = try Upstream(in: dir, packages: [.init("alpha", "1.0"), .init("beta", "1.0")], token: "push-1")
+            upstream = try Upstream(in: dir, packages: [.init("alpha", "1.0"), .init("beta", "1.0")], token: "push-1",
+                                    maxConnections: upstreamMaxConnections, extraModules: extraModules)
+            self.upstreamURLs = upstreamURLs.mapValues { $0.replacingOccurrences(of: "UPSTREAM", with: "127.0.0.1:\(upstream.daemon.port)") }
             let ca = try CLI.dmirr(["cert", "ca", "--fleet", "test", "--out", dir.sub("ca")])
             guard ca.exitCode == 0 else { throw TestFailure(ca.stderr) }
             names = (0..<size).map { "m\($0)" }
@@ -61,7 +70,7 @@ import Testing
             node = "\(name)"
             fleet = "test"
             [upstream]
-            url = "\(upstream.url)"
+            url = "\(upstreamURLs[name] ?? upstream.url)"
             poll = "\(poll)"
             timeout = "20s"
             slots = \(upstreamSlots)
@@ -224,29 +233,34 @@ import Testing
         #expect(m4.waitForExit(seconds: 10) == 0, "\(m4.stderr.suffix(2000))")
     }
 
-    @Test func peersServeMostOfAPushAndUpstreamNeverSeesMoreThanItsSlots() throws {
-        // Upstream's daemon has no connection limit here: the bound of one upstream pull at a time is the fleet's.
-        let fleet = try Fleet(size: 6, serving: true, upstreamSlots: 1)
+    /// Eight agents with `[upstream] slots = 2`. With the daemon's own `max connections` at 8 the bound is the fleet's
+    /// doing; at 2 the daemon enforces it too, and the fleet must not run into it much.
+    @Test(arguments: [8, 2]) func eightAgentsPullAPushMostlyFromEachOtherAndUpstreamServesTwoAtATime(daemonMaxConnections: Int) throws {
+        // Pulls run at ~1 MB/s so that one of push-2 lasts seconds: an overlap in the daemon's whole-second log is real.
+        let fleet = try Fleet(size: 8, mirrorExtra: "rsync_args = [\"--bwlimit=1000\"]", serving: true, upstreamSlots: 2,
+                              upstreamMaxConnections: daemonMaxConnections)
         defer { fleet.stop(); fleet.dir.remove() }
         for name in fleet.names { try fleet.start(name) }
-        let first = fleet.waitUntil(seconds: 90) { fleet.allInSync("push-1", among: fleet.names) }
+        let first = fleet.waitUntil(seconds: 120) { fleet.allInSync("push-1", among: fleet.names) }
         #expect(first, "\(fleet.names.map { "\($0): \(fleet.view($0))" })\n\(fleet.logs())")
         guard first else { return }
 
-        try fleet.upstream.push(add: [.init("gamma", "1.0", sizeKB: 256)], remove: ["beta-1.0-1.noarch.rpm"], token: "push-2")
-        let second = fleet.waitUntil(seconds: 90) { fleet.allInSync("push-2", among: fleet.names) }
+        sleep(1)  // the daemon logs whole seconds: keep push-1's sessions out of push-2's second
+        let pushed = Date()
+        try fleet.upstream.push(add: [.init("gamma", "1.0", sizeKB: 4096)], remove: ["beta-1.0-1.noarch.rpm"], token: "push-2")
+        let second = fleet.waitUntil(seconds: 150) { fleet.allInSync("push-2", among: fleet.names) }
         #expect(second, "\(fleet.names.map { "\($0): \(fleet.view($0))" })\n\(fleet.logs())")
         for name in fleet.names {
             #expect(TreeComparison.differences(fleet.upstream.tree, fleet.mirror(name)) == [], "\(name)")
         }
         let runs = try fleet.runs()
-        let pushed = runs.filter { $0.token == "push-2" && $0.outcome == "synced" }
-        #expect(Set(pushed.map(\.node)) == Set(fleet.names), "\(pushed.map { "\($0.node)←\($0.source)" })")
-        let fromPeers = pushed.filter { $0.source != "upstream" }
-        #expect(fromPeers.count >= 3, "only \(fromPeers.count) of 6 pulled push-2 from a peer: \(pushed.map { "\($0.node)←\($0.source)" })")
+        let synced = runs.filter { $0.token == "push-2" && $0.outcome == "synced" }
+        #expect(Set(synced.map(\.node)) == Set(fleet.names), "\(synced.map { "\($0.node)←\($0.source)" })")
+        let fromPeers = synced.filter { $0.source != "upstream" }
+        #expect(fromPeers.count >= 4, "only \(fromPeers.count) of 8 pulled push-2 from a peer: \(synced.map { "\($0.node)←\($0.source)" })")
         // Every peer pull named a member that already held push-2 when it started.
         for run in fromPeers {
-            let source = pushed.first { $0.node == run.source }
+            let source = synced.first { $0.node == run.source }
             #expect(source.map { $0.finished <= run.started } == true, "\(run.node) pulled from \(run.source) before it had push-2")
         }
         // status shows the plan: its token and digest, agreed, and each member's slot position.
@@ -255,9 +269,76 @@ import Testing
         #expect(plan["token"] as? String == "push-2" && (plan["digest"] as? String)?.count == 16, "\(plan)")
         #expect(plan["agreed"] as? Bool == true, "\(plan)")
         let positions = (status["members"] as? [[String: Any]] ?? []).compactMap { $0["position"] as? Int }
-        #expect(positions.sorted() == Array(1...6), "\(positions)")
-        let upstreamRuns = runs.filter { $0.source == "upstream" }
-        #expect(Fleet.peakOverlap(upstreamRuns) <= 1, "more than one pull from upstream at once: \(upstreamRuns.map { "\($0.node) \($0.started)–\($0.finished)" })")
+        #expect(positions.sorted() == Array(1...8), "\(positions)")
+
+        // What upstream saw: its own log, and the agents' histories (millisecond stamps) as a second witness.
+        let upstreamRuns = runs.filter { $0.source == "upstream" && $0.started >= pushed }
+        #expect(Fleet.peakOverlap(upstreamRuns) <= 2, "\(upstreamRuns.map { "\($0.node) \($0.started)–\($0.finished)" })")
+        let log = try fleet.upstream.sessions()
+        let pulls = log.sessions.filter { $0.isTreePull && $0.started >= pushed.addingTimeInterval(-1) }
+        let peak = Upstream.peakConcurrency(pulls)
+        let described = pulls.map { "[\($0.pid)] \($0.request) \($0.started.timeIntervalSince(pushed))…\($0.ended.timeIntervalSince(pushed))" }
+        #expect(peak >= 1 && peak <= 2, "the daemon served \(peak) tree pulls at once: \(described)")
+        #expect(pulls.contains { $0.ended.timeIntervalSince($0.started) >= 2 }, "no pull lasted long enough for the log to show overlaps: \(described)")
+        let refused = log.refused.filter { $0 >= pushed.addingTimeInterval(-1) }
+        print("daemon max connections \(daemonMaxConnections): \(pulls.count) tree sessions, peak \(peak), \(refused.count) refusals, "
+              + "\(fromPeers.count) of 8 from peers")
+        if daemonMaxConnections == 2 {
+            // Token polls can still meet a full daemon (the fleet does not count them); the pulls themselves wait for
+            // the plan's slots. "Few": fewer refusals than mirrors, where the cron fleet is refused by all but two.
+            let polls = fleet.agents.mapValues { $0.stderr.components(separatedBy: "cannot read the upstream token").count - 1 }.filter { $0.value > 0 }
+            let busyRuns = runs.filter { $0.outcome == "busy" && $0.started >= pushed }.map { "\($0.node)←\($0.source)" }
+            #expect(refused.count < fleet.names.count, "\(refused.count) refusals after the push; refused polls by agent \(polls), busy pulls \(busyRuns)")
+        } else {
+            #expect(refused.isEmpty)
+        }
+    }
+
+    @Test func withUpstreamBusyForAllButOneMirrorTheFleetStillConvergesThroughPeers() throws {
+        // Upstream refuses everyone but m0: m1…m7 are pointed at a module of the same daemon whose one connection slot a
+        // slow client holds for the whole test, so every fetch of theirs ends in "@ERROR: max connections" (exit 5).
+        let held = try TestDirectory("held")
+        defer { held.remove() }
+        try Data(count: 4 << 20).write(to: URL(fileURLWithPath: held.sub("big")))
+        let names = (0..<8).map { "m\($0)" }
+        let fleet = try Fleet(size: 8, serving: true, upstreamSlots: 2,
+                              extraModules: [.init(name: "held", path: held.path, maxConnections: 1)],
+                              upstreamURLs: Dictionary(uniqueKeysWithValues: names.dropFirst().map { ($0, "rsync://UPSTREAM/held") }))
+        defer { fleet.stop(); fleet.dir.remove() }
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        holder.arguments = ["rsync", "--bwlimit=1", "rsync://127.0.0.1:\(fleet.upstream.daemon.port)/held/big", held.sub("copy")]
+        holder.standardOutput = FileHandle.nullDevice
+        holder.standardError = FileHandle.nullDevice
+        try holder.run()
+        defer { if holder.isRunning { holder.terminate(); holder.waitUntilExit() } }
+        #expect(fleet.waitUntil(seconds: 10) {
+            (try? String(contentsOfFile: fleet.upstream.daemon.logPath, encoding: .utf8))?.contains("rsync on held/big") == true
+        }, "the holder never connected")
+
+        for name in fleet.names { try fleet.start(name) }
+        let first = fleet.waitUntil(seconds: 120) { fleet.allInSync("push-1", among: fleet.names) }
+        #expect(first, "\(fleet.names.map { "\($0): \(fleet.view($0))" })\n\(fleet.logs())")
+        guard first else { return }
+        try fleet.upstream.push(add: [.init("gamma", "1.0", sizeKB: 256)], token: "push-2")
+        let second = fleet.waitUntil(seconds: 120) { fleet.allInSync("push-2", among: fleet.names) }
+        #expect(second, "\(fleet.names.map { "\($0): \(fleet.view($0))" })\n\(fleet.logs())")
+        for name in fleet.names {
+            #expect(TreeComparison.differences(fleet.upstream.tree, fleet.mirror(name)) == [], "\(name)")
+        }
+        // The premise held: the held module refused the others' fetches all along.
+        #expect(holder.isRunning, "the holder let go of the slot")
+        #expect(try fleet.upstream.sessions().refused.count >= 7)
+        // m0 took both pushes from upstream; everyone else took them from peers, on a token a peer had published.
+        let synced = try fleet.runs().filter { $0.outcome == "synced" && ["push-1", "push-2"].contains($0.token) }
+        let described = synced.map { "\($0.node) \($0.token)←\($0.source)" }
+        #expect(synced.filter { $0.node == "m0" }.allSatisfy { $0.source == "upstream" }, "\(described)")
+        for name in names.dropFirst() {
+            let mine = synced.filter { $0.node == name }
+            #expect(Set(mine.map(\.token)) == ["push-1", "push-2"], "\(name): \(described)")
+            #expect(mine.allSatisfy { names.contains($0.source) }, "\(name) did not pull from a peer: \(described)")
+            #expect(fleet.agents[name]!.stderr.contains("following the token a peer has published"), "\(name)")
+        }
     }
 
     @Test func killingAServingPeerMidTransferSendsItsPullersElsewhere() throws {

@@ -85,9 +85,18 @@ import Testing
         #expect(first.contains(.pollUpstream))
         #expect(Self.pulls(c.onUpstreamUnreachable(now: .seconds(2))).isEmpty, "nobody holds T2 yet: nothing to follow")
         #expect(c.target?.confirmed == false && c.vouchedBy == nil)
+        // Until a fetch answers, the plan must not count on us for upstream. We would fetch again after the busy backoff
+        // (the last fetch went out at 1 s; 20 s applies to a watcher too, whose poll interval is 10 s), but not while b
+        // pulls from upstream: b's pull reads upstream's token, and our fetch would only meet the same full daemon.
+        #expect(c.plan?.assignments["a"] != .pull(.upstream), "\(String(describing: c.plan?.assignments))")
+        #expect(!c.onTick(now: .seconds(20)).contains(.pollUpstream))
+        #expect(!c.onTick(now: .seconds(21)).contains(.pollUpstream))
+        _ = c.onView([Self.record("b", target: "T2", seen: 2_000, syncing: "c"), Self.record("c")], wallMillis: 3_000, now: .seconds(21))
+        #expect(c.onTick(now: .seconds(22)).contains(.pollUpstream))
+        _ = c.onUpstreamUnreachable(now: .seconds(22))
         // b publishes T2: its published token stands in for the fetch we could not make, and b serves us.
         let b = Self.record("b", published: "T2", target: "T2", seen: 2_000)
-        let pulls = Self.pulls(c.onView([b, Self.record("c")], wallMillis: 4_000, now: .seconds(3)))
+        let pulls = Self.pulls(c.onView([b, Self.record("c")], wallMillis: 4_000, now: .seconds(23)))
         #expect(pulls == [.peer("b")], "\(String(describing: c.plan?.assignments))")
         #expect(c.target?.confirmed == true && c.vouchedBy == "b")
 

@@ -9,13 +9,13 @@ public final class Upstream: @unchecked Sendable {
 
     public init(
         in directory: TestDirectory, packages: [YumRepo.Package], token: String, maxConnections: Int = 0,
-        users: [(user: String, password: String)] = []
+        users: [(user: String, password: String)] = [], extraModules: [RsyncDaemon.Module] = []
     ) throws {
         tree = directory.sub("upstream")
         try YumRepo.make(at: tree, packages: packages, token: token)
         daemon = try RsyncDaemon(
             directory: directory.sub("rsyncd"),
-            modules: [.init(name: "repo", path: tree, maxConnections: maxConnections, users: users)])
+            modules: [.init(name: "repo", path: tree, maxConnections: maxConnections, users: users)] + extraModules)
     }
 
     /// An upstream push: adds packages, removes others, regenerates the metadata, then writes the new token.
@@ -43,6 +43,64 @@ public final class Upstream: @unchecked Sendable {
     }
 
     public func stop() { daemon.stop() }
+
+    /// One client session from the daemon's log: what it asked for, and when it started and ended (the log has whole
+    /// seconds).
+    public struct Session: Sendable {
+        public var pid: String
+        public var request: String
+        public var started: Date
+        public var ended: Date
+        /// Anything beyond the token file: a pull of (part of) the tree.
+        public var isTreePull: Bool { request.split(separator: " ").contains { !$0.hasSuffix("/CURRENT") } }
+    }
+
+    /// The daemon's finished sessions ("rsync on REQUEST from …" to "sent … bytes"), and when it refused a connection
+    /// at `max connections`.
+    public func sessions() throws -> (sessions: [Session], refused: [Date]) {
+        let log = try String(contentsOfFile: daemon.logPath, encoding: .utf8)
+        let stamp = DateFormatter()
+        stamp.locale = Locale(identifier: "en_US_POSIX")
+        stamp.timeZone = TimeZone.current
+        stamp.dateFormat = "yyyy/MM/dd HH:mm:ss"
+        var open: [String: (request: String, at: Date)] = [:]
+        var done: [Session] = []
+        var refused: [Date] = []
+        for line in log.split(separator: "\n") {
+            // "2026/11/26 21:40:01 [1234] rsync on repo/ from UNDETERMINED (127.0.0.1)"
+            guard line.count > 21, let at = stamp.date(from: String(line.prefix(19))),
+                let close = line.firstIndex(of: "]"), let openBracket = line.firstIndex(of: "[")
+            else { continue }
+            let pid = String(line[line.index(after: openBracket)..<close])
+            let text = line[line.index(close, offsetBy: 2)...]
+            if text.contains("max connections") {
+                refused.append(at)
+            } else if text.hasPrefix("rsync on "), let from = text.range(of: " from ") {
+                open[pid] = (String(text[text.index(text.startIndex, offsetBy: 9)..<from.lowerBound]), at)
+            } else if text.hasPrefix("sent "), let started = open.removeValue(forKey: pid) {
+                done.append(Session(pid: pid, request: started.request, started: started.at, ended: at))
+            }
+        }
+        return (done, refused)
+    }
+
+    /// The most sessions in `sessions` open at one moment. Whole-second stamps: a session that ends in the second
+    /// another starts is counted as over first, so this never reports an overlap that only rounding made.
+    public static func peakConcurrency(_ sessions: [Session]) -> Int {
+        var edges: [(at: Date, delta: Int)] = []
+        for s in sessions {
+            edges.append((s.started, 1))
+            edges.append((s.ended, -1))
+        }
+        edges.sort { a, b in a.at != b.at ? a.at < b.at : a.delta < b.delta }
+        var current = 0
+        var peak = 0
+        for edge in edges {
+            current += edge.delta
+            peak = max(peak, current)
+        }
+        return peak
+    }
 }
 
 /// A mirror config file for live tests.
