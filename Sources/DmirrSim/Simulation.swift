@@ -68,6 +68,8 @@ public struct RunResult: Sendable {
     public var t50: Double?
     public var t90: Double?
     public var t100: Double?
+    /// Seconds after the push until the first member read the new token from upstream (a watcher's poll).
+    public var detect: Double?
     public var peakUpstreamConcurrency = 0
     /// In units of one delta.
     public var upstreamCopies = 0.0
@@ -278,6 +280,7 @@ public struct Simulation {
             }
         case .pollAnswer(let i):
             guard nodes[i].alive, !nodes[i].stopped else { return }
+            if upstreamToken != "T0", result.detect == nil { result.detect = now - scenario.pushAt }
             coordinate(i, nodes[i].coordinator.onUpstreamToken(upstreamToken, wallMillis: wallMillis, now: d))
         case .pullConnect(let i, let number):
             guard nodes[i].alive, let pull = nodes[i].pull, pull.number == number else { return }

@@ -202,8 +202,13 @@ public struct SyncPipeline: Sendable {
         var logger = logger
         logger[metadataKey: "sync.token"] = "\(target.value)"
         if let published, published == target, !options.force {
-            logger.info("already up to date")
-            return SyncReport(outcome: .upToDate, exitCode: 0, message: "up to date: \(config.upstream.tokenFile) is \(target.value)", token: target)
+            // A tree dmirr did not publish (one a cron script kept until now) is not taken on its token's word: one
+            // pass checks it against the source, and the publish that follows is recorded like any other.
+            if try store.published()?.token == published.value {
+                logger.info("already up to date")
+                return SyncReport(outcome: .upToDate, exitCode: 0, message: "up to date: \(config.upstream.tokenFile) is \(target.value)", token: target)
+            }
+            logger.notice("the tree holds the source's token, but dmirr never published it here: checking it against the source once")
         }
         logger.info("syncing", metadata: ["sync.published": "\(published?.value ?? "none")"])
 

@@ -70,7 +70,7 @@ struct DmirrSimCommand: ParsableCommand {
         print("dmirr-sim: N=\(nodes) C=\(slots) F=\(serveSlots) upstream max connections \(upstreamMax), delta \(fmt(delta)) MB, "
               + "mirror \(fmt(mirrorBw)) MB/s, upstream \(fmt(upstreamBw)) MB/s (one sync ≈ \(fmt(syncSeconds)) s), latency \(fmt(latency)) ms, "
               + "gossip \(fmt(gossip)) s, poll \(fmt(poll)) s")
-        print("seed      t50     t90    t100  up-peak  up-copies  peer-pulls  msg/node/s  B/node/s | cron t50    t90   t100  up-peak  refused")
+        print("seed   detect     t50     t90    t100  up-peak  up-copies  peer-pulls  msg/node/s  B/node/s | cron t50    t90   t100  up-peak  refused")
         var dmirr: [RunResult] = []
         var cron: [Baseline.Result] = []
         var broken = 0
@@ -82,7 +82,7 @@ struct DmirrSimCommand: ParsableCommand {
             if randomFailures { scenario.drawFailures() }
             let r = Simulation.run(scenario)
             dmirr.append(r)
-            var line = pad("\(s)", -6) + " " + pad(t(r.t50), 7) + " " + pad(t(r.t90), 7) + " " + pad(t(r.t100), 7)
+            var line = pad("\(s)", -6) + " " + pad(t(r.detect), 7) + " " + pad(t(r.t50), 7) + " " + pad(t(r.t90), 7) + " " + pad(t(r.t100), 7)
                 + String(format: " %8d %10.1f %11d %11.2f %9.0f", r.peakUpstreamConcurrency, r.upstreamCopies, r.pullsFromPeers,
                          r.messagesPerNodeSecond, r.bytesPerNodeSecond)
             if !noBaseline {
@@ -100,7 +100,7 @@ struct DmirrSimCommand: ParsableCommand {
             let v = xs.compactMap { $0 }.sorted()
             return v.count == xs.count && !v.isEmpty ? v[v.count / 2] : nil
         }
-        print("median " + pad(t(median(dmirr.map(\.t50))), 7) + " " + pad(t(median(dmirr.map(\.t90))), 7) + " "
+        print("median " + pad(t(median(dmirr.map(\.detect))), 7) + " " + pad(t(median(dmirr.map(\.t50))), 7) + " " + pad(t(median(dmirr.map(\.t90))), 7) + " "
               + pad(t(median(dmirr.map(\.t100))), 7)
               + String(format: " %8d %10.1f", dmirr.map(\.peakUpstreamConcurrency).max() ?? 0, median(dmirr.map { $0.upstreamCopies }) ?? 0)
               + (cron.isEmpty ? "" : "   (cron: t100 \(t(median(cron.map(\.t100)))), up-peak \(cron.map(\.peakUpstreamConcurrency).max() ?? 0))"))

@@ -93,6 +93,27 @@ import Testing
         #expect(runs.map(\.rsyncExitCode) == [0, 0])
     }
 
+    @Test func aTreeDmirrDidNotPublishIsCheckedOnceNotTakenOnItsToken() async throws {
+        // An operator moves a mirror from the cron script to dmirr: the tree carries upstream's token, but a package
+        // went missing under the old regime. Matching tokens must not make dmirr call it up to date.
+        let rig = try Rig(label: "adopt")
+        defer { rig.cleanup() }
+        let copy = Process()
+        copy.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        copy.arguments = ["rsync", "-a", rig.upstream.tree + "/", rig.mirror + "/"]
+        try copy.run()
+        copy.waitUntilExit()
+        try FileManager.default.removeItem(atPath: rig.mirror + "/Packages/alpha-1.0-1.noarch.rpm")
+        #expect(try String(contentsOfFile: rig.mirror + "/CURRENT", encoding: .utf8) == "push-1\n")
+
+        let first = await rig.sync()
+        #expect(first.outcome == .synced, "\(first.message)")
+        #expect(TreeComparison.differences(rig.upstream.tree, rig.mirror) == [])
+        #expect(try StateStore(directory: rig.config.state.dir).published()?.token == "push-1")
+        // Published by dmirr now: the next run takes the token's word.
+        #expect(await rig.sync().outcome == .upToDate)
+    }
+
     @Test func matchingTokensTransferNothingButTheToken() async throws {
         let rig = try Rig(label: "noop")
         defer { rig.cleanup() }
