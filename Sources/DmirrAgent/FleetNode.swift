@@ -79,6 +79,11 @@ public actor FleetNode {
         membership.entries.values.filter { $0.record.node != identity.name && $0.liveness == .alive }.map(\.record)
     }
 
+    /// Records of members suspected but not yet down.
+    public func suspectRecords() -> [MemberRecord] {
+        membership.entries.values.filter { $0.record.node != identity.name && $0.liveness == .suspect }.map(\.record)
+    }
+
     /// The rsync URL a member advertises, if we know the member.
     public func rsyncURL(of node: String) -> String? {
         membership.entries[node].map(\.record.rsyncURL).flatMap { $0.isEmpty ? nil : $0 }

@@ -17,7 +17,7 @@ struct SyncService: Service {
     enum Event: Sendable {
         case tick
         case polled(Result<Token, SyncError>)
-        case progress
+        case progress(Double)
         case finished(SyncReport)
         case announced
     }
@@ -66,7 +66,8 @@ struct SyncService: Service {
                 switch event {
                 case .tick:
                     let view = await node.liveRecords()
-                    directives += coordinator.onView(view, wallMillis: Self.wallMillis, now: now)
+                    let suspects = await node.suspectRecords()
+                    directives += coordinator.onView(view, suspects: suspects, wallMillis: Self.wallMillis, now: now)
                     directives += coordinator.onTick(now: now)
                 case .polled(.success(let token)):
                     directives += coordinator.onUpstreamToken(token.value, wallMillis: Self.wallMillis, now: now)
@@ -74,8 +75,8 @@ struct SyncService: Service {
                     logger.warning("cannot read the upstream token", metadata: ["error": "\(error.message)"])
                     await node.updateOwn { $0.lastError = error.message }
                     directives += coordinator.onUpstreamUnreachable(now: now)
-                case .progress:
-                    coordinator.onPullProgress(now: now)
+                case .progress(let fraction):
+                    coordinator.onPullProgress(now: now, fraction: fraction)
                 case .announced:
                     directives += coordinator.onAnnounce(now: now)
                 case .finished(let report):
@@ -131,7 +132,7 @@ struct SyncService: Service {
                             let report = await cancel.racing {
                                 await pipeline.run(options: options, logger: logger) { event in
                                     if case .progress(_, let p) = event, progress.due() {
-                                        sink.yield(.progress)
+                                        sink.yield(.progress(Double(p.percent) / 100))
                                         Task { await node.updateOwn { $0.progress = Double(p.percent) / 100 } }
                                     }
                                 }

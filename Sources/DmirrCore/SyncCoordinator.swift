@@ -14,7 +14,8 @@
 /// - **Plan.** From the live members' records it computes ``SyncPlan`` and advertises the plan's digest. Peer pulls
 ///   start at once (the source's serving limit is the hard backstop). An upstream pull starts when more than half of
 ///   the live members advertise the same digest, or `agreementDeadline` after this member was first planned upstream.
-/// - **Patience.** A pull with no progress for `stallAfter` is cancelled and its source avoided. A source that
+/// - **Patience.** A pull with no progress for `stallAfter` is cancelled and its source avoided, and so is a peer pull
+///   that `overtakenBy` members who started after it have overtaken (once per token). A source that
 ///   refused (busy) is avoided for `busyBackoff`; a peer that failed or held the wrong token, for the rest of the
 ///   token; upstream is never avoided for longer than `busyBackoff`, except that a member whose own token fetch
 ///   failed avoids upstream until a fetch answers (so the plan gives its upstream slots to members that can use
@@ -29,6 +30,10 @@ public struct SyncCoordinator: Sendable {
         public var agreementDeadline: Duration = .seconds(5)
         public var stallAfter: Duration = .seconds(120)
         public var busyBackoff: Duration = .seconds(30)
+        /// A peer pull is abandoned as too slow once this many members that were still waiting when it started have
+        /// finished the same token before it, and at its rate so far the rest would take longer than `stallAfter`.
+        /// Once per token, so that a member whose own link is the slow part does not hop from source to source.
+        public var overtakenBy = 3
 
         public init() {}
     }
@@ -72,6 +77,16 @@ public struct SyncCoordinator: Sendable {
         public var token: String
         public var started: Duration
         public var lastProgress: Duration
+        /// Members neither holding nor pulling the token when this pull started.
+        public var waitingAtStart: Set<String> = []
+        /// How much is done, as last reported.
+        public var fraction = 0.0
+
+        /// At the rate so far, how long the rest will take (nil before any progress).
+        public func remaining(now: Duration) -> Duration? {
+            guard fraction > 0.001 else { return nil }
+            return (now - started) * ((1 - min(fraction, 1)) / fraction)
+        }
     }
 
     public let me: String
@@ -90,6 +105,11 @@ public struct SyncCoordinator: Sendable {
             watcher = nil
         }
     }
+    private var suspected = 0
+    /// Suspected members that reported an upstream pull: their slots stay taken until they are down.
+    private var holding: [MemberRecord] = [] {
+        didSet { viewStamp &+= 1 }
+    }
     /// Counts changes of `view`: a plan and its agreement are recomputed only when the view or our own part changed,
     /// so that an idle round costs O(1) rather than a pass over every member.
     private var viewStamp = 0
@@ -105,11 +125,15 @@ public struct SyncCoordinator: Sendable {
     private var upstreamPlannedSince: Duration?
     private var lastPoll: Duration?
     private var pollPending = false
+    /// We already gave up one source of the target token for being slow (see `Configuration.overtakenBy`).
+    private var abandonedSlowSource = false
+    private var overtakeCheckedAt = -1
+    private var overtaken = 0
     /// Our last fetch of upstream's token failed (busy or unreachable); cleared by the next one that answers.
     private var ownPollFailed = false
     /// The member whose published token stood in for our own fetch, when one did.
     public private(set) var vouchedBy: String?
-    private var advertised: Advertised?
+    public private(set) var advertised: Advertised?
 
     public init(me: String, publishedToken: String, configuration: Configuration = .init()) {
         self.me = me
@@ -120,8 +144,15 @@ public struct SyncCoordinator: Sendable {
     // MARK: Events
 
     /// The live members' records as gossip has them (ours may be among them; our own state is taken from here).
-    public mutating func onView(_ records: [MemberRecord], wallMillis: Int64, now: Duration) -> [Directive] {
+    ///
+    /// - Parameter suspects: members suspected but not yet judged down. They take no part in the plan, except that an
+    ///   upstream pull one of them reported keeps its slot until it is down: a member that merely stopped answering
+    ///   (stopped, cut off from its peers) may still be pulling, and giving its slot away would exceed the fleet's
+    ///   bound on upstream. Freeing the slot of a member that really died waits for `down_after` instead.
+    public mutating func onView(_ records: [MemberRecord], suspects: [MemberRecord] = [], wallMillis: Int64, now: Duration) -> [Directive] {
         view = records.filter { $0.node != me }
+        holding = suspects.filter { $0.node != me && $0.syncState == .syncing && $0.source == PlanSource.upstream.recordValue }
+        suspected = suspects.filter { $0.node != me }.count
         upstreamInUse = view.contains { $0.syncState == .syncing && $0.source == PlanSource.upstream.recordValue }
         if firstView == nil { firstView = now }
         // A newer token than ours in someone's record: adopt it unconfirmed and confirm it with one fetch. Claims from
@@ -166,8 +197,10 @@ public struct SyncCoordinator: Sendable {
         return decide(now: now)
     }
 
-    public mutating func onPullProgress(now: Duration) {
+    /// - Parameter fraction: how much of the pull is done (0…1), when the shell knows.
+    public mutating func onPullProgress(now: Duration, fraction: Double? = nil) {
         running?.lastProgress = now
+        if let fraction { running?.fraction = fraction }
     }
 
     public mutating func onPullFinished(_ outcome: PullOutcome, now: Duration) -> [Directive] {
@@ -193,6 +226,8 @@ public struct SyncCoordinator: Sendable {
         // A refused or failed fetch is retried after the busy backoff, by watchers and the rest alike: a watcher that
         // kept polling a full daemon every `poll` would add to its refusals, and the rest must not wait `fallbackPoll`.
         if ownPollFailed { interval = configuration.busyBackoff }
+        // A fetch that never reported back (a shell that lost it) must not stop us polling for good.
+        if pollPending, let last = lastPoll, now - last >= configuration.stallAfter { pollPending = false }
         if !pollPending, !upstreamInUse, running?.source != .upstream, lastPoll.map({ now - $0 >= interval }) ?? true {
             pollPending = true
             lastPoll = now
@@ -201,6 +236,20 @@ public struct SyncCoordinator: Sendable {
         if let r = running, now - r.lastProgress >= configuration.stallAfter {
             out.append(.cancelPull(reason: "no progress from \(r.source) for \(configuration.stallAfter)"))
             avoid[r.source] = r.source == .upstream ? now + configuration.busyBackoff : .some(nil)
+        } else if let r = running, case .peer = r.source, !abandonedSlowSource, r.waitingAtStart.count >= configuration.overtakenBy {
+            // Patience with a slow source: others that started later finished first. (Counted again only when the view
+            // changed: it is a pass over every member.)
+            if overtakeCheckedAt != viewStamp {
+                overtakeCheckedAt = viewStamp
+                overtaken = view.filter { r.waitingAtStart.contains($0.node) && $0.publishedToken == r.token }.count
+            }
+            // Overtaken alone happens in healthy waves too (a source serving one puller is twice as fast as one serving
+            // two): the rest must also be projected to take longer than `stallAfter`.
+            if overtaken >= configuration.overtakenBy, let left = r.remaining(now: now), left > configuration.stallAfter {
+                abandonedSlowSource = true
+                out.append(.cancelPull(reason: "\(r.source) is too slow: \(overtaken) members that started after us already hold \(r.token)"))
+                avoid[r.source] = .some(nil)
+            }
         }
         out += decide(now: now)
         out.append(.wake(after: .seconds(1)))
@@ -243,6 +292,7 @@ public struct SyncCoordinator: Sendable {
     private mutating func setTarget(_ token: String, seenMillis: Int64, confirmed: Bool) {
         target = (token, seenMillis, confirmed)
         vouchedBy = nil
+        abandonedSlowSource = false
         avoid = [:]
         upstreamPlannedSince = nil
     }
@@ -287,6 +337,8 @@ public struct SyncCoordinator: Sendable {
             }
             members.append(SyncPlan.Member(node: me, publishedToken: publishedToken, pulling: running?.source,
                                            serveSlots: configuration.serveSlots, avoid: avoiding))
+            let held = holding.filter { $0.targetToken == target.token && $0.publishedToken != target.token }
+            members += held.map { SyncPlan.Member(node: $0.node, publishedToken: $0.publishedToken, pulling: .upstream, serveSlots: 0) }
             members.sort { $0.node < $1.node }
             // The slot order costs a SHA-256 per member and changes only with the token or who is live.
             let nodes = members.map(\.node)
@@ -300,8 +352,11 @@ public struct SyncCoordinator: Sendable {
             let plan = SyncPlan(token: target.token, members: members, upstreamSlots: configuration.upstreamSlots, order: order)
             self.plan = plan
             let same = 1 + view.filter { $0.planDigest == plan.digest }.count
-            agreement = (same, members.count)
-            agreed = same * 2 > members.count
+            // A majority of the members we know of, suspects included: a member cut off from most of the fleet sees
+            // only itself live, and must not take its own view for the fleet's.
+            let known = members.count - held.count + suspected
+            agreement = (same, known)
+            agreed = same * 2 > known
             lastPlanKey = key
         }
         let plan = self.plan!
@@ -331,7 +386,9 @@ public struct SyncCoordinator: Sendable {
             guard (agreed && settled) || now - since >= configuration.agreementDeadline else { return out }
         }
         upstreamPlannedSince = nil
-        running = Running(source: source, token: target.token, started: now, lastProgress: now)
+        let waiting = view.filter { $0.publishedToken != target.token && $0.syncState != .syncing }.map(\.node)
+        running = Running(source: source, token: target.token, started: now, lastProgress: now, waitingAtStart: Set(waiting))
+        overtakeCheckedAt = -1
         out.append(.startPull(source, token: target.token))
         return out
     }

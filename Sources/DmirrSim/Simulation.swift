@@ -81,6 +81,9 @@ public struct RunResult: Sendable {
     /// Gossip frames by kind, and own-record signings, over the measured window (all nodes).
     public var frames: [String: Int] = [:]
     public var signings = 0
+    /// Upstream pulls started on an agreed plan beside C others, one of which the fleet could not know of: its member was
+    /// cut off or stopped before the record saying it had started left it.
+    public var unseenStarts = 0
     /// Invariant violations (empty when the run was clean).
     public var violations: [String] = []
 }
@@ -141,6 +144,9 @@ public struct Simulation {
     var messageBytes = 0.0
     var result = RunResult()
     var reachedAt: [Int: Double] = [:]
+    /// Upstream pulls (by number) and their transfers (by id) that started on an agreed plan.
+    var agreedPulls: Set<Int> = []
+    var agreedTransfers: Set<Int> = []
 
     public init(_ scenario: Scenario) {
         self.scenario = scenario
@@ -263,10 +269,14 @@ public struct Simulation {
                 nodes[i].viewRevision = nodes[i].membership.revision
                 let m = nodes[i].membership
                 let view = m.nodes.compactMap { n in m.entries[n].flatMap { $0.liveness == .alive && n != m.me ? $0.record : nil } }
-                directives += nodes[i].coordinator.onView(view, wallMillis: wallMillis, now: d)
+                let suspects = m.nodes.compactMap { n in m.entries[n].flatMap { $0.liveness == .suspect ? $0.record : nil } }
+                directives += nodes[i].coordinator.onView(view, suspects: suspects, wallMillis: wallMillis, now: d)
             }
             directives += nodes[i].coordinator.onTick(now: d)
-            if nodes[i].pull?.transfer != nil { nodes[i].coordinator.onPullProgress(now: d) }
+            if let t = nodes[i].pull?.transfer, network.active[t] != nil {
+                network.advance(to: now)
+                nodes[i].coordinator.onPullProgress(now: d, fraction: network.active[t]!.transferred / scenario.delta)
+            }
             coordinate(i, directives)
         case .deliver(let to, let from, let message):
             guard canTalk(to, from), nodes[to].links.contains(from) else { return }
@@ -279,7 +289,9 @@ public struct Simulation {
                 for (record, signed) in records { perform(to, nodes[to].membership.onRecord(record, signed: signed, from: peer, now: d)) }
             }
         case .pollAnswer(let i):
-            guard nodes[i].alive, !nodes[i].stopped else { return }
+            guard nodes[i].alive else { return }
+            // A stopped agent reads the answer when it continues.
+            guard !nodes[i].stopped else { return queue.push(.pollAnswer(i), at: now + 1) }
             if upstreamToken != "T0", result.detect == nil { result.detect = now - scenario.pushAt }
             coordinate(i, nodes[i].coordinator.onUpstreamToken(upstreamToken, wallMillis: wallMillis, now: d))
         case .pullConnect(let i, let number):
@@ -372,6 +384,7 @@ public struct Simulation {
                 queue.push(.pollAnswer(i), at: now + 4 * scenario.latency)
             case .startPull(let source, let token):
                 pullNumber += 1
+                if source == .upstream, nodes[i].coordinator.agreed { agreedPulls.insert(pullNumber) }
                 nodes[i].pull = (pullNumber, source, token, nil)
                 nodes[i].membership.updateOwn {
                     $0.syncState = .syncing
@@ -405,9 +418,24 @@ public struct Simulation {
                 queue.push(.pullFinished(i, pull: pull.number, .busy), at: now + scenario.latency)
                 return
             }
-            if nodes[i].coordinator.agreed, network.count(from: -1) + 1 > scenario.upstreamSlots {
-                result.violations.append("t=\(Int(now)) s: \(nodes[i].name) started an upstream pull in an agreed plan beside "
-                                         + "\(network.count(from: -1)) others")
+            // The bound holds among pulls started on agreed plans. A member that started on the agreement deadline
+            // (views that would not agree, or a member cut off from most of the fleet) is outside it by design, and
+            // shows in the peak-concurrency column instead.
+            let others = network.active.values.filter { $0.source == -1 && agreedTransfers.contains($0.id) }
+            if agreedPulls.contains(pull.number), others.count + 1 > scenario.upstreamSlots {
+                // Pulls whose start never reached the fleet (their member was cut off or stopped before its record
+                // left) cannot be counted by any plan; they are reported apart from violations of the plan's bound.
+                let unseen = others.filter { t in
+                    let k = t.destination
+                    let seen = nodes[i].membership.entries[nodes[k].name]?.record
+                    return (nodes[k].cut || nodes[k].stopped) && !(seen?.syncState == .syncing && seen?.source == "upstream")
+                }
+                if others.count - unseen.count + 1 > scenario.upstreamSlots {
+                    result.violations.append("t=\(Int(now)) s: \(nodes[i].name) started an upstream pull in an agreed plan beside "
+                                             + "\(others.count) others started on agreed plans")
+                } else {
+                    result.unseenStarts += 1
+                }
             }
             startTransfer(i, source: -1, pull: pull)
         case .peer(let name):
@@ -430,6 +458,7 @@ public struct Simulation {
     mutating func startTransfer(_ i: Int, source: Int, pull: (number: Int, source: PlanSource, token: String, transfer: Int?)) {
         let id = network.start(source: source, destination: i, bytes: scenario.delta, now: now)
         nodes[i].pull?.transfer = id
+        if agreedPulls.contains(pull.number) { agreedTransfers.insert(id) }
         if source < 0 {
             result.pullsFromUpstream += 1
             result.peakUpstreamConcurrency = max(result.peakUpstreamConcurrency, network.count(from: -1))

@@ -94,6 +94,9 @@ struct DmirrSimCommand: ParsableCommand {
             print(line)
             if verbose { print("   frames \(r.frames.sorted { $0.key < $1.key }), own-record signings \(r.signings)") }
             for v in r.violations.prefix(5) { print("   VIOLATION seed \(s): \(v)") }
+            if r.unseenStarts > 0 {
+                print("   note seed \(s): \(r.unseenStarts) upstream pull(s) started beside one the fleet never heard of (its member cut off or stopped right after starting)")
+            }
             if !r.violations.isEmpty { broken += 1 }
         }
         func median(_ xs: [Double?]) -> Double? {
@@ -104,6 +107,8 @@ struct DmirrSimCommand: ParsableCommand {
               + pad(t(median(dmirr.map(\.t100))), 7)
               + String(format: " %8d %10.1f", dmirr.map(\.peakUpstreamConcurrency).max() ?? 0, median(dmirr.map { $0.upstreamCopies }) ?? 0)
               + (cron.isEmpty ? "" : "   (cron: t100 \(t(median(cron.map(\.t100)))), up-peak \(cron.map(\.peakUpstreamConcurrency).max() ?? 0))"))
+        let unseen = dmirr.filter { $0.unseenStarts > 0 }.count
+        if unseen > 0 { print("\(unseen) of \(seeds) runs had an upstream pull start beside one the fleet never heard of (see above)") }
         let waves = ceil(log(Double(nodes) / Double(slots)) / log(1 + Double(serveSlots)))
         print("goal: t100 ≤ detect + (⌈log_(1+F)(N/C)⌉ + 2) syncs = detect + \(Int(waves) + 2) × \(fmt(syncSeconds)) s; "
               + "\(broken) of \(seeds) runs broke an invariant; \(fmt(Double((clock.now - started).components.seconds))) s wall")

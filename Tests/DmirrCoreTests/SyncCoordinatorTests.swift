@@ -167,6 +167,50 @@ import Testing
         #expect(advertised?.avoid == first.map(\.recordValue), "\(after)")
     }
 
+    @Test(arguments: [0.05, 0.95]) func aPeerThatOthersOvertakeIsAbandonedAsTooSlowOncePerToken(done: Double) {
+        var c = SyncCoordinator(me: "a", publishedToken: "T1", configuration: Self.config())
+        _ = c.onUpstreamToken("T2", wallMillis: 1_000, now: .zero)
+        // s1 and s2 hold T2 (one serving slot each); w1…w4 wait.
+        let waiting = ["w1", "w2", "w3", "w4"]
+        var view = [Self.record("s1", published: "T2", target: "T2", seen: 1_000, serveSlots: 1),
+                    Self.record("s2", published: "T2", target: "T2", seen: 1_000, serveSlots: 1)]
+        view += waiting.map { Self.record($0, target: "T2", seen: 1_000) }
+        let started = Self.pulls(c.onView(view, wallMillis: 2_000, now: .seconds(1)))
+        guard case .peer(let slow)? = started.first else {
+            Issue.record("no peer pull: \(started)")
+            return
+        }
+        func publish(_ nodes: [String]) {
+            view = view.map { r in nodes.contains(r.node) ? Self.record(r.node, published: "T2", target: "T2", seen: 1_000, serveSlots: 1) : r }
+        }
+        func cancelled(_ directives: [SyncCoordinator.Directive]) -> Bool {
+            directives.contains { if case .cancelPull(let reason) = $0 { reason.contains("too slow") } else { false } }
+        }
+        c.onPullProgress(now: .seconds(20), fraction: done)
+        // Two of the waiting members finish first: not yet enough to call our source slow.
+        publish(["w1", "w2"])
+        _ = c.onView(view, wallMillis: 3_000, now: .seconds(20))
+        #expect(!cancelled(c.onTick(now: .seconds(20))))
+        // A third overtakes us. At 5 % after 24 s the rest would take minutes (> stall_after, 30 s): the pull is
+        // cancelled and its source avoided for the rest of the token. At 95 % it is nearly done and goes on.
+        publish(["w3"])
+        _ = c.onView(view, wallMillis: 4_000, now: .seconds(25))
+        let tick = c.onTick(now: .seconds(25))
+        guard done < 0.5 else {
+            #expect(!cancelled(tick), "\(tick)")
+            return
+        }
+        #expect(cancelled(tick), "\(tick)")
+        let next = Self.pulls(c.onPullFinished(.cancelled, now: .seconds(25)))
+        #expect(next.count == 1 && next.first != .peer(slow), "\(next)")
+        #expect(c.advertised?.avoid == [slow])
+        // Patience is spent for this token: a slow second source is not abandoned as well.
+        c.onPullProgress(now: .seconds(60), fraction: 0.01)
+        publish(["w4"])
+        _ = c.onView(view, wallMillis: 5_000, now: .seconds(60))
+        #expect(!cancelled(c.onTick(now: .seconds(60))))
+    }
+
     @Test func busyUpstreamIsRetriedAfterTheBackoffAndAFailedPeerNotAtAll() {
         var c = SyncCoordinator(me: "solo", publishedToken: "T1", configuration: Self.config(slots: 1))
         _ = c.onView([], wallMillis: 0, now: .zero)
