@@ -13,7 +13,8 @@
 ///   no wider than trusting its tree, which a peer pull does anyway; the tree is still verified before it is published.
 /// - **Plan.** From the live members' records it computes ``SyncPlan`` and advertises the plan's digest. Peer pulls
 ///   start at once (the source's serving limit is the hard backstop). An upstream pull starts when more than half of
-///   the live members advertise the same digest, or `agreementDeadline` after this member was first planned upstream.
+///   the members known (live and suspected) advertise the same digest, or `agreementDeadline` after this member was
+///   first planned upstream.
 /// - **Patience.** A pull with no progress for `stallAfter` is cancelled and its source avoided, and so is a peer pull
 ///   that `overtakenBy` members who started after it have overtaken (once per token). A source that
 ///   refused (busy) is avoided for `busyBackoff`; a peer that failed or held the wrong token, for the rest of the
@@ -97,7 +98,7 @@ public struct SyncCoordinator: Sendable {
     public private(set) var running: Running?
     public private(set) var plan: SyncPlan?
     public private(set) var agreed = false
-    /// How many live members advertise our plan's digest, ourselves included, out of how many.
+    /// How many live members advertise our plan's digest, ourselves included, out of how many members known.
     public private(set) var agreement = (same: 0, of: 0)
     private var view: [MemberRecord] = [] {
         didSet {
