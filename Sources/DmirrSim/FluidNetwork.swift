@@ -33,7 +33,9 @@ struct FluidNetwork {
     mutating func advance(to now: Double) {
         let dt = now - lastUpdate
         if dt > 0 {
-            for id in active.keys {
+            // In id order: the byte counters are floating-point sums, and a dictionary's order differs between
+            // instances, which would make two runs of one seed differ in their last digits.
+            for id in active.keys.sorted() {
                 let moved = min(active[id]!.remaining, active[id]!.rate * dt)
                 active[id]!.remaining -= moved
                 active[id]!.transferred += moved
@@ -67,6 +69,11 @@ struct FluidNetwork {
             let sending = t.source < 0 ? upstreamBandwidth : sendBandwidth[t.source]
             active[id]!.rate = min(receiveBandwidth[t.destination], sending / Double(perSource[t.source]!))
         }
+    }
+
+    /// How many bytes transfer `id` will have moved by `now` (without moving the network forward).
+    func transferred(_ id: Int, at now: Double) -> Double? {
+        active[id].map { $0.transferred + min($0.remaining, $0.rate * max(0, now - lastUpdate)) }
     }
 
     /// The next transfer to finish and when, if any.

@@ -273,9 +273,8 @@ public struct Simulation {
                 directives += nodes[i].coordinator.onView(view, suspects: suspects, wallMillis: wallMillis, now: d)
             }
             directives += nodes[i].coordinator.onTick(now: d)
-            if let t = nodes[i].pull?.transfer, network.active[t] != nil {
-                network.advance(to: now)
-                nodes[i].coordinator.onPullProgress(now: d, fraction: network.active[t]!.transferred / scenario.delta)
+            if let t = nodes[i].pull?.transfer, let moved = network.transferred(t, at: now) {
+                nodes[i].coordinator.onPullProgress(now: d, fraction: moved / scenario.delta)
             }
             coordinate(i, directives)
         case .deliver(let to, let from, let message):
@@ -505,7 +504,7 @@ public struct Simulation {
     }
 
     mutating func abortTransfers(touching i: Int) {
-        for t in network.active.values where t.source == i || t.destination == i {
+        for t in network.active.values.sorted(by: { $0.id < $1.id }) where t.source == i || t.destination == i {
             network.stop(t.id, now: now)
             let dest = t.destination
             if dest != i, let pull = nodes[dest].pull, pull.transfer == t.id {

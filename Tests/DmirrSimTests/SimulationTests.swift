@@ -24,6 +24,11 @@ import Testing
         #expect(a.t100 == b.t100 && a.t50 == b.t50)
         #expect(a.pullsFromPeers == b.pullsFromPeers && a.upstreamCopies == b.upstreamCopies)
         #expect(a.messagesPerNodeSecond == b.messagesPerNodeSecond)
+        #expect(a.frames == b.frames && a.signings == b.signings && a.violations == b.violations)
+        // A third run in between other work: nothing may depend on dictionary order or other per-process state.
+        _ = Simulation.run(Self.scenario(n: 12, seed: 7))
+        let again = Simulation.run(s)
+        #expect(again.upstreamCopies == a.upstreamCopies && again.peerCopies == a.peerCopies && again.t100 == a.t100)
         s.seed = 43
         let c = Simulation.run(s)
         #expect(c.t100 != a.t100 || c.messagesPerNodeSecond != a.messagesPerNodeSecond, "another seed, the same run")
