@@ -17,6 +17,7 @@ sent, and the connections it refused.
 Usage: scripts/bench-cron.py [--dmirr .build/release/dmirr] [--mirrors 8] [--scale 60] [--bwlimit 2000] [--seed 1]
 """
 import argparse, datetime, filecmp, math, json, os, random, re, shutil, signal, socket, subprocess, sys, tempfile, time
+from benchlib import free_port, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAKE_REPO = os.path.join(ROOT, "Sources/DmirrFixtures/make-yum-repo.sh")
@@ -40,21 +41,6 @@ while true; do
   sleep "$PERIOD"
 done
 """
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def run(argv, **kw):
-    r = subprocess.run(argv, capture_output=True, text=True, **kw)
-    if r.returncode != 0:
-        sys.exit(f"{' '.join(argv)} failed: {r.stderr}")
-    return r.stdout
 
 
 def start_daemon(work, name, modules):

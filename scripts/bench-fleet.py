@@ -9,24 +9,10 @@ Usage: scripts/bench-fleet.py [--dmirr .build/release/dmirr] [--agents 20] [--go
 (The window should cover a record refresh, down_after / 2 = 30 s by default, or it under-counts gossip.)
 """
 import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+from benchlib import free_port, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAKE_REPO = os.path.join(ROOT, "Sources/DmirrFixtures/make-yum-repo.sh")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def run(argv, **kw):
-    r = subprocess.run(argv, capture_output=True, text=True, **kw)
-    if r.returncode != 0:
-        sys.exit(f"{' '.join(argv)} failed: {r.stderr}")
-    return r.stdout
 
 
 def status(dmirr, cfg):

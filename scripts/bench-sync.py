@@ -12,17 +12,10 @@ Usage: scripts/bench-sync.py [--dmirr .build/release/dmirr] [--packages 2000] [-
 Needs: rsync, rpm, createrepo-c (scripts/setup-debian.sh), and a release build: swift build -c release.
 """
 import argparse, os, shutil, socket, statistics, subprocess, sys, tempfile, time
+from benchlib import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAKE_REPO = os.path.join(ROOT, "Sources/DmirrFixtures/make-yum-repo.sh")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_port(port, seconds=10):

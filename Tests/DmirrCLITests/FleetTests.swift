@@ -161,24 +161,6 @@ import Testing
             return out
         }
 
-        /// The most runs in `runs` that were in progress at one moment.
-        static func peakOverlap(_ runs: [Run]) -> Int {
-            var edges: [(at: Date, delta: Int)] = []
-            for run in runs {
-                edges.append((run.started, 1))
-                edges.append((run.finished, -1))
-            }
-            // Ends before starts at the same instant: back-to-back runs do not overlap.
-            edges.sort { a, b in a.at != b.at ? a.at < b.at : a.delta < b.delta }
-            var current = 0
-            var peak = 0
-            for (_, delta) in edges {
-                current += delta
-                peak = max(peak, current)
-            }
-            return peak
-        }
-
         func logs() -> String { agents.map { "--- \($0.key)\n\($0.value.stderr.suffix(3000))" }.joined(separator: "\n") }
     }
 
@@ -273,10 +255,10 @@ import Testing
 
         // What upstream saw: its own log, and the agents' histories (millisecond stamps) as a second witness.
         let upstreamRuns = runs.filter { $0.source == "upstream" && $0.started >= pushed }
-        #expect(Fleet.peakOverlap(upstreamRuns) <= 2, "\(upstreamRuns.map { "\($0.node) \($0.started)–\($0.finished)" })")
+        #expect(peakOverlap(upstreamRuns.map { ($0.started, $0.finished) }) <= 2, "\(upstreamRuns.map { "\($0.node) \($0.started)–\($0.finished)" })")
         let log = try fleet.upstream.sessions()
         let pulls = log.sessions.filter { $0.isTreePull && $0.started >= pushed.addingTimeInterval(-1) }
-        let peak = Upstream.peakConcurrency(pulls)
+        let peak = peakOverlap(pulls.map { ($0.started, $0.ended) })
         let described = pulls.map { "[\($0.pid)] \($0.request) \($0.started.timeIntervalSince(pushed))…\($0.ended.timeIntervalSince(pushed))" }
         #expect(peak >= 1 && peak <= 2, "the daemon served \(peak) tree pulls at once: \(described)")
         #expect(pulls.contains { $0.ended.timeIntervalSince($0.started) >= 2 }, "no pull lasted long enough for the log to show overlaps: \(described)")

@@ -83,24 +83,6 @@ public final class Upstream: @unchecked Sendable {
         }
         return (done, refused)
     }
-
-    /// The most sessions in `sessions` open at one moment. Whole-second stamps: a session that ends in the second
-    /// another starts is counted as over first, so this never reports an overlap that only rounding made.
-    public static func peakConcurrency(_ sessions: [Session]) -> Int {
-        var edges: [(at: Date, delta: Int)] = []
-        for s in sessions {
-            edges.append((s.started, 1))
-            edges.append((s.ended, -1))
-        }
-        edges.sort { a, b in a.at != b.at ? a.at < b.at : a.delta < b.delta }
-        var current = 0
-        var peak = 0
-        for edge in edges {
-            current += edge.delta
-            peak = max(peak, current)
-        }
-        return peak
-    }
 }
 
 /// A mirror config file for live tests.
@@ -130,4 +112,23 @@ public enum MirrorConfig {
             """
         try text.write(toFile: path, atomically: true, encoding: .utf8)
     }
+}
+
+/// The most of `intervals` that were open at one moment. An interval that ends at the instant another starts is counted
+/// as over first: back-to-back runs do not overlap, and whole-second log stamps never report an overlap that only
+/// rounding made.
+public func peakOverlap(_ intervals: [(start: Date, end: Date)]) -> Int {
+    var edges: [(at: Date, delta: Int)] = []
+    for interval in intervals {
+        edges.append((interval.start, 1))
+        edges.append((interval.end, -1))
+    }
+    edges.sort { a, b in a.at != b.at ? a.at < b.at : a.delta < b.delta }
+    var current = 0
+    var peak = 0
+    for edge in edges {
+        current += edge.delta
+        peak = max(peak, current)
+    }
+    return peak
 }
