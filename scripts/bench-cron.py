@@ -173,7 +173,7 @@ def main():
                                           start_new_session=True))
         reached = watch(mirrors, pushed, limit)
         time.sleep(2)  # let --delay-updates finish the last renames
-        ok = all(same_tree(f"{cron}/upstream", mirrors[n]) for n in reached)
+        ok = len(reached) == len(mirrors) and all(same_tree(f"{cron}/upstream", mirrors[n]) for n in mirrors)
         for p in procs[1:]:
             os.killpg(p.pid, signal.SIGKILL)
         results["cron"] = (reached, daemon_log(f"{cron}/upstream.log", pushed), ok)
@@ -244,7 +244,7 @@ dir = "{fleet}/state-{n}"
         pushed = time.time()
         reached = watch(mirrors, pushed, limit)
         time.sleep(2)
-        ok = all(same_tree(f"{fleet}/upstream", mirrors[n]) for n in reached)
+        ok = len(reached) == len(mirrors) and all(same_tree(f"{fleet}/upstream", mirrors[n]) for n in mirrors)
         sources = {"upstream": 0, "peer": 0}
         for n in names:
             r = subprocess.run([a.dmirr, "history", "-c", f"{fleet}/{n}.toml", "--json"], capture_output=True, text=True)
