@@ -153,7 +153,9 @@ public actor FleetNode {
                 await session.reject(.forbidden, "operator certificates may not gossip")
                 throw NetError(.protocolViolation, "\(session.peer) tried to gossip")
             }
-            await perform(membership.onSummary(from: session.peer.name, hash: summary.digestHash, now: now))
+            let hashes = Array(summary.hashes.prefix(Membership.maxBuckets))
+            let received = Membership.Summary(buckets: Int(summary.buckets), first: Int(min(summary.first, UInt32(Membership.maxBuckets))), hashes: hashes)
+            await perform(membership.onSummary(from: session.peer.name, received, now: now))
         case .digest(let digest):
             guard HelloPolicy.permits(session.peer, .gossip) else {
                 await session.reject(.forbidden, "operator certificates may not gossip")
@@ -162,7 +164,13 @@ public actor FleetNode {
             let entries = digest.entries.map {
                 Membership.DigestEntry(node: $0.node, version: RecordVersion(generation: $0.generation, heartbeat: $0.heartbeat))
             }
-            await perform(membership.onDigest(from: session.peer.name, entries: entries, isReply: digest.isReply, now: now))
+            let scope: Membership.DigestScope =
+                if digest.isReply { .reply }
+                else if digest.announce { .announce }
+                else if digest.bucketCount > 1 {
+                    .buckets(digest.buckets.map { Int($0) }, of: Int(min(digest.bucketCount, UInt32(Membership.maxBuckets))))
+                } else { .full }
+            await perform(membership.onDigest(from: session.peer.name, entries: entries, scope: scope, now: now))
         case .records(let records):
             guard HelloPolicy.permits(session.peer, .gossip) else {
                 await session.reject(.forbidden, "operator certificates may not gossip")
@@ -214,10 +222,17 @@ public actor FleetNode {
                 } catch {
                     logger.error("cannot sign our member record", metadata: ["error": "\(error)"])
                 }
-            case .sendDigest(let peer, let entries, let isReply):
+            case .sendDigest(let peer, let entries, let scope):
                 var envelope = WireEnvelope()
                 envelope.digest = .with {
-                    $0.isReply = isReply
+                    switch scope {
+                    case .full: break
+                    case .reply: $0.isReply = true
+                    case .announce: $0.announce = true
+                    case .buckets(let buckets, let count):
+                        $0.buckets = buckets.map { UInt32($0) }
+                        $0.bucketCount = UInt32(count)
+                    }
                     $0.entries = entries.map { e in
                         .with {
                             $0.node = e.node
@@ -227,9 +242,13 @@ public actor FleetNode {
                     }
                 }
                 await send(envelope, to: peer)
-            case .sendSummary(let peer):
+            case .sendSummary(let peer, let summary):
                 var envelope = WireEnvelope()
-                envelope.summary = .with { $0.digestHash = membership.digestHash }
+                envelope.summary = .with {
+                    $0.hashes = summary.hashes
+                    $0.first = UInt32(summary.first)
+                    $0.buckets = UInt32(summary.buckets)
+                }
                 await send(envelope, to: peer)
             case .sendRecords(let peer, let nodes):
                 guard let session = sessions[peer] else { break }

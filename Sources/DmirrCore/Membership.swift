@@ -1,20 +1,29 @@
 /// The gossip membership state machine (DESIGN.md §4 "Membership"), sans I/O in the style of SWIM.Instance: the agent
 /// and the simulator feed it events with the current monotonic time and carry out the directives it returns.
 ///
-/// **Anti-entropy.** Each round a member sends a *summary* (a hash of its digest) to one connected peer, in rotation,
-/// and to any connected peer it has not sent anything for a third of `suspectAfter` (so every link carries traffic
-/// often enough to judge it). A receiver whose own digest hashes the same does nothing; otherwise it answers with its
-/// full digest (node → version), the other side sends the records the receiver lacks and asks, with a reply digest, for
-/// the ones it lacks itself. An idle fleet therefore costs one small frame per member per round, whatever its size.
+/// **Dissemination.** A member that learns a new version of a record (its own, or one a peer sent) announces it, by
+/// node and version only, to its other linked peers once per round; a peer that lacks it asks for it with a reply
+/// digest and gets the record. A change the sync plan depends on skips the round trip: its author pushes the record
+/// itself to its links, and they push it once more. Each member so receives each new version about once, plus a
+/// 14-byte announcement per link, whatever the fleet's size.
 ///
-/// **Liveness.** Records are re-signed only when they change, and otherwise every `refreshInterval`, so heartbeats do
-/// not flood the fleet. Silence is judged by those in a position to judge it: a member connected to a peer (or that
-/// lost its link to it, until the peer is seen to advance elsewhere) suspects it after `suspectAfter` without a
-/// frame, and says so in its own signed record (`suspects`). Others take a suspicion at face value until the suspect
-/// refutes it with a newer record, which a live member does as soon as it sees itself suspected. A member is down
-/// after `downAfter` of silence as judged directly, or `downAfter − suspectAfter` after a suspicion reached us. A
-/// member nobody reports on is judged by its refreshes alone: suspect after `suspectAfter + refreshInterval` without
-/// one, down after `downAfter + refreshInterval`.
+/// **Anti-entropy**, the backstop for anything an announcement missed. The digest (node → version) is split into
+/// buckets by a hash of the node's name (more buckets in larger fleets). Each round a member sends a *summary*, the
+/// hash of one bucket, to one linked peer in rotation, and to any linked peer it has not sent anything for a third of
+/// `suspectAfter` (so every link carries traffic often enough to judge it); each link cycles through the buckets. A
+/// peer whose own bucket hashes differently answers with its entries of that bucket, and the two exchange what the
+/// other lacks. A new link starts with a summary of every bucket, so a member that was away catches up in one
+/// exchange. An idle fleet therefore costs one small frame per member per round, whatever its size.
+///
+/// **Liveness.** Records are re-signed only when they change, and otherwise every ``Configuration/refresh(members:)``
+/// (longer in larger fleets, so refreshes cost each member a bounded rate). Silence is judged by those in a position
+/// to judge it: a member connected to a peer (or that lost its link to it, until the peer is seen to advance
+/// elsewhere) suspects it after `suspectAfter` without a frame, and says so in its own signed record (`suspects`).
+/// Others take a suspicion at face value until the suspect refutes it with a newer record, which a live member does
+/// as soon as it sees itself suspected. A member is down after `downAfter` of silence as judged directly, or
+/// `downAfter − suspectAfter` after a suspicion reached us. A member nobody reports on is judged by its refreshes
+/// alone, with half a refresh of slack: suspect after `suspectAfter` + 1.5 refreshes without one, down after
+/// `downAfter` + 1.5 refreshes.
 ///
 /// Records are opaque signed bytes to this machine: the shell verifies signatures before
 /// ``onRecord(_:signed:from:now:)`` and signs this member's own record when told to.
@@ -23,12 +32,20 @@ public struct Membership: Sendable {
         public var gossipInterval: Duration = .seconds(1)
         public var suspectAfter: Duration = .seconds(10)
         public var downAfter: Duration = .seconds(60)
-        /// How often an unchanged record is re-signed; nil means half of `downAfter`.
+        /// How often an unchanged record is re-signed; nil means ``refresh(members:)``'s default.
         public var refreshInterval: Duration?
+        /// The default refresh grows by this much per member known, so that the refreshes of N members cost each
+        /// member a bounded rate: about one record every `perMemberRefresh` (its ~300 bytes plus an announcement per
+        /// link), whatever N is.
+        public var perMemberRefresh: Duration = .seconds(2)
 
         public init() {}
 
-        public var refresh: Duration { refreshInterval ?? downAfter / 2 }
+        /// How often an unchanged record is re-signed in a fleet of `members`: the set interval, else the larger of
+        /// half of `downAfter` and `members × perMemberRefresh` (30 s up to 15 members, 2,000 s at 1,000).
+        public func refresh(members: Int) -> Duration {
+            refreshInterval ?? max(downAfter / 2, perMemberRefresh * max(members, 1))
+        }
         /// The longest a connected link may stay silent from our side.
         public var keepalive: Duration { suspectAfter / 3 }
     }
@@ -37,10 +54,10 @@ public struct Membership: Sendable {
     public enum Directive: Sendable, Equatable {
         /// Sign this record as our own and hand the bytes back with ``onOwnRecordSigned(_:signed:now:)``.
         case signOwnRecord(MemberRecord)
-        /// Send ``digestHash`` (read when sending) to a connected peer.
-        case sendSummary(to: String)
-        /// Send our digest to a connected peer (`isReply`: in answer to its digest; it must not answer with another).
-        case sendDigest(to: String, entries: [DigestEntry], isReply: Bool)
+        /// Send hashes of some of our digest's buckets to a connected peer.
+        case sendSummary(to: String, Summary)
+        /// Send digest entries to a connected peer; `scope` says what they stand for.
+        case sendDigest(to: String, entries: [DigestEntry], scope: DigestScope)
         /// Send these members' stored signed records to a peer.
         case sendRecords(to: String, nodes: [String])
         /// Persist these members' records (they changed).
@@ -64,6 +81,31 @@ public struct Membership: Sendable {
         }
     }
 
+    /// Hashes of consecutive buckets of a digest split `buckets` ways: `hashes[i]` is bucket `first + i`'s.
+    public struct Summary: Sendable, Equatable {
+        public var buckets: Int
+        public var first: Int
+        public var hashes: [UInt64]
+        public init(buckets: Int, first: Int, hashes: [UInt64]) {
+            self.buckets = buckets
+            self.first = first
+            self.hashes = hashes
+        }
+    }
+
+    /// What a digest's entries stand for.
+    public enum DigestScope: Sendable, Equatable {
+        /// Everything the sender holds: a member missing from it is one the sender lacks. Answered with the records
+        /// the sender lacks and a ``reply`` asking for what the receiver lacks.
+        case full
+        /// Everything the sender holds in these buckets (of `of`); answered like ``full`` within them.
+        case buckets([Int], of: Int)
+        /// Versions the sender has just learned: a receiver that lacks one asks for it with a ``reply``.
+        case announce
+        /// Exactly what the sender asks for (at the versions it holds); never answered with another digest.
+        case reply
+    }
+
     /// What this member knows of one member.
     public struct Entry: Sendable, Equatable {
         public var record: MemberRecord
@@ -78,7 +120,7 @@ public struct Membership: Sendable {
     public var configuration: Configuration
     public private(set) var entries: [String: Entry] = [:] {
         didSet {
-            cachedDigestHash = nil
+            cachedBuckets = nil
             revision &+= 1
             // Members are never forgotten, so the count tells when the sorted list is stale.
             if nodes.count != entries.count { nodes = entries.keys.sorted() }
@@ -88,7 +130,8 @@ public struct Membership: Sendable {
     public private(set) var revision: UInt64 = 0
     /// The members we hold, sorted.
     public private(set) var nodes: [String] = []
-    private var cachedDigestHash: UInt64?
+    /// Bucket hashes for the bucket count last asked about.
+    private var cachedBuckets: (count: Int, hashes: [UInt64])?
     /// Our own record as we last changed it (it is in `entries` once signed).
     public private(set) var own: MemberRecord
     public private(set) var connected: Set<String> = []
@@ -99,6 +142,14 @@ public struct Membership: Sendable {
     /// When a suspicion of each member first reached us.
     private var rumourSince: [String: Duration] = [:]
     private var lastSentTo: [String: Duration] = [:]
+    /// The next bucket each link's summary covers.
+    private var summaryTurn: [String: Int] = [:]
+    /// Links that get a summary of every bucket on the next round (new ones).
+    private var greet: Set<String> = []
+    /// Versions to announce on the next round: node → peers known to hold that version already.
+    private var pendingAnnounce: [String: Set<String>] = [:]
+    /// Records asked for after an announcement, so that several announcers do not each send it.
+    private var requested: [String: (version: RecordVersion, at: Duration)] = [:]
     private var rotation = 0
     private var lastSigned: Duration?
     private var ownDirty = true
@@ -113,7 +164,10 @@ public struct Membership: Sendable {
 
     // MARK: Events
 
-    /// Restores records saved before a restart. They count as down until they advance again.
+    /// Restores records saved before a restart. They count as alive: a member's next refresh can be a long way off in a
+    /// large fleet. A member the restored (or newly received) records of its watchers suspect is suspect at once, and
+    /// down `downAfter − suspectAfter` later; one that nobody suspects and that never advances is judged by refreshes
+    /// alone.
     public mutating func restore(_ record: MemberRecord, signed: [UInt8], now: Duration) {
         guard record.node != me else {
             // Our own old record: keep its fields, never its version (a new generation outranks it).
@@ -125,8 +179,8 @@ public struct Membership: Sendable {
             ownDirty = true
             return
         }
-        let age = configuration.downAfter + configuration.refresh
-        entries[record.node] = Entry(record: record, signed: signed, lastAdvance: now - age, liveness: .down)
+        // As if silent for exactly `suspectAfter`: alive on refreshes alone, suspect as soon as a suspicion counts.
+        entries[record.node] = Entry(record: record, signed: signed, lastAdvance: now - configuration.suspectAfter, liveness: .alive)
     }
 
     /// Changes fields of our own record (sync state, tokens, progress…). It is re-signed on the next tick.
@@ -144,6 +198,8 @@ public struct Membership: Sendable {
         connected.insert(peer)
         watching.insert(peer)
         heardAt[peer] = now
+        // One side of a new link compares every bucket, so the two catch up in one exchange.
+        if me < peer { greet.insert(peer) }
     }
 
     /// - Parameter deliberate: we closed it ourselves (rotation, shutdown), so its silence from now on means nothing.
@@ -152,6 +208,7 @@ public struct Membership: Sendable {
     public mutating func onDisconnected(_ peer: String, deliberate: Bool = false) {
         connected.remove(peer)
         lastSentTo[peer] = nil
+        greet.remove(peer)
         if deliberate {
             watching.remove(peer)
             ownDirty = true
@@ -187,22 +244,50 @@ public struct Membership: Sendable {
             own.suspects = suspects
             ownDirty = true
         }
-        if ownDirty || lastSigned.map({ now - $0 >= configuration.refresh }) ?? true {
+        if ownDirty || lastSigned.map({ now - $0 >= configuration.refresh(members: nodes.count) }) ?? true {
             own.heartbeat += 1
             lastSigned = now
             ownDirty = false
             out.append(.signOwnRecord(own))
         }
         let peers = connected.sorted()
+        out += announcements(to: peers, now: now)
         if !peers.isEmpty {
+            let buckets = bucketCount
             let turn = peers[rotation % peers.count]
             rotation &+= 1
-            for peer in peers where peer == turn || lastSentTo[peer].map({ now - $0 >= configuration.keepalive }) ?? true {
-                lastSentTo[peer] = now
-                out.append(.sendSummary(to: peer))
+            for peer in peers {
+                if greet.remove(peer) != nil {
+                    lastSentTo[peer] = now
+                    out.append(.sendSummary(to: peer, Summary(buckets: buckets, first: 0, hashes: bucketHashes(count: buckets))))
+                } else if peer == turn || lastSentTo[peer].map({ now - $0 >= configuration.keepalive }) ?? true {
+                    lastSentTo[peer] = now
+                    let bucket = (summaryTurn[peer] ?? 0) % buckets
+                    summaryTurn[peer] = bucket + 1
+                    out.append(.sendSummary(to: peer, Summary(buckets: buckets, first: bucket, hashes: [bucketHashes(count: buckets)[bucket]])))
+                }
             }
         }
         out.append(.wake(after: configuration.gossipInterval))
+        return out
+    }
+
+    /// The round's announcements: to each linked peer, the versions learned since the last round that it is not
+    /// known to hold.
+    private mutating func announcements(to peers: [String], now: Duration) -> [Directive] {
+        guard !pendingAnnounce.isEmpty else { return [] }
+        defer { pendingAnnounce = [:] }
+        let pending = pendingAnnounce.keys.sorted()
+        var out: [Directive] = []
+        for peer in peers {
+            let news = pending.compactMap { node -> DigestEntry? in
+                guard !pendingAnnounce[node]!.contains(peer), let held = self.entries[node] else { return nil }
+                return DigestEntry(node: node, version: held.record.version)
+            }
+            guard !news.isEmpty else { continue }
+            lastSentTo[peer] = now
+            out.append(.sendDigest(to: peer, entries: news, scope: .announce))
+        }
         return out
     }
 
@@ -226,8 +311,9 @@ public struct Membership: Sendable {
             return (now - since >= c.downAfter - c.suspectAfter ? .down : .suspect, false)
         }
         rumourSince[node] = nil
-        if silent >= c.downAfter + c.refresh { return (.down, false) }
-        if silent >= c.suspectAfter + c.refresh { return (.suspect, false) }
+        let slack = c.refresh(members: nodes.count) * 3 / 2
+        if silent >= c.downAfter + slack { return (.down, false) }
+        if silent >= c.suspectAfter + slack { return (.suspect, false) }
         return (.alive, false)
     }
 
@@ -247,6 +333,8 @@ public struct Membership: Sendable {
         if pushNextSigning || pushed {
             pushNextSigning = false
             out += eagerRecords(of: me, except: nil, now: now)
+        } else {
+            pendingAnnounce[me] = []
         }
         return out
     }
@@ -270,36 +358,67 @@ public struct Membership: Sendable {
         }
     }
 
-    /// A peer's summary: when our digest differs, start an exchange by sending it ours.
-    public mutating func onSummary(from peer: String, hash: UInt64, now: Duration) -> [Directive] {
+    /// A peer's summary: for the buckets that hash differently here, send our entries of them (which starts an
+    /// exchange, see ``onDigest(from:entries:scope:now:)``).
+    public mutating func onSummary(from peer: String, _ summary: Summary, now: Duration) -> [Directive] {
         heard(peer, now: now)
-        return hash == digestHash ? [] : [.sendDigest(to: peer, entries: digest(), isReply: false)]
+        let count = max(1, min(summary.buckets, Self.maxBuckets))
+        let mine = bucketHashes(count: count)
+        let differing = summary.hashes.indices.map { summary.first + $0 }.filter { bucket in
+            bucket >= 0 && bucket < count && mine[bucket] != summary.hashes[bucket - summary.first]
+        }
+        guard !differing.isEmpty else { return [] }
+        if count == 1 { return [.sendDigest(to: peer, entries: digest(), scope: .full)] }
+        let wanted = Set(differing)
+        let entries = digest().filter { wanted.contains(Self.bucket(of: $0.node, count: count)) }
+        return [.sendDigest(to: peer, entries: entries, scope: .buckets(differing, of: count))]
     }
 
-    /// A peer's digest: send what it lacks; when it is not itself a reply, answer with our digest of what we lack.
-    public mutating func onDigest(from peer: String, entries theirs: [DigestEntry], isReply: Bool, now: Duration) -> [Directive] {
+    /// A peer's digest: send what it lacks; when it is not itself a reply, ask with a reply digest for what we lack.
+    public mutating func onDigest(from peer: String, entries theirs: [DigestEntry], scope: DigestScope, now: Duration) -> [Directive] {
         heard(peer, now: now)
         var theirVersions: [String: RecordVersion] = [:]
         for e in theirs { theirVersions[e.node] = max(theirVersions[e.node] ?? e.version, e.version) }
-        // A full digest lists everything its sender holds, so a member missing from it is one it lacks. A reply digest
-        // lists only what its sender asks for; everything else it already has.
+        // A full digest lists everything its sender holds, so a member missing from it is one it lacks; a bucket
+        // digest the same within its buckets. A reply or an announcement lists only some members: it says nothing of
+        // the rest.
+        let covered: (String) -> Bool
+        switch scope {
+        case .full: covered = { _ in true }
+        case .buckets(let buckets, let count):
+            let set = Set(buckets)
+            covered = { set.contains(Self.bucket(of: $0, count: count)) }
+        case .announce, .reply: covered = { _ in false }
+        }
         let newerHere = nodes.filter { node in
             guard let mine = entries[node]?.record.version else { return false }
-            return theirVersions[node].map { mine > $0 } ?? !isReply
+            return theirVersions[node].map { mine > $0 } ?? covered(node)
         }
         var out: [Directive] = []
         if !newerHere.isEmpty { out.append(.sendRecords(to: peer, nodes: newerHere)) }
-        if !isReply {
-            let wanted = theirVersions.keys.sorted().filter { node in
-                guard node != me else { return false }
-                return entries[node].map { $0.record.version < theirVersions[node]! } ?? true
-            }
-            if !wanted.isEmpty {
-                // Ask by telling them what we hold for exactly those nodes; absent nodes go as version 0.0.
-                let reply = wanted.map { DigestEntry(node: $0, version: entries[$0]?.record.version ?? RecordVersion(generation: 0, heartbeat: 0)) }
-                out.append(.sendDigest(to: peer, entries: reply, isReply: true))
+        if scope == .announce {
+            // The peer holds these versions: no need to announce them back to it.
+            for (node, version) in theirVersions where entries[node]?.record.version == version {
+                pendingAnnounce[node]?.insert(peer)
             }
         }
+        guard scope != .reply else { return out }
+        let requestFor = configuration.gossipInterval * 2
+        let wanted = theirVersions.keys.sorted().filter { node in
+            guard node != me, entries[node].map({ $0.record.version < theirVersions[node]! }) ?? true else { return false }
+            // Another announcer's copy is on its way: ask again only if it is late.
+            if scope == .announce, let asked = requested[node], asked.version >= theirVersions[node]!, now - asked.at < requestFor {
+                return false
+            }
+            return true
+        }
+        guard !wanted.isEmpty else { return out }
+        if scope == .announce {
+            for node in wanted { requested[node] = (theirVersions[node]!, now) }
+        }
+        // Ask by telling them what we hold for exactly those nodes; absent nodes go as version 0.0.
+        let reply = wanted.map { DigestEntry(node: $0, version: entries[$0]?.record.version ?? RecordVersion(generation: 0, heartbeat: 0)) }
+        out.append(.sendDigest(to: peer, entries: reply, scope: .reply))
         return out
     }
 
@@ -329,9 +448,14 @@ public struct Membership: Sendable {
         var out: [Directive] = [.persist(nodes: [record.node])]
         if wasLiveness != .alive { out.append(.livenessChanged(node: record.node, .alive)) }
         // Relayed eagerly one hop only (when it came straight from its author): the author's neighbours and theirs
-        // learn a change at once, the rest through the rotation. Relaying every change eagerly at every hop would cost
+        // learn a change at once, the rest through announcements. Relaying every change eagerly at every hop would cost
         // each member a frame per link per change, O(N) per member per push.
-        if matters, peer == record.node { out += eagerRecords(of: record.node, except: peer, now: now) }
+        if let asked = requested[record.node], asked.version <= record.version { requested[record.node] = nil }
+        if matters, peer == record.node {
+            out += eagerRecords(of: record.node, except: peer, now: now)
+        } else {
+            pendingAnnounce[record.node] = [peer]
+        }
         return out
     }
 
@@ -346,28 +470,43 @@ public struct Membership: Sendable {
         nodes.map { DigestEntry(node: $0, version: entries[$0]!.record.version) }
     }
 
-    /// FNV-1a over the digest: equal for two members exactly when (barring a collision, which only delays an
-    /// exchange until something changes) they hold the same versions of the same members.
-    public var digestHash: UInt64 {
-        mutating get {
-            if let cachedDigestHash { return cachedDigestHash }
-            let hash = computeDigestHash()
-            cachedDigestHash = hash
-            return hash
-        }
+    /// The most buckets a digest is split into.
+    public static let maxBuckets = 64
+
+    /// How many buckets our summaries use: about 16 members each, a power of two, at most ``maxBuckets``.
+    public var bucketCount: Int {
+        var count = 1
+        while count * 2 <= min(Self.maxBuckets, nodes.count / 16) { count *= 2 }
+        return count
     }
 
-    private func computeDigestHash() -> UInt64 {
+    /// Which of `count` buckets a member's digest entry falls in (FNV-1a 64 of its name, modulo `count`).
+    public static func bucket(of node: String, count: Int) -> Int {
+        guard count > 1 else { return 0 }
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        func mix(_ byte: UInt8) { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
+        for byte in node.utf8 { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
+        return Int(hash % UInt64(count))
+    }
+
+    /// FNV-1a over each bucket's entries (name, 0, generation and heartbeat little-endian), in node order: equal for
+    /// two members exactly when (barring a collision, which only delays an exchange until something changes) they
+    /// hold the same versions of the same members in that bucket.
+    public mutating func bucketHashes(count: Int) -> [UInt64] {
+        if let cachedBuckets, cachedBuckets.count == count { return cachedBuckets.hashes }
+        var hashes = [UInt64](repeating: 0xcbf2_9ce4_8422_2325, count: count)
         for entry in digest() {
+            let b = Self.bucket(of: entry.node, count: count)
+            var hash = hashes[b]
+            func mix(_ byte: UInt8) { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
             for byte in entry.node.utf8 { mix(byte) }
             mix(0)
             for value in [entry.version.generation, entry.version.heartbeat] {
                 for shift in stride(from: 0, to: 64, by: 8) { mix(UInt8(truncatingIfNeeded: value >> UInt64(shift))) }
             }
+            hashes[b] = hash
         }
-        return hash
+        cachedBuckets = (count, hashes)
+        return hashes
     }
 
     /// Members judged alive (ourselves included).

@@ -80,6 +80,8 @@ public struct RunResult: Sendable {
     public var bytesPerNodeSecond = 0.0
     /// Gossip frames by kind, and own-record signings, over the measured window (all nodes).
     public var frames: [String: Int] = [:]
+    /// Gossip bytes by the same kinds.
+    public var frameBytes: [String: Double] = [:]
     public var signings = 0
     /// Upstream pulls started on an agreed plan beside C others, one of which the fleet could not know of: its member was
     /// cut off or stopped before the record saying it had started left it.
@@ -108,8 +110,8 @@ public struct Simulation {
     }
 
     enum Message {
-        case summary(UInt64)
-        case digest([Membership.DigestEntry], isReply: Bool)
+        case summary(Membership.Summary)
+        case digest([Membership.DigestEntry], Membership.DigestScope)
         case records([(MemberRecord, [UInt8])])
     }
 
@@ -281,9 +283,9 @@ public struct Simulation {
             guard canTalk(to, from), nodes[to].links.contains(from) else { return }
             let peer = nodes[from].name
             switch message {
-            case .summary(let hash): perform(to, nodes[to].membership.onSummary(from: peer, hash: hash, now: d))
-            case .digest(let entries, let isReply):
-                perform(to, nodes[to].membership.onDigest(from: peer, entries: entries, isReply: isReply, now: d))
+            case .summary(let summary): perform(to, nodes[to].membership.onSummary(from: peer, summary, now: d))
+            case .digest(let entries, let scope):
+                perform(to, nodes[to].membership.onDigest(from: peer, entries: entries, scope: scope, now: d))
             case .records(let records):
                 for (record, signed) in records { perform(to, nodes[to].membership.onRecord(record, signed: signed, from: peer, now: d)) }
             }
@@ -340,10 +342,10 @@ public struct Simulation {
             case .signOwnRecord(let record):
                 if now >= scenario.pushAt { result.signings += 1 }
                 perform(i, nodes[i].membership.onOwnRecordSigned(record, signed: [], now: d))
-            case .sendSummary(let peer):
-                send(from: i, to: peer, .summary(nodes[i].membership.digestHash), bytes: 45)
-            case .sendDigest(let peer, let entries, let isReply):
-                send(from: i, to: peer, .digest(entries, isReply: isReply), bytes: 40 + 14 * Double(entries.count))
+            case .sendSummary(let peer, let summary):
+                send(from: i, to: peer, .summary(summary), bytes: 40 + 8 * Double(summary.hashes.count))
+            case .sendDigest(let peer, let entries, let scope):
+                send(from: i, to: peer, .digest(entries, scope), bytes: 40 + 14 * Double(entries.count))
             case .sendRecords(let peer, let names):
                 let records = names.compactMap { n in nodes[i].membership.entries[n].map { ($0.record, $0.signed) } }
                 send(from: i, to: peer, .records(records), bytes: 30 + 260 * Double(records.count))
@@ -365,11 +367,15 @@ public struct Simulation {
             messages += 1
             messageBytes += bytes
             let kind = switch message {
-            case .summary: "summary"
-            case .digest: "digest"
-            case .records(let r): "records(\(r.count))"
+            case .summary(let s): s.hashes.count > 1 ? "summary(all buckets)" : "summary"
+            case .digest(_, .full): "digest(full)"
+            case .digest(_, .buckets): "digest(buckets)"
+            case .digest(_, .announce): "announce"
+            case .digest(_, .reply): "reply"
+            case .records: "records"
             }
             result.frames[kind, default: 0] += 1
+            result.frameBytes[kind, default: 0] += bytes
         }
         queue.push(.deliver(to: j, from: i, message), at: now + scenario.latency)
     }

@@ -92,7 +92,10 @@ struct DmirrSimCommand: ParsableCommand {
                     + String(format: " %8d %8d", b.peakUpstreamConcurrency, b.refusals)
             }
             print(line)
-            if verbose { print("   frames \(r.frames.sorted { $0.key < $1.key }), own-record signings \(r.signings)") }
+            if verbose {
+                let kinds = r.frames.keys.sorted().map { "\($0) \(r.frames[$0]!) (\(Int(r.frameBytes[$0] ?? 0)) B)" }
+                print("   frames: \(kinds.joined(separator: ", ")); own-record signings \(r.signings)")
+            }
             for v in r.violations.prefix(5) { print("   VIOLATION seed \(s): \(v)") }
             if r.unseenStarts > 0 {
                 print("   note seed \(s): \(r.unseenStarts) upstream pull(s) started beside one the fleet never heard of (its member cut off or stopped right after starting)")

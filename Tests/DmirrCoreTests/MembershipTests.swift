@@ -24,8 +24,8 @@ struct MiniFleet {
     }
 
     enum Message {
-        case summary(from: String, to: String, UInt64)
-        case digest(from: String, to: String, [Membership.DigestEntry], isReply: Bool)
+        case summary(from: String, to: String, Membership.Summary)
+        case digest(from: String, to: String, [Membership.DigestEntry], Membership.DigestScope)
         case records(from: String, to: String, [String])
     }
 
@@ -44,17 +44,23 @@ struct MiniFleet {
             precondition(steps < 100_000, "gossip did not quiesce")
             let message = queue.removeFirst()
             switch message {
-            case .summary(let from, let to, let hash):
+            case .summary(let from, let to, let summary):
                 counts["summary", default: 0] += 1
                 guard delivers(from, to) else { continue }
-                queue += carryOut(to, members[to]!.onSummary(from: from, hash: hash, now: now))
-            case .digest(let from, let to, let entries, let isReply):
-                counts["digest", default: 0] += 1
+                queue += carryOut(to, members[to]!.onSummary(from: from, summary, now: now))
+            case .digest(let from, let to, let entries, let scope):
+                let kind = switch scope {
+                case .announce: "announce"
+                case .full: "full digest"
+                default: "digest"
+                }
+                counts[kind, default: 0] += 1
                 guard delivers(from, to) else { continue }
-                queue += carryOut(to, members[to]!.onDigest(from: from, entries: entries, isReply: isReply, now: now))
+                queue += carryOut(to, members[to]!.onDigest(from: from, entries: entries, scope: scope, now: now))
             case .records(let from, let to, let nodes):
                 counts["records", default: 0] += 1
                 guard delivers(from, to) else { continue }
+                counts["record", default: 0] += nodes.count
                 for node in nodes {
                     let entry = members[from]!.entries[node]!
                     queue += carryOut(to, members[to]!.onRecord(entry.record, signed: entry.signed, from: from, now: now))
@@ -69,8 +75,8 @@ struct MiniFleet {
             switch d {
             case .signOwnRecord(let r):
                 out += carryOut(name, members[name]!.onOwnRecordSigned(r, signed: Array("\(r.node)@\(r.version)".utf8), now: now))
-            case .sendSummary(let to): out.append(.summary(from: name, to: to, members[name]!.digestHash))
-            case .sendDigest(let to, let entries, let isReply): out.append(.digest(from: name, to: to, entries, isReply: isReply))
+            case .sendSummary(let to, let summary): out.append(.summary(from: name, to: to, summary))
+            case .sendDigest(let to, let entries, let scope): out.append(.digest(from: name, to: to, entries, scope))
             case .sendRecords(let to, let nodes): out.append(.records(from: name, to: to, nodes))
             case .persist, .livenessChanged, .wake, .closeLink: break
             }
@@ -132,7 +138,7 @@ struct MiniFleet {
         }
         #expect(spreadRounds <= 6, "took \(spreadRounds) rounds")
 
-        // Progress is not pushed eagerly: it travels with the rotation, a few rounds later.
+        // Progress is not pushed eagerly: it is announced hop by hop, a round per hop.
         fleet.members["m3"]!.updateOwn { $0.progress = 0.5 }
         fleet.round()
         #expect(!fleet.members.values.allSatisfy { $0.entries["m3"]?.record.progress == 0.5 })
@@ -144,10 +150,12 @@ struct MiniFleet {
         #expect(spread <= 12, "took \(spread) rounds")
 
         // With nothing new, rounds carry only summaries: one per member per round, plus a keepalive on links that
-        // the rotation has not reached for suspect_after / 3. No digest, no record.
+        // the rotation has not reached for suspect_after / 3. No digest, no announcement, no record.
+        for _ in 0..<2 { fleet.round() }  // the last announcements of that change
         fleet.counts = [:]
         for _ in 0..<6 { fleet.round() }  // well inside the 30 s refresh
-        #expect(fleet.counts["digest", default: 0] == 0)
+        #expect(fleet.counts["digest", default: 0] == 0 && fleet.counts["full digest", default: 0] == 0)
+        #expect(fleet.counts["announce", default: 0] == 0)
         #expect(fleet.counts["records", default: 0] == 0)
         let perMemberRound = Double(fleet.counts["summary", default: 0]) / Double(20 * 6)
         #expect(perMemberRound >= 1 && perMemberRound <= 2, "\(perMemberRound) summaries per member per round")
@@ -268,9 +276,9 @@ struct MiniFleet {
         for node in ["b", "c", "d"] { _ = a.onRecord(MemberRecord(node: node, generation: 1), signed: [2], from: "x", now: .zero) }
         // b replies asking for c only (it holds an older c); it has a, b and d already.
         let ask = [Membership.DigestEntry(node: "c", version: .init(generation: 0, heartbeat: 0))]
-        #expect(a.onDigest(from: "b", entries: ask, isReply: true, now: .zero) == [.sendRecords(to: "b", nodes: ["c"])])
+        #expect(a.onDigest(from: "b", entries: ask, scope: .reply, now: .zero) == [.sendRecords(to: "b", nodes: ["c"])])
         // The same entries as a full digest mean b lacks everything else too.
-        let full = a.onDigest(from: "b", entries: ask, isReply: false, now: .zero)
+        let full = a.onDigest(from: "b", entries: ask, scope: .full, now: .zero)
         #expect(full.contains(.sendRecords(to: "b", nodes: ["a", "b", "c", "d"])))
     }
 
@@ -313,10 +321,135 @@ struct MiniFleet {
         var a = Membership(me: "a", generation: 1)
         _ = a.onOwnRecordSigned(MemberRecord(node: "a", generation: 1), signed: [1], now: .zero)
         let theirs = [Membership.DigestEntry(node: "b", version: .init(generation: 1, heartbeat: 1))]
-        let asRequest = a.onDigest(from: "b", entries: theirs, isReply: false, now: .zero)
+        let asRequest = a.onDigest(from: "b", entries: theirs, scope: .full, now: .zero)
         #expect(asRequest.contains(.sendRecords(to: "b", nodes: ["a"])))
-        #expect(asRequest.contains { if case .sendDigest(_, _, true) = $0 { true } else { false } })
-        let asReply = a.onDigest(from: "b", entries: theirs, isReply: true, now: .zero)
+        #expect(asRequest.contains { if case .sendDigest(_, _, .reply) = $0 { true } else { false } })
+        let asReply = a.onDigest(from: "b", entries: theirs, scope: .reply, now: .zero)
         #expect(!asReply.contains { if case .sendDigest = $0 { true } else { false } })
+    }
+
+    @Test func theDefaultRefreshGrowsWithTheFleet() {
+        let c = Membership.Configuration()
+        #expect(c.refresh(members: 3) == .seconds(30))
+        #expect(c.refresh(members: 15) == .seconds(30))
+        #expect(c.refresh(members: 100) == .seconds(200))
+        #expect(c.refresh(members: 1000) == .seconds(2000))
+        var fixed = c
+        fixed.refreshInterval = .seconds(7)
+        #expect(fixed.refresh(members: 1000) == .seconds(7))
+    }
+
+    @Test func aChangeReachesEveryMemberAboutOnceByAnnouncement() {
+        // 64 members, four links each: a change that is only announced (progress) must reach everyone, and each
+        // member must receive the record itself about once, not once per link.
+        let (names, links) = Self.ring(64)
+        var fleet = MiniFleet(names, links: links)
+        for _ in 0..<15 { fleet.round() }
+        #expect(fleet.converged)
+        fleet.counts = [:]
+        fleet.members["m5"]!.updateOwn { $0.progress = 0.25 }
+        var rounds = 0
+        repeat {
+            fleet.round()
+            rounds += 1
+        } while !fleet.members.values.allSatisfy({ $0.entries["m5"]?.record.progress == 0.25 }) && rounds < 40
+        // A round per hop: this ring's diameter is 16.
+        #expect(rounds <= 18, "took \(rounds) rounds")
+        let records = fleet.counts["record", default: 0]
+        #expect(records >= 63 && records <= 63 * 2, "\(records) record copies for 63 receivers")
+        #expect(fleet.counts["announce", default: 0] > 0)
+        // No whole digest was exchanged for it (bucket summaries that met it on its way may exchange a bucket).
+        #expect(fleet.counts["full digest", default: 0] == 0, "\(fleet.counts)")
+    }
+
+    @Test func bucketSummariesRepairAMissedRecordWithoutAWholeDigest() {
+        // A member that missed a version (its links were cut while it spread) gets it through a summary of the
+        // bucket it is in, and the exchange carries only that bucket's entries.
+        let (names, links) = Self.ring(64)
+        var fleet = MiniFleet(names, links: links)
+        for _ in 0..<15 { fleet.round() }
+        #expect(fleet.members["m0"]!.bucketCount == 4)
+        let m9Links = fleet.members["m9"]!.connected
+        fleet.cut = Set(m9Links.map { [$0, "m9"].sorted() })
+        fleet.members["m40"]!.updateOwn { $0.progress = 0.5 }
+        for _ in 0..<2 { fleet.round() }  // announced and fetched everywhere but at m9 (shorter than suspect_after)
+        fleet.cut = []
+        #expect(fleet.members["m9"]!.entries["m40"]?.record.progress != 0.5)
+        fleet.counts = [:]
+        var rounds = 0
+        while fleet.members["m9"]!.entries["m40"]?.record.progress != 0.5 && rounds < 40 {
+            fleet.round()
+            rounds += 1
+        }
+        #expect(fleet.members["m9"]!.entries["m40"]?.record.progress == 0.5, "never repaired")
+        // Each link cycles through the 4 buckets, a summary every round or keepalive: a handful of rounds.
+        #expect(rounds <= 16, "took \(rounds) rounds")
+        #expect(fleet.counts["digest", default: 0] >= 1 && fleet.counts["full digest", default: 0] == 0, "\(fleet.counts)")
+    }
+
+    @Test func bucketDigestsCarryOnlyTheirBuckets() {
+        var a = Membership(me: "a", generation: 1)
+        _ = a.onOwnRecordSigned(MemberRecord(node: "a", generation: 1), signed: [1], now: .zero)
+        for i in 0..<63 { _ = a.onRecord(MemberRecord(node: "n\(i)", generation: 1), signed: [2], from: "x", now: .zero) }
+        #expect(a.bucketCount == 4)
+        var hashes = a.bucketHashes(count: 4)
+        hashes[2] &+= 1  // the peer differs in bucket 2 only
+        let out = a.onSummary(from: "b", Membership.Summary(buckets: 4, first: 0, hashes: hashes), now: .zero)
+        guard case .sendDigest(_, let entries, .buckets([2], of: 4))? = out.first, out.count == 1 else {
+            Issue.record("expected one digest of bucket 2, got \(out)")
+            return
+        }
+        #expect(!entries.isEmpty && entries.count < 32)
+        #expect(entries.allSatisfy { Membership.bucket(of: $0.node, count: 4) == 2 })
+        // Equal hashes: nothing to say.
+        #expect(a.onSummary(from: "b", Membership.Summary(buckets: 4, first: 1, hashes: [a.bucketHashes(count: 4)[1]]), now: .zero) == [])
+        // A bucket digest says the sender lacks what it does not list, within its buckets only.
+        let lacking = a.onDigest(from: "b", entries: [], scope: .buckets([2], of: 4), now: .zero)
+        let inTwo = a.nodes.filter { Membership.bucket(of: $0, count: 4) == 2 }
+        #expect(lacking == [.sendRecords(to: "b", nodes: inTwo)])
+    }
+
+    @Test func anAnnouncementIsFetchedOnceFromSeveralAnnouncers() {
+        var a = Membership(me: "a", generation: 1)
+        let v = RecordVersion(generation: 1, heartbeat: 4)
+        let news = [Membership.DigestEntry(node: "c", version: v)]
+        let first = a.onDigest(from: "b", entries: news, scope: .announce, now: .seconds(1))
+        #expect(first == [.sendDigest(to: "b", entries: [.init(node: "c", version: .init(generation: 0, heartbeat: 0))], scope: .reply)])
+        // A second announcer in the same round: the copy asked for is on its way.
+        #expect(a.onDigest(from: "d", entries: news, scope: .announce, now: .seconds(1)) == [])
+        // It never came: ask again once it is late.
+        #expect(a.onDigest(from: "d", entries: news, scope: .announce, now: .seconds(4)).count == 1)
+    }
+
+    @Test func aRestartedMemberSeesTheFleetAliveAtOnceAndTheDeadDown() {
+        // A refresh far away, as in a large fleet: only the restored records and the suspicions can decide.
+        var config = Membership.Configuration()
+        config.suspectAfter = .seconds(5)
+        config.downAfter = .seconds(12)
+        config.refreshInterval = .seconds(3000)
+        let (names, links) = Self.ring(12)
+        var fleet = MiniFleet(names, links: links, configuration: config)
+        for _ in 0..<5 { fleet.round() }
+        // m6 dies for good; the others judge it down.
+        fleet.down = ["m6"]
+        for _ in 0..<20 { fleet.round() }
+        #expect(fleet.views(of: "m6").allSatisfy { $0 == .down })
+        // m3 restarts from its saved records (its own included) and gets its links back.
+        let saved = fleet.members["m3"]!.entries.values
+        var restarted = Membership(me: "m3", generation: 5000, configuration: config)
+        for e in saved { restarted.restore(e.record, signed: e.signed, now: fleet.now) }
+        fleet.members["m3"] = restarted
+        for peer in links.filter({ $0.0 == "m3" || $0.1 == "m3" }).map({ $0.0 == "m3" ? $0.1 : $0.0 }) {
+            fleet.members["m3"]!.onConnected(peer, now: fleet.now)
+            fleet.members[peer]!.onDisconnected("m3")
+            fleet.members[peer]!.onConnected("m3", now: fleet.now)
+        }
+        fleet.round()
+        let alive = Set(fleet.members["m3"]!.aliveMembers)
+        #expect(alive == Set(names).subtracting(["m6"]), "alive after a restart: \(alive.sorted())")
+        // The dead member is suspected by those who watched it, so the restarted member takes it down on time.
+        for _ in 0..<12 { fleet.round() }
+        #expect(fleet.members["m3"]!.entries["m6"]?.liveness == .down)
+        #expect(Set(fleet.members["m3"]!.aliveMembers) == Set(names).subtracting(["m6"]))
     }
 }

@@ -419,22 +419,36 @@ public nonisolated struct WireSignedRecord: Sendable {
   public init() {}
 }
 
-/// Each round, to one peer in rotation (and to any link idle for suspect_after / 3): a hash of the sender's digest.
-/// A receiver whose own digest hashes differently answers with a GossipDigest.
+/// Each round, to one peer in rotation (and to any link idle for suspect_after / 3): the hash of one bucket of the
+/// sender's digest, each link cycling through the buckets; on a new link, from the side whose node name sorts first,
+/// the hashes of every bucket. A member's digest entry is in bucket FNV-1a 64(node name) mod `buckets`. A receiver
+/// whose own hash of a bucket differs answers with a GossipDigest of its entries in those buckets.
 public nonisolated struct WireGossipSummary: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// FNV-1a 64 over (node, 0, generation LE64, heartbeat LE64) in node order
-  public var digestHash: UInt64 = 0
+  /// hashes[i] is bucket first + i's: FNV-1a 64 over (node, 0, generation LE64,
+  public var hashes: [UInt64] = []
+
+  /// heartbeat LE64) of the bucket's entries in node order
+  public var first: UInt32 = 0
+
+  /// how many buckets the digest is split into; 0 or 1: one, the whole digest
+  public var buckets: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
 
-/// What the sender knows, newest version per member.
+/// Node → newest version the sender holds, for some or all members. What the entries stand for:
+///   neither flag, `bucket_count` ≤ 1: everything the sender holds (a member missing is one it lacks);
+///   neither flag, `bucket_count` > 1: everything it holds in `buckets`;
+///   `announce`: versions the sender has just learned (a receiver that lacks one asks with a reply);
+///   `is_reply`: exactly the members it asks for, at the versions it holds.
+/// Anything but a reply or an announcement is answered with the records the sender lacks and a reply for what the
+/// receiver lacks.
 public nonisolated struct WireGossipDigest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -444,6 +458,12 @@ public nonisolated struct WireGossipDigest: Sendable {
 
   /// an answer to the peer's digest: do not answer it with another digest
   public var isReply: Bool = false
+
+  public var buckets: [UInt32] = []
+
+  public var bucketCount: UInt32 = 0
+
+  public var announce: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1096,7 +1116,7 @@ nonisolated extension WireSignedRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension WireGossipSummary: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GossipSummary"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}digest_hash\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}hashes\0\u{1}first\0\u{1}buckets\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1104,21 +1124,31 @@ nonisolated extension WireGossipSummary: SwiftProtobuf.Message, SwiftProtobuf._M
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularFixed64Field(value: &self.digestHash) }()
+      case 1: try { try decoder.decodeRepeatedFixed64Field(value: &self.hashes) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.first) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.buckets) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if self.digestHash != 0 {
-      try visitor.visitSingularFixed64Field(value: self.digestHash, fieldNumber: 1)
+    if !self.hashes.isEmpty {
+      try visitor.visitPackedFixed64Field(value: self.hashes, fieldNumber: 1)
+    }
+    if self.first != 0 {
+      try visitor.visitSingularUInt32Field(value: self.first, fieldNumber: 2)
+    }
+    if self.buckets != 0 {
+      try visitor.visitSingularUInt32Field(value: self.buckets, fieldNumber: 3)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: WireGossipSummary, rhs: WireGossipSummary) -> Bool {
-    if lhs.digestHash != rhs.digestHash {return false}
+    if lhs.hashes != rhs.hashes {return false}
+    if lhs.first != rhs.first {return false}
+    if lhs.buckets != rhs.buckets {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1126,7 +1156,7 @@ nonisolated extension WireGossipSummary: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension WireGossipDigest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GossipDigest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}entries\0\u{3}is_reply\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}entries\0\u{3}is_reply\0\u{1}buckets\0\u{3}bucket_count\0\u{1}announce\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1136,6 +1166,9 @@ nonisolated extension WireGossipDigest: SwiftProtobuf.Message, SwiftProtobuf._Me
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.entries) }()
       case 2: try { try decoder.decodeSingularBoolField(value: &self.isReply) }()
+      case 3: try { try decoder.decodeRepeatedUInt32Field(value: &self.buckets) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.bucketCount) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.announce) }()
       default: break
       }
     }
@@ -1148,12 +1181,24 @@ nonisolated extension WireGossipDigest: SwiftProtobuf.Message, SwiftProtobuf._Me
     if self.isReply != false {
       try visitor.visitSingularBoolField(value: self.isReply, fieldNumber: 2)
     }
+    if !self.buckets.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.buckets, fieldNumber: 3)
+    }
+    if self.bucketCount != 0 {
+      try visitor.visitSingularUInt32Field(value: self.bucketCount, fieldNumber: 4)
+    }
+    if self.announce != false {
+      try visitor.visitSingularBoolField(value: self.announce, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: WireGossipDigest, rhs: WireGossipDigest) -> Bool {
     if lhs.entries != rhs.entries {return false}
     if lhs.isReply != rhs.isReply {return false}
+    if lhs.buckets != rhs.buckets {return false}
+    if lhs.bucketCount != rhs.bucketCount {return false}
+    if lhs.announce != rhs.announce {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
