@@ -281,7 +281,8 @@ public struct Membership: Sendable {
         var out: [Directive] = []
         for peer in peers {
             let news = pending.compactMap { node -> DigestEntry? in
-                guard !pendingAnnounce[node]!.contains(peer), let held = self.entries[node] else { return nil }
+                // Not back to whoever told us, nor to the member the record is of.
+                guard node != peer, !pendingAnnounce[node]!.contains(peer), let held = self.entries[node] else { return nil }
                 return DigestEntry(node: node, version: held.record.version)
             }
             guard !news.isEmpty else { continue }
