@@ -16,7 +16,8 @@ struct SyncService: Service {
 
     enum Event: Sendable {
         case tick
-        case polled(Result<Token, SyncError>)
+        /// A token fetch's result, and when it was asked for (so a late answer cannot overwrite a newer one).
+        case polled(Result<Token, SyncError>, at: Duration)
         case progress(Double)
         case finished(SyncReport)
         case announced
@@ -69,12 +70,12 @@ struct SyncService: Service {
                     let suspects = await node.suspectRecords()
                     directives += coordinator.onView(view, suspects: suspects, wallMillis: Self.wallMillis, now: now)
                     directives += coordinator.onTick(now: now)
-                case .polled(.success(let token)):
-                    directives += coordinator.onUpstreamToken(token.value, wallMillis: Self.wallMillis, now: now)
-                case .polled(.failure(let error)):
+                case .polled(.success(let token), let at):
+                    directives += coordinator.onUpstreamToken(token.value, wallMillis: Self.wallMillis, now: now, polledAt: at)
+                case .polled(.failure(let error), let at):
                     logger.warning("cannot read the upstream token", metadata: ["error": "\(error.message)"])
                     await node.updateOwn { $0.lastError = error.message }
-                    directives += coordinator.onUpstreamUnreachable(now: now)
+                    directives += coordinator.onUpstreamUnreachable(now: now, polledAt: at)
                 case .progress(let fraction):
                     coordinator.onPullProgress(now: now, fraction: fraction)
                 case .announced:
@@ -105,7 +106,7 @@ struct SyncService: Service {
                     case .pollUpstream:
                         group.addTask {
                             let quiet = Logger(label: "dmirr.probe", factory: { _ in SwiftLogNoOpLogHandler() })
-                            sink.yield(.polled(await pipeline.probeSource(logger: quiet)))
+                            sink.yield(.polled(await pipeline.probeSource(logger: quiet), at: now))
                         }
                     case .startPull(let source, let token):
                         var options = SyncPipeline.Options()

@@ -126,6 +126,9 @@ public struct SyncCoordinator: Sendable {
     private var upstreamPlannedSince: Duration?
     private var lastPoll: Duration?
     private var pollPending = false
+    /// When the poll whose answer we last took was issued: an answer to an older poll (one given up as lost, answering
+    /// late) must not overwrite newer news.
+    private var newestAnswerPolledAt: Duration?
     /// We already gave up one source of the target token for being slow (see `Configuration.overtakenBy`).
     private var abandonedSlowSource = false
     private var overtakeCheckedAt = -1
@@ -170,8 +173,9 @@ public struct SyncCoordinator: Sendable {
     }
 
     /// What our own fetch of upstream's token file found.
-    public mutating func onUpstreamToken(_ token: String, wallMillis: Int64, now: Duration) -> [Directive] {
-        pollPending = false
+    /// - Parameter polledAt: when the shell carried out the `pollUpstream` this answers (its `now` then); nil: now.
+    public mutating func onUpstreamToken(_ token: String, wallMillis: Int64, now: Duration, polledAt: Duration? = nil) -> [Directive] {
+        guard takeAnswer(polledAt: polledAt ?? now) else { return [] }
         ownPollFailed = false
         if let target, target.token == token {
             self.target!.confirmed = true
@@ -192,10 +196,19 @@ public struct SyncCoordinator: Sendable {
 
     /// The poll failed (refused as busy, or upstream unreachable from here); try again at the next interval. Until a
     /// poll answers, a token a live member has published is taken as confirmed (see the type's documentation).
-    public mutating func onUpstreamUnreachable(now: Duration) -> [Directive] {
-        pollPending = false
+    public mutating func onUpstreamUnreachable(now: Duration, polledAt: Duration? = nil) -> [Directive] {
+        guard takeAnswer(polledAt: polledAt ?? now) else { return [] }
         ownPollFailed = true
         return decide(now: now)
+    }
+
+    /// Whether a poll's answer is news: not older than the one we last took. It ends the pending poll when it answers
+    /// that one (or one issued later).
+    private mutating func takeAnswer(polledAt: Duration) -> Bool {
+        if let newest = newestAnswerPolledAt, polledAt < newest { return false }
+        newestAnswerPolledAt = polledAt
+        if lastPoll.map({ polledAt >= $0 }) ?? true { pollPending = false }
+        return true
     }
 
     /// - Parameter fraction: how much of the pull is done (0…1), when the shell knows.

@@ -97,7 +97,7 @@ public struct Simulation {
     enum Event {
         case tick(Int)
         case deliver(to: Int, from: Int, Message)
-        case pollAnswer(Int)
+        case pollAnswer(Int, polledAt: Double)
         case pullConnect(Int, pull: Int)
         case transferCheck(generation: Int)
         case pullFinished(Int, pull: Int, SyncCoordinator.PullOutcome)
@@ -289,12 +289,12 @@ public struct Simulation {
             case .records(let records):
                 for (record, signed) in records { perform(to, nodes[to].membership.onRecord(record, signed: signed, from: peer, now: d)) }
             }
-        case .pollAnswer(let i):
+        case .pollAnswer(let i, let polledAt):
             guard nodes[i].alive else { return }
             // A stopped agent reads the answer when it continues.
-            guard !nodes[i].stopped else { return queue.push(.pollAnswer(i), at: now + 1) }
+            guard !nodes[i].stopped else { return queue.push(.pollAnswer(i, polledAt: polledAt), at: now + 1) }
             if upstreamToken != "T0", result.detect == nil { result.detect = now - scenario.pushAt }
-            coordinate(i, nodes[i].coordinator.onUpstreamToken(upstreamToken, wallMillis: wallMillis, now: d))
+            coordinate(i, nodes[i].coordinator.onUpstreamToken(upstreamToken, wallMillis: wallMillis, now: d, polledAt: .nanoseconds(Int64(polledAt * 1e9))))
         case .pullConnect(let i, let number):
             guard nodes[i].alive, let pull = nodes[i].pull, pull.number == number else { return }
             connect(i, pull: pull)
@@ -386,7 +386,7 @@ public struct Simulation {
         for directive in directives {
             switch directive {
             case .pollUpstream:
-                queue.push(.pollAnswer(i), at: now + 4 * scenario.latency)
+                queue.push(.pollAnswer(i, polledAt: now), at: now + 4 * scenario.latency)
             case .startPull(let source, let token):
                 pullNumber += 1
                 if source == .upstream, nodes[i].coordinator.agreed { agreedPulls.insert(pullNumber) }

@@ -64,6 +64,26 @@ import Testing
         #expect(Self.pulls(c.onTick(now: .seconds(13))) == [.upstream])
     }
 
+    @Test func aLateAnswerToAPollGivenUpAsLostDoesNotTurnTheTargetBack() {
+        var c = SyncCoordinator(me: "a", publishedToken: "T1", configuration: Self.config())
+        _ = c.onView([Self.record("b"), Self.record("c")], wallMillis: 0, now: .zero)
+        #expect(c.onTick(now: .zero).contains(.pollUpstream))  // poll 1 goes out and hangs
+        // Given up as lost after stall_after (30 s); poll 2 goes out at the next interval and reads T2.
+        let second = Duration.seconds(100)
+        #expect(c.onTick(now: second).contains(.pollUpstream))
+        _ = c.onUpstreamToken("T2", wallMillis: 9_000, now: second + .seconds(1), polledAt: second)
+        #expect(c.target?.token == "T2")
+        // Poll 1's answer, from before the push, arrives last: it is old news.
+        #expect(c.onUpstreamToken("T1", wallMillis: 9_500, now: second + .seconds(2), polledAt: .zero) == [])
+        #expect(c.target?.token == "T2" && c.target?.confirmed == true)
+        _ = c.onUpstreamUnreachable(now: second + .seconds(3), polledAt: .zero)
+        #expect(c.vouchedBy == nil)
+        // A newer poll's answer still counts.
+        let third = second + .seconds(100)
+        _ = c.onUpstreamToken("T3", wallMillis: 20_000, now: third + .seconds(1), polledAt: third)
+        #expect(c.target?.token == "T3")
+    }
+
     @Test func aLyingPeerCannotSendTheFleetAfterATokenUpstreamDoesNotServe() {
         var c = SyncCoordinator(me: "a", publishedToken: "T1", configuration: Self.config())
         _ = c.onUpstreamToken("T1", wallMillis: 1_000, now: .zero)
