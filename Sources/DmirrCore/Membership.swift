@@ -38,6 +38,13 @@ public struct Membership: Sendable {
         /// member a bounded rate: about one record every `perMemberRefresh` (its ~300 bytes plus an announcement per
         /// link), whatever N is.
         public var perMemberRefresh: Duration = .seconds(2)
+        /// A change to fields the plan does not depend on (progress, serving count, plan digest, last error) waits
+        /// until this long after the last signing, so that a value changing every round costs one record per
+        /// `lazyResign`, not one per round; it goes out with the next change that matters, if that comes first.
+        /// (In a push at N = 300 the plan digest changed about every 4 s on every member; waiting three rounds halved
+        /// the records signed, and with them the gossip bytes, at 2 s more t100 and no start off an agreed plan.)
+        /// Nil means three gossip rounds.
+        public var lazyResign: Duration?
 
         public init() {}
 
@@ -153,6 +160,8 @@ public struct Membership: Sendable {
     private var rotation = 0
     private var lastSigned: Duration?
     private var ownDirty = true
+    /// Our record changed only in fields the plan does not depend on (progress, serving count, plan digest…).
+    private var ownLazy = false
     private var pushNextSigning = false
 
     /// - Parameter generation: distinct for each start of this member (the shell uses its wall-clock start time).
@@ -191,7 +200,8 @@ public struct Membership: Sendable {
         own.generation = before.generation
         own.heartbeat = before.heartbeat
         own.suspects = before.suspects
-        if own != before { ownDirty = true }
+        guard own != before else { return }
+        if Self.matters(from: before, to: own) { ownDirty = true } else { ownLazy = true }
     }
 
     public mutating func onConnected(_ peer: String, now: Duration) {
@@ -244,10 +254,13 @@ public struct Membership: Sendable {
             own.suspects = suspects
             ownDirty = true
         }
-        if ownDirty || lastSigned.map({ now - $0 >= configuration.refresh(members: nodes.count) }) ?? true {
+        let sinceSigned = lastSigned.map { now - $0 }
+        let lazyDue = ownLazy && sinceSigned.map { $0 >= configuration.lazyResign ?? configuration.gossipInterval * 3 } ?? true
+        if ownDirty || lazyDue || sinceSigned.map({ $0 >= configuration.refresh(members: nodes.count) }) ?? true {
             own.heartbeat += 1
             lastSigned = now
             ownDirty = false
+            ownLazy = false
             out.append(.signOwnRecord(own))
         }
         let peers = connected.sorted()

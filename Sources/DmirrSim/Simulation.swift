@@ -23,6 +23,8 @@ public struct Scenario: Sendable, Equatable {
     public var downAfter = 60.0
     /// How often an unchanged record is re-signed (nil: half of `downAfter`, the agent's default).
     public var refresh: Double?
+    /// Membership's `lazyResign` (seconds); nil keeps its default.
+    public var lazyResign: Double?
     /// Measure an idle fleet instead: no push happens, and gossip is counted for this long from `pushAt`.
     public var idleWindow: Double?
     /// When upstream's token changes.
@@ -83,6 +85,9 @@ public struct RunResult: Sendable {
     /// Gossip bytes by the same kinds.
     public var frameBytes: [String: Double] = [:]
     public var signings = 0
+    /// Upstream pulls started, and how many of them on an agreed plan (the rest on the agreement deadline).
+    public var upstreamStarts = 0
+    public var agreedUpstreamStarts = 0
     /// Upstream pulls started on an agreed plan beside C others, one of which the fleet could not know of: its member was
     /// cut off or stopped before the record saying it had started left it.
     public var unseenStarts = 0
@@ -159,6 +164,7 @@ public struct Simulation {
         membership.suspectAfter = .seconds(scenario.suspectAfter)
         membership.downAfter = .seconds(scenario.downAfter)
         membership.refreshInterval = scenario.refresh.map { .seconds($0) }
+        if let lazy = scenario.lazyResign { membership.lazyResign = .seconds(lazy) }
         var coordination = SyncCoordinator.Configuration()
         coordination.upstreamSlots = scenario.upstreamSlots
         coordination.serveSlots = scenario.serveSlots
@@ -389,7 +395,13 @@ public struct Simulation {
                 queue.push(.pollAnswer(i, polledAt: now), at: now + 4 * scenario.latency)
             case .startPull(let source, let token):
                 pullNumber += 1
-                if source == .upstream, nodes[i].coordinator.agreed { agreedPulls.insert(pullNumber) }
+                if source == .upstream {
+                    result.upstreamStarts += 1
+                    if nodes[i].coordinator.agreed {
+                        agreedPulls.insert(pullNumber)
+                        result.agreedUpstreamStarts += 1
+                    }
+                }
                 nodes[i].pull = (pullNumber, source, token, nil)
                 nodes[i].membership.updateOwn {
                     $0.syncState = .syncing

@@ -40,9 +40,10 @@ struct DmirrSimCommand: ParsableCommand {
     @Option(help: "When upstream pushes, s of virtual time after start.") var pushAt = 30.0
     @Flag(name: .shortAndLong, help: "Print gossip frames by kind for each run.") var verbose = false
     @Option(help: "Measure an idle fleet: no push; gossip is counted for this many seconds after --push-at.") var idle: Double?
-    @Option(help: "[peers] down_after, s (records are re-signed every half of it unless --refresh says otherwise).")
+    @Option(help: "[peers] down_after, s (an unchanged record is re-signed every half of it or 2 s per member, whichever is longer, unless --refresh says otherwise).")
     var downAfter = 60.0
     @Option(help: "Re-sign an unchanged record this often, s.") var refresh: Double?
+    @Option(help: "Re-sign a change to fields the plan does not depend on (progress, plan digest…) at most this often, s.") var lazyResign: Double?
 
     func run() throws {
         var base = Scenario()
@@ -61,6 +62,7 @@ struct DmirrSimCommand: ParsableCommand {
         base.idleWindow = idle
         base.downAfter = downAfter
         base.refresh = refresh
+        base.lazyResign = lazyResign
         base.failures.kill = kill
         base.failures.stop = stop
         base.failures.partition = partition
@@ -94,7 +96,8 @@ struct DmirrSimCommand: ParsableCommand {
             print(line)
             if verbose {
                 let kinds = r.frames.keys.sorted().map { "\($0) \(r.frames[$0]!) (\(Int(r.frameBytes[$0] ?? 0)) B)" }
-                print("   frames: \(kinds.joined(separator: ", ")); own-record signings \(r.signings)")
+                print("   frames: \(kinds.joined(separator: ", ")); own-record signings \(r.signings); upstream starts "
+                      + "\(r.upstreamStarts), \(r.agreedUpstreamStarts) of them agreed")
             }
             for v in r.violations.prefix(5) { print("   VIOLATION seed \(s): \(v)") }
             if r.unseenStarts > 0 {

@@ -452,4 +452,27 @@ struct MiniFleet {
         #expect(fleet.members["m3"]!.entries["m6"]?.liveness == .down)
         #expect(Set(fleet.members["m3"]!.aliveMembers) == Set(names).subtracting(["m6"]))
     }
+
+    @Test func aValueChangingEveryRoundIsSignedEveryThirdRoundAndAChangeThatMattersAtOnce() {
+        var a = Membership(me: "a", generation: 1)
+        func signs(at second: Int) -> Bool {
+            let now = Duration.seconds(second)
+            for case .signOwnRecord(let r) in a.onTick(now: now) {
+                _ = a.onOwnRecordSigned(r, signed: [1], now: now)
+                return true
+            }
+            return false
+        }
+        #expect(signs(at: 0))
+        var signed: [Int] = []
+        for second in 1...12 {
+            a.updateOwn { $0.progress = Double(second) / 12 }
+            if signs(at: second) { signed.append(second) }
+        }
+        #expect(signed == [3, 6, 9, 12], "progress signed at \(signed)")
+        a.updateOwn { $0.progress = 0.99 }
+        a.updateOwn { $0.syncState = .inSync }
+        #expect(signs(at: 13), "a change of state waited")
+        #expect(a.entries["a"]?.record.progress == 0.99, "the waiting progress went out with it")
+    }
 }
