@@ -6,7 +6,8 @@ in_sync with the new token; then, idle, per agent: gossip bytes/s and messages-e
 peer sockets, TLS included, from `ss -tin` bytes_acked over a window), RSS (VmRSS) and CPU (utime+stime).
 
 Usage: scripts/bench-fleet.py [--dmirr .build/release/dmirr] [--agents 20] [--gossip 1s] [--window 60]
-(The window should cover a record refresh, down_after / 2 = 30 s by default, or it under-counts gossip.)
+(The window should cover a record refresh, the larger of down_after / 2 and 2 s per member: 40 s for 20 agents with
+the default down_after, or it under-counts gossip.)
 """
 import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 from benchlib import free_port, run
