@@ -153,7 +153,8 @@ public actor FleetNode {
                 await session.reject(.forbidden, "operator certificates may not gossip")
                 throw NetError(.protocolViolation, "\(session.peer) tried to gossip")
             }
-            let hashes = Array(summary.hashes.prefix(Membership.maxBuckets))
+            // A 1.0 peer sends only the whole digest's hash.
+            let hashes = summary.hashes.isEmpty ? [summary.digestHash] : Array(summary.hashes.prefix(Membership.maxBuckets))
             let received = Membership.Summary(buckets: Int(summary.buckets), first: Int(min(summary.first, UInt32(Membership.maxBuckets))), hashes: hashes)
             await perform(membership.onSummary(from: session.peer.name, received, now: now))
         case .digest(let digest):
@@ -246,6 +247,7 @@ public actor FleetNode {
                 var envelope = WireEnvelope()
                 envelope.summary = .with {
                     $0.hashes = summary.hashes
+                    if summary.buckets <= 1, let whole = summary.hashes.first { $0.digestHash = whole }
                     $0.first = UInt32(summary.first)
                     $0.buckets = UInt32(summary.buckets)
                 }

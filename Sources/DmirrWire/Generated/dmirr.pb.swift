@@ -428,14 +428,17 @@ public nonisolated struct WireGossipSummary: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// hashes[i] is bucket first + i's: FNV-1a 64 over (node, 0, generation LE64,
-  public var hashes: [UInt64] = []
+  /// protocol 1.0: the hash of the whole digest. Sent as well when the digest is one
+  public var digestHash: UInt64 = 0
 
-  /// heartbeat LE64) of the bucket's entries in node order
+  /// bucket; read when `hashes` is empty
   public var first: UInt32 = 0
 
   /// how many buckets the digest is split into; 0 or 1: one, the whole digest
   public var buckets: UInt32 = 0
+
+  /// hashes[i] is bucket first + i's: FNV-1a 64 over (node, 0, generation LE64,
+  public var hashes: [UInt64] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1116,7 +1119,7 @@ nonisolated extension WireSignedRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension WireGossipSummary: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GossipSummary"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}hashes\0\u{1}first\0\u{1}buckets\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}digest_hash\0\u{1}first\0\u{1}buckets\0\u{1}hashes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1124,17 +1127,18 @@ nonisolated extension WireGossipSummary: SwiftProtobuf.Message, SwiftProtobuf._M
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeRepeatedFixed64Field(value: &self.hashes) }()
+      case 1: try { try decoder.decodeSingularFixed64Field(value: &self.digestHash) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.first) }()
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self.buckets) }()
+      case 4: try { try decoder.decodeRepeatedFixed64Field(value: &self.hashes) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.hashes.isEmpty {
-      try visitor.visitPackedFixed64Field(value: self.hashes, fieldNumber: 1)
+    if self.digestHash != 0 {
+      try visitor.visitSingularFixed64Field(value: self.digestHash, fieldNumber: 1)
     }
     if self.first != 0 {
       try visitor.visitSingularUInt32Field(value: self.first, fieldNumber: 2)
@@ -1142,13 +1146,17 @@ nonisolated extension WireGossipSummary: SwiftProtobuf.Message, SwiftProtobuf._M
     if self.buckets != 0 {
       try visitor.visitSingularUInt32Field(value: self.buckets, fieldNumber: 3)
     }
+    if !self.hashes.isEmpty {
+      try visitor.visitPackedFixed64Field(value: self.hashes, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: WireGossipSummary, rhs: WireGossipSummary) -> Bool {
-    if lhs.hashes != rhs.hashes {return false}
+    if lhs.digestHash != rhs.digestHash {return false}
     if lhs.first != rhs.first {return false}
     if lhs.buckets != rhs.buckets {return false}
+    if lhs.hashes != rhs.hashes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
