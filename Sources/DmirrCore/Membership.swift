@@ -494,12 +494,22 @@ public struct Membership: Sendable {
         return count
     }
 
+    /// FNV-1a 64, fed byte by byte: the hash of bucket assignment and of bucket contents (both on the wire).
+    struct FNV1a {
+        private(set) var value: UInt64 = 0xcbf2_9ce4_8422_2325
+        mutating func add(_ byte: UInt8) { value = (value ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
+        mutating func add(_ text: String) { for byte in text.utf8 { add(byte) } }
+        mutating func add(littleEndian number: UInt64) {
+            for shift in stride(from: 0, to: 64, by: 8) { add(UInt8(truncatingIfNeeded: number >> UInt64(shift))) }
+        }
+    }
+
     /// Which of `count` buckets a member's digest entry falls in (FNV-1a 64 of its name, modulo `count`).
     public static func bucket(of node: String, count: Int) -> Int {
         guard count > 1 else { return 0 }
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in node.utf8 { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
-        return Int(hash % UInt64(count))
+        var hash = FNV1a()
+        hash.add(node)
+        return Int(hash.value % UInt64(count))
     }
 
     /// FNV-1a over each bucket's entries (name, 0, generation and heartbeat little-endian), in node order: equal for
@@ -507,20 +517,17 @@ public struct Membership: Sendable {
     /// hold the same versions of the same members in that bucket.
     public mutating func bucketHashes(count: Int) -> [UInt64] {
         if let cachedBuckets, cachedBuckets.count == count { return cachedBuckets.hashes }
-        var hashes = [UInt64](repeating: 0xcbf2_9ce4_8422_2325, count: count)
+        var hashes = [FNV1a](repeating: FNV1a(), count: count)
         for entry in digest() {
             let b = Self.bucket(of: entry.node, count: count)
-            var hash = hashes[b]
-            func mix(_ byte: UInt8) { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
-            for byte in entry.node.utf8 { mix(byte) }
-            mix(0)
-            for value in [entry.version.generation, entry.version.heartbeat] {
-                for shift in stride(from: 0, to: 64, by: 8) { mix(UInt8(truncatingIfNeeded: value >> UInt64(shift))) }
-            }
-            hashes[b] = hash
+            hashes[b].add(entry.node)
+            hashes[b].add(0)
+            hashes[b].add(littleEndian: entry.version.generation)
+            hashes[b].add(littleEndian: entry.version.heartbeat)
         }
-        cachedBuckets = (count, hashes)
-        return hashes
+        let values = hashes.map(\.value)
+        cachedBuckets = (count, values)
+        return values
     }
 
     /// Members judged alive (ourselves included).

@@ -103,6 +103,17 @@ struct MiniFleet {
     }
 }
 
+extension Membership {
+    /// A round for a member on its own: the record it signed in it, if any (signed as the shell would).
+    mutating func tickSigningOwn(now: Duration) -> MemberRecord? {
+        for case .signOwnRecord(let r) in onTick(now: now) {
+            _ = onOwnRecordSigned(r, signed: [1], now: now)
+            return r
+        }
+        return nil
+    }
+}
+
 @Suite struct MembershipTests {
     static func ring(_ n: Int) -> ([String], [(String, String)]) {
         let names = (0..<n).map { "m\($0)" }
@@ -249,13 +260,7 @@ struct MiniFleet {
         var config = Membership.Configuration()
         config.refreshInterval = .seconds(1000)
         var a = Membership(me: "a", generation: 1, configuration: config)
-        func signTick(_ now: Duration) -> MemberRecord? {
-            for case .signOwnRecord(let r) in a.onTick(now: now) {
-                _ = a.onOwnRecordSigned(r, signed: [1], now: now)
-                return r
-            }
-            return nil
-        }
+        func signTick(_ now: Duration) -> MemberRecord? { a.tickSigningOwn(now: now) }
         let first = signTick(.seconds(1))!
         #expect(signTick(.seconds(2)) == nil, "re-signed with nothing new")
         var b = MemberRecord(node: "b", generation: 1)
@@ -455,14 +460,7 @@ struct MiniFleet {
 
     @Test func aValueChangingEveryRoundIsSignedEveryThirdRoundAndAChangeThatMattersAtOnce() {
         var a = Membership(me: "a", generation: 1)
-        func signs(at second: Int) -> Bool {
-            let now = Duration.seconds(second)
-            for case .signOwnRecord(let r) in a.onTick(now: now) {
-                _ = a.onOwnRecordSigned(r, signed: [1], now: now)
-                return true
-            }
-            return false
-        }
+        func signs(at second: Int) -> Bool { a.tickSigningOwn(now: .seconds(second)) != nil }
         #expect(signs(at: 0))
         var signed: [Int] = []
         for second in 1...12 {
