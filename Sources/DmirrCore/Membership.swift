@@ -124,21 +124,33 @@ public struct Membership: Sendable {
     }
 
     public let me: String
+    /// Set it before the first event: deadlines already queued were computed from the old values.
     public var configuration: Configuration
-    public private(set) var entries: [String: Entry] = [:] {
-        didSet {
-            cachedBuckets = nil
-            revision &+= 1
-            // Members are never forgotten, so the count tells when the sorted list is stale.
-            if nodes.count != entries.count { nodes = entries.keys.sorted() }
-        }
-    }
+    /// Changed only through ``store(_:for:)`` and ``setLiveness(_:of:)``, which keep the indexes below in step: a round
+    /// costs work in proportion to what changed, not to the fleet's size.
+    public private(set) var entries: [String: Entry] = [:]
+    /// The version held of each member (as in `entries`): digests and announcements read only this.
+    public private(set) var versions: [String: RecordVersion] = [:]
     /// Changes whenever any entry does (a record, a liveness): a shell may skip work while it stays the same.
     public private(set) var revision: UInt64 = 0
     /// The members we hold, sorted.
     public private(set) var nodes: [String] = []
-    /// Bucket hashes for the bucket count last asked about.
-    private var cachedBuckets: (count: Int, hashes: [UInt64])?
+    /// Per bucket count asked about (ours, and a peer's that differs while the two know different numbers of members):
+    /// each bucket's members in node order, and its hash (nil: to be recomputed, its contents changed).
+    private var bucketIndex: [Int: (members: [[String]], hashes: [UInt64?])] = [:]
+    /// When each member's liveness is next due to be judged again (the earliest pending deadline), and the heap of those
+    /// deadlines; entries whose time no longer matches `dueAt` are stale and skipped.
+    private var dueAt: [String: Duration] = [:]
+    private var deadlines = DeadlineHeap()
+    /// Members to judge on the next round whatever their deadlines (a suspicion of them came or went, their watch ended).
+    private var dirty: Set<String> = []
+    /// Members not judged alive: re-judged when the refresh interval (and with it the slack) changes.
+    private var unwell: Set<String> = []
+    /// suspect → (suspector → newest version it suspects), from the records of members we do not judge down; a member's
+    /// suspicion of itself does not count.
+    private var suspectedBy: [String: [String: RecordVersion]] = [:]
+    /// The refresh interval the last round judged with.
+    private var judgedRefresh: Duration?
     /// Our own record as we last changed it (it is in `entries` once signed).
     public private(set) var own: MemberRecord
     public private(set) var connected: Set<String> = []
@@ -189,7 +201,8 @@ public struct Membership: Sendable {
             return
         }
         // As if silent for exactly `suspectAfter`: alive on refreshes alone, suspect as soon as a suspicion counts.
-        entries[record.node] = Entry(record: record, signed: signed, lastAdvance: now - configuration.suspectAfter, liveness: .alive)
+        store(Entry(record: record, signed: signed, lastAdvance: now - configuration.suspectAfter, liveness: .alive), for: record.node)
+        dirty.insert(record.node)
     }
 
     /// Changes fields of our own record (sync state, tokens, progress…). It is re-signed on the next tick.
@@ -220,7 +233,7 @@ public struct Membership: Sendable {
         lastSentTo[peer] = nil
         greet.remove(peer)
         if deliberate {
-            watching.remove(peer)
+            if watching.remove(peer) != nil { dirty.insert(peer) }
             ownDirty = true
             pushNextSigning = true
         }
@@ -233,27 +246,7 @@ public struct Membership: Sendable {
             onDisconnected(peer)
             out.append(.closeLink(to: peer))
         }
-        // Who is suspected by whom, once per round: the newest suspected version of each member, from members we do
-        // not judge down (a suspicion by the suspect itself does not count).
-        var suspicions: [String: RecordVersion] = [:]
-        for other in entries.values where other.record.node != me && other.liveness != .down {
-            for s in other.record.suspects where s.node != other.record.node {
-                suspicions[s.node] = max(suspicions[s.node] ?? s.version, s.version)
-            }
-        }
-        var suspects: [Suspicion] = []
-        for node in nodes where node != me {
-            let (judged, directly) = judge(node, now: now, suspicions: suspicions)
-            if directly { suspects.append(Suspicion(node: node, version: entries[node]!.record.version)) }
-            if judged != entries[node]!.liveness {
-                entries[node]!.liveness = judged
-                out.append(.livenessChanged(node: node, judged))
-            }
-        }
-        if suspects != own.suspects {
-            own.suspects = suspects
-            ownDirty = true
-        }
+        out += judgeDue(now: now)
         let sinceSigned = lastSigned.map { now - $0 }
         let lazyDue = ownLazy && sinceSigned.map { $0 >= configuration.lazyResign ?? configuration.gossipInterval * 3 } ?? true
         if ownDirty || lazyDue || sinceSigned.map({ $0 >= configuration.refresh(members: nodes.count) }) ?? true {
@@ -295,8 +288,8 @@ public struct Membership: Sendable {
         for peer in peers {
             let news = pending.compactMap { node -> DigestEntry? in
                 // Not back to whoever told us, nor to the member the record is of.
-                guard node != peer, !pendingAnnounce[node]!.contains(peer), let held = self.entries[node] else { return nil }
-                return DigestEntry(node: node, version: held.record.version)
+                guard node != peer, !pendingAnnounce[node]!.contains(peer), let held = self.versions[node] else { return nil }
+                return DigestEntry(node: node, version: held)
             }
             guard !news.isEmpty else { continue }
             lastSentTo[peer] = now
@@ -305,41 +298,163 @@ public struct Membership: Sendable {
         return out
     }
 
-    /// How we judge `node` now, and whether we judge it from our own silence (so we report it).
-    private mutating func judge(_ node: String, now: Duration, suspicions: [String: RecordVersion]) -> (Liveness, directly: Bool) {
-        let entry = entries[node]!
-        let evidence = max(entry.lastAdvance, heardAt[node] ?? entry.lastAdvance)
+    /// Judges the members whose verdict may have changed since the last round: those whose deadline came due, those
+    /// marked dirty (a suspicion of them came or went, a watch ended), and those we watch (their silence is measured
+    /// from every frame). Our own suspicions are the members we watch and have not heard from for `suspectAfter`.
+    private mutating func judgeDue(now: Duration) -> [Directive] {
+        var out: [Directive] = []
+        let refresh = configuration.refresh(members: nodes.count)
+        if refresh != judgedRefresh {
+            // A longer refresh means more slack: members judged on refreshes alone may be better than we said.
+            judgedRefresh = refresh
+            dirty.formUnion(unwell)
+        }
+        var due = dirty.union(watching)
+        dirty = []
+        while let next = deadlines.peek, next.at <= now {
+            deadlines.pop()
+            if dueAt[next.node] == next.at {
+                dueAt[next.node] = nil
+                due.insert(next.node)
+            }
+        }
+        // A suspicion counts from members not judged down as the round starts: a change of that this round is applied
+        // after it, so the verdicts do not depend on the order members are judged in.
+        var changed: [(node: String, was: Liveness, now: Liveness)] = []
+        for node in due.sorted() where node != me {
+            guard let entry = entries[node] else { continue }
+            let verdict = judge(node, entry: entry, now: now, rumourSince: rumourSince[node])
+            rumourSince[node] = verdict.rumourSince
+            schedule(node, at: verdict.next)
+            if verdict.liveness != entry.liveness {
+                changed.append((node, entry.liveness, verdict.liveness))
+                setLiveness(verdict.liveness, of: node)
+                out.append(.livenessChanged(node: node, verdict.liveness))
+            }
+        }
+        for change in changed where (change.was == .down) != (change.now == .down) {
+            guard let record = entries[change.node]?.record else { continue }
+            if change.now == .down { withdrawSuspicions(of: record) } else { addSuspicions(of: record) }
+        }
+        var suspects: [Suspicion] = []
+        for node in watching.sorted() where node != me {
+            guard let entry = entries[node], now - evidence(node, entry) >= configuration.suspectAfter else { continue }
+            suspects.append(Suspicion(node: node, version: entry.record.version))
+        }
+        if suspects != own.suspects {
+            own.suspects = suspects
+            ownDirty = true
+        }
+        return out
+    }
+
+    /// The last sign of life we have of `node`: its record advancing, or (while linked) a frame from it.
+    private func evidence(_ node: String, _ entry: Entry) -> Duration {
+        max(entry.lastAdvance, heardAt[node] ?? entry.lastAdvance)
+    }
+
+    /// The newest version of `node` a member we do not judge down suspects, if any does.
+    private func suspicion(of node: String) -> RecordVersion? {
+        suspectedBy[node]?.values.max()
+    }
+
+    /// How we judge `node` now, given when a suspicion of it first reached us; when that suspicion now counts from; and
+    /// when the verdict can next change without news (nil: not before some event).
+    private func judge(_ node: String, entry: Entry, now: Duration, rumourSince: Duration?)
+        -> (liveness: Liveness, rumourSince: Duration?, next: Duration?)
+    {
+        let evidence = evidence(node, entry)
         let silent = now - evidence
         let c = configuration
+        let slack = c.refresh(members: nodes.count) * 3 / 2
+        func next(_ times: Duration...) -> Duration? { times.filter { $0 > now }.min() }
         if silent < c.suspectAfter {
-            rumourSince[node] = nil
-            return (.alive, false)
+            return (.alive, nil, evidence + c.suspectAfter)
         }
         if watching.contains(node) {
-            return (silent >= c.downAfter ? .down : .suspect, true)
+            return (silent >= c.downAfter ? .down : .suspect, nil, next(evidence + c.downAfter))
         }
-        let rumoured = (suspicions[node].map { $0 >= entry.record.version }) ?? false
-        if rumoured {
-            let since = rumourSince[node] ?? now
-            rumourSince[node] = since
-            return (now - since >= c.downAfter - c.suspectAfter ? .down : .suspect, false)
+        if let rumour = suspicion(of: node), rumour >= entry.record.version {
+            let since = rumourSince ?? now
+            let downAt = since + (c.downAfter - c.suspectAfter)
+            return (now >= downAt ? .down : .suspect, since, next(downAt))
         }
-        rumourSince[node] = nil
-        let slack = c.refresh(members: nodes.count) * 3 / 2
-        if silent >= c.downAfter + slack { return (.down, false) }
-        if silent >= c.suspectAfter + slack { return (.suspect, false) }
-        return (.alive, false)
+        let liveness: Liveness = silent >= c.downAfter + slack ? .down : silent >= c.suspectAfter + slack ? .suspect : .alive
+        return (liveness, nil, next(evidence + c.suspectAfter + slack, evidence + c.downAfter + slack))
+    }
+
+    /// Every member's verdict judged from scratch, as the incremental rounds must also find it (for tests).
+    func judgedByFullScan(now: Duration) -> [String: Liveness] {
+        var verdicts: [String: Liveness] = [:]
+        for node in nodes where node != me {
+            verdicts[node] = judge(node, entry: entries[node]!, now: now, rumourSince: rumourSince[node]).liveness
+        }
+        return verdicts
+    }
+
+    private mutating func schedule(_ node: String, at time: Duration?) {
+        guard let time else { return }
+        // Only an earlier deadline is queued: a later one is found when the earlier comes due and the member is judged
+        // again, so the heap holds about one deadline per member however often records arrive.
+        if let pending = dueAt[node], pending <= time { return }
+        dueAt[node] = time
+        deadlines.push(at: time, node: node)
+    }
+
+    private mutating func setLiveness(_ liveness: Liveness, of node: String) {
+        entries[node]!.liveness = liveness
+        revision &+= 1
+        if liveness == .alive { unwell.remove(node) } else { unwell.insert(node) }
+    }
+
+    /// Stores a new version of a member's record (or our own), keeping the sorted node list, the bucket hashes and the
+    /// suspicions in step.
+    private mutating func store(_ entry: Entry, for node: String) {
+        let previous = entries[node]
+        if let previous, previous.liveness != .down, node != me { withdrawSuspicions(of: previous.record) }
+        entries[node] = entry
+        versions[node] = entry.record.version
+        revision &+= 1
+        if previous == nil {
+            nodes.insert(node, at: nodes.partitionPoint { $0 < node })
+            for (count, index) in bucketIndex {
+                let b = Self.bucket(of: node, count: count)
+                var members = index.members
+                members[b].insert(node, at: members[b].partitionPoint { $0 < node })
+                bucketIndex[count] = (members, index.hashes)
+            }
+        }
+        if previous?.record.version != entry.record.version {
+            for count in bucketIndex.keys { bucketIndex[count]!.hashes[Self.bucket(of: node, count: count)] = nil }
+        }
+        if entry.liveness == .alive { unwell.remove(node) } else { unwell.insert(node) }
+        if entry.liveness != .down, node != me { addSuspicions(of: entry.record) }
+    }
+
+    private mutating func addSuspicions(of record: MemberRecord) {
+        for s in record.suspects where s.node != record.node {
+            suspectedBy[s.node, default: [:]][record.node] = s.version
+            dirty.insert(s.node)
+        }
+    }
+
+    private mutating func withdrawSuspicions(of record: MemberRecord) {
+        for s in record.suspects where s.node != record.node {
+            suspectedBy[s.node]?[record.node] = nil
+            if suspectedBy[s.node]?.isEmpty == true { suspectedBy[s.node] = nil }
+            dirty.insert(s.node)
+        }
     }
 
     /// The shell signed our record. A change that matters to the fleet's plan is pushed at once: the record itself to
     /// every connected peer (who relay it once more, see ``onRecord(_:signed:from:now:)``), instead of waiting for the
     /// rotation to reach them.
     public mutating func onOwnRecordSigned(_ record: MemberRecord, signed: [UInt8], now: Duration) -> [Directive] {
-        guard record.node == me, record.version >= (entries[me]?.record.version ?? RecordVersion(generation: 0, heartbeat: 0)) else {
+        guard record.node == me, record.version >= (versions[me] ?? RecordVersion(generation: 0, heartbeat: 0)) else {
             return []
         }
         let previous = entries[me]?.record
-        entries[me] = Entry(record: record, signed: signed, lastAdvance: now, liveness: .alive)
+        store(Entry(record: record, signed: signed, lastAdvance: now, liveness: .alive), for: me)
         var out: [Directive] = [.persist(nodes: [me])]
         // A new plan digest is pushed to our own neighbours (agreement needs it soon) but not relayed further: it
         // changes on every member at once, and the neighbours' own digests travel the same way.
@@ -383,8 +498,8 @@ public struct Membership: Sendable {
         }
         guard !differing.isEmpty else { return [] }
         if count == 1 { return [.sendDigest(to: peer, entries: digest(), scope: .full)] }
-        let wanted = Set(differing)
-        let entries = digest().filter { wanted.contains(Self.bucket(of: $0.node, count: count)) }
+        let members = bucketMembers(count: count)
+        let entries = differing.flatMap { members[$0] }.sorted().map { DigestEntry(node: $0, version: self.versions[$0]!) }
         return [.sendDigest(to: peer, entries: entries, scope: .buckets(differing, of: count))]
     }
 
@@ -396,30 +511,32 @@ public struct Membership: Sendable {
         // A full digest lists everything its sender holds, so a member missing from it is one it lacks; a bucket
         // digest the same within its buckets. A reply or an announcement lists only some members: it says nothing of
         // the rest.
-        let covered: (String) -> Bool
+        // Only those members can be newer here than there: a pass over them, not over every member.
+        let candidates: [String]
         switch scope {
-        case .full: covered = { _ in true }
+        case .full: candidates = nodes
         case .buckets(let buckets, let count):
-            let set = Set(buckets)
-            covered = { set.contains(Self.bucket(of: $0, count: count)) }
-        case .announce, .reply: covered = { _ in false }
+            let count = max(1, min(count, Self.maxBuckets))
+            let members = bucketMembers(count: count)
+            candidates = Set(buckets.filter { $0 >= 0 && $0 < count }).flatMap { members[$0] }.sorted()
+        case .announce, .reply: candidates = theirVersions.keys.sorted()
         }
-        let newerHere = nodes.filter { node in
-            guard let mine = entries[node]?.record.version else { return false }
-            return theirVersions[node].map { mine > $0 } ?? covered(node)
+        let newerHere = candidates.filter { node in
+            guard let mine = versions[node] else { return false }
+            return theirVersions[node].map { mine > $0 } ?? true
         }
         var out: [Directive] = []
         if !newerHere.isEmpty { out.append(.sendRecords(to: peer, nodes: newerHere)) }
         if scope == .announce {
             // The peer holds these versions: no need to announce them back to it.
-            for (node, version) in theirVersions where entries[node]?.record.version == version {
+            for (node, version) in theirVersions where versions[node] == version {
                 pendingAnnounce[node]?.insert(peer)
             }
         }
         guard scope != .reply else { return out }
         let requestFor = configuration.gossipInterval * 2
         let wanted = theirVersions.keys.sorted().filter { node in
-            guard node != me, entries[node].map({ $0.record.version < theirVersions[node]! }) ?? true else { return false }
+            guard node != me, versions[node].map({ $0 < theirVersions[node]! }) ?? true else { return false }
             // Another announcer's copy is on its way: ask again only if it is late.
             if scope == .announce, let asked = requested[node], asked.version >= theirVersions[node]!, now - asked.at < requestFor {
                 return false
@@ -431,7 +548,7 @@ public struct Membership: Sendable {
             for node in wanted { requested[node] = (theirVersions[node]!, now) }
         }
         // Ask by telling them what we hold for exactly those nodes; absent nodes go as version 0.0.
-        let reply = wanted.map { DigestEntry(node: $0, version: entries[$0]?.record.version ?? RecordVersion(generation: 0, heartbeat: 0)) }
+        let reply = wanted.map { DigestEntry(node: $0, version: versions[$0] ?? RecordVersion(generation: 0, heartbeat: 0)) }
         out.append(.sendDigest(to: peer, entries: reply, scope: .reply))
         return out
     }
@@ -449,14 +566,15 @@ public struct Membership: Sendable {
             }
             return []
         }
-        if let existing = entries[record.node], existing.record.version >= record.version { return [] }
+        if let existing = versions[record.node], existing >= record.version { return [] }
         let wasLiveness = entries[record.node]?.liveness
         let matters = entries[record.node].map { Self.matters(from: $0.record, to: record) } ?? true
-        entries[record.node] = Entry(record: record, signed: signed, lastAdvance: now, liveness: .alive)
+        store(Entry(record: record, signed: signed, lastAdvance: now, liveness: .alive), for: record.node)
         rumourSince[record.node] = nil
         if !connected.contains(record.node) { watching.remove(record.node) }
+        schedule(record.node, at: now + configuration.suspectAfter)
         // Suspected at our newest version: refute it with a fresh record on the next tick.
-        if let mine = entries[me]?.record.version, record.suspects.contains(where: { $0.node == me && $0.version >= mine }) {
+        if let mine = versions[me], record.suspects.contains(where: { $0.node == me && $0.version >= mine }) {
             ownDirty = true
         }
         var out: [Directive] = [.persist(nodes: [record.node])]
@@ -481,7 +599,7 @@ public struct Membership: Sendable {
 
     /// Node → newest version held, ours included.
     public func digest() -> [DigestEntry] {
-        nodes.map { DigestEntry(node: $0, version: entries[$0]!.record.version) }
+        nodes.map { DigestEntry(node: $0, version: versions[$0]!) }
     }
 
     /// The most buckets a digest is split into.
@@ -514,24 +632,78 @@ public struct Membership: Sendable {
 
     /// FNV-1a over each bucket's entries (name, 0, generation and heartbeat little-endian), in node order: equal for
     /// two members exactly when (barring a collision, which only delays an exchange until something changes) they
-    /// hold the same versions of the same members in that bucket.
+    /// hold the same versions of the same members in that bucket. Kept per bucket, so a change rehashes one bucket.
     public mutating func bucketHashes(count: Int) -> [UInt64] {
-        if let cachedBuckets, cachedBuckets.count == count { return cachedBuckets.hashes }
-        var hashes = [FNV1a](repeating: FNV1a(), count: count)
-        for entry in digest() {
-            let b = Self.bucket(of: entry.node, count: count)
-            hashes[b].add(entry.node)
-            hashes[b].add(0)
-            hashes[b].add(littleEndian: entry.version.generation)
-            hashes[b].add(littleEndian: entry.version.heartbeat)
+        let members = bucketMembers(count: count)
+        var hashes = bucketIndex[count]!.hashes
+        for b in 0..<count where hashes[b] == nil {
+            var hash = FNV1a()
+            for node in members[b] {
+                let version = versions[node]!
+                hash.add(node)
+                hash.add(0)
+                hash.add(littleEndian: version.generation)
+                hash.add(littleEndian: version.heartbeat)
+            }
+            hashes[b] = hash.value
         }
-        let values = hashes.map(\.value)
-        cachedBuckets = (count, values)
-        return values
+        bucketIndex[count]!.hashes = hashes
+        return hashes.map { $0! }
+    }
+
+    /// The members of each of `count` buckets, in node order.
+    private mutating func bucketMembers(count: Int) -> [[String]] {
+        if let index = bucketIndex[count] { return index.members }
+        // Our own count, and one other (a peer that knows a different number of members) at a time.
+        let own = bucketCount
+        for other in bucketIndex.keys where other != own { bucketIndex[other] = nil }
+        var members = [[String]](repeating: [], count: count)
+        for node in nodes { members[Self.bucket(of: node, count: count)].append(node) }
+        bucketIndex[count] = (members, [UInt64?](repeating: nil, count: count))
+        return members
     }
 
     /// Members judged alive (ourselves included).
     public var aliveMembers: [String] {
         nodes.filter { $0 == me || entries[$0]!.liveness == .alive }
+    }
+}
+
+/// A min-heap of (time, member) deadlines: the next member whose liveness verdict may change.
+struct DeadlineHeap: Sendable {
+    private var items: [(at: Duration, node: String)] = []
+
+    var peek: (at: Duration, node: String)? { items.first }
+
+    mutating func push(at: Duration, node: String) {
+        items.append((at, node))
+        var child = items.count - 1
+        while child > 0 {
+            let parent = (child - 1) / 2
+            guard Self.before(items[child], items[parent]) else { break }
+            items.swapAt(child, parent)
+            child = parent
+        }
+    }
+
+    mutating func pop() {
+        guard !items.isEmpty else { return }
+        items.swapAt(0, items.count - 1)
+        items.removeLast()
+        var parent = 0
+        while true {
+            let left = 2 * parent + 1
+            let right = left + 1
+            var first = parent
+            if left < items.count, Self.before(items[left], items[first]) { first = left }
+            if right < items.count, Self.before(items[right], items[first]) { first = right }
+            guard first != parent else { return }
+            items.swapAt(parent, first)
+            parent = first
+        }
+    }
+
+    private static func before(_ a: (at: Duration, node: String), _ b: (at: Duration, node: String)) -> Bool {
+        a.at < b.at || (a.at == b.at && a.node < b.node)
     }
 }

@@ -117,6 +117,8 @@ public struct SyncCoordinator: Sendable {
     private var lastPlanKey: PlanKey?
     private var lastOrder: (token: String, nodes: [String], order: [String])?
     private var watcher: Bool?
+    /// Each member's key in the watcher order, computed once.
+    private var watchKeys: [String: [UInt8]] = [:]
     /// Some other live member is pulling from upstream: its pull reads upstream's token, so polling adds nothing but a
     /// connection a full daemon may refuse.
     private var upstreamInUse = false
@@ -276,11 +278,25 @@ public struct SyncCoordinator: Sendable {
     public var isWatcher: Bool {
         mutating get {
             if let watcher { return watcher }
-            let nodes = [me] + view.map(\.node)
-            let answer = SyncPlan.slotOrder(token: "watchers", nodes: nodes).prefix(configuration.watchers).contains(me)
+            // Among the first `watchers` of the "watchers" slot order: fewer than that many members sort before us. The
+            // keys are kept, so a changed view costs a pass of comparisons rather than a SHA-256 per member.
+            let mine = (watchKey(me), me)
+            var before = 0
+            for record in view where record.node != me && SyncPlan.precedes((watchKey(record.node), record.node), mine) {
+                before += 1
+                if before >= configuration.watchers { break }
+            }
+            let answer = before < configuration.watchers
             watcher = answer
             return answer
         }
+    }
+
+    private mutating func watchKey(_ node: String) -> [UInt8] {
+        if let key = watchKeys[node] { return key }
+        let key = SyncPlan.slotKey(token: "watchers", node: node)
+        watchKeys[node] = key
+        return key
     }
 
     // MARK: Deciding

@@ -140,12 +140,19 @@ public struct SyncPlan: Sendable, Equatable {
 
     /// Members sorted by SHA-256(token ‖ 0x00 ‖ node).
     public static func slotOrder(token: String, nodes: [String]) -> [String] {
-        let keyed = nodes.map { node -> ([UInt8], String) in
-            var hasher = SHA256()
-            hasher.update(data: Array(token.utf8) + [0] + Array(node.utf8))
-            return (Array(hasher.finalize()), node)
-        }
-        return keyed.sorted { a, b in a.0.lexicographicallyPrecedes(b.0) || (a.0 == b.0 && a.1 < b.1) }.map(\.1)
+        nodes.map { (slotKey(token: token, node: $0), $0) }.sorted(by: precedes).map(\.1)
+    }
+
+    /// A member's sort key in a slot order: SHA-256(token ‖ 0x00 ‖ node).
+    static func slotKey(token: String, node: String) -> [UInt8] {
+        var hasher = SHA256()
+        hasher.update(data: Array(token.utf8) + [0] + Array(node.utf8))
+        return Array(hasher.finalize())
+    }
+
+    /// Slot order on (key, node) pairs: by key, ties (never seen in SHA-256) by node.
+    static func precedes(_ a: ([UInt8], String), _ b: ([UInt8], String)) -> Bool {
+        a.0.lexicographicallyPrecedes(b.0) || (a.0 == b.0 && a.1 < b.1)
     }
 
     static func digest(token: String, order: [String], assignments: [String: Assignment]) -> String {

@@ -112,6 +112,15 @@ public struct Simulation {
         case resume(Int)
         case cut(Int, healAt: Double)
         case heal(Int)
+
+        /// Whether the fleet can have converged after this event: only a finished pull or a death changes who holds the
+        /// token (checking after every event would cost a pass over all mirrors per gossip frame).
+        var mayConverge: Bool {
+            switch self {
+            case .pullFinished, .kill, .push: true
+            default: false
+            }
+        }
     }
 
     enum Message {
@@ -245,7 +254,7 @@ public struct Simulation {
             handle(event)
             if let idle = scenario.idleWindow {
                 if now >= scenario.pushAt + idle { break }
-            } else if now > scenario.pushAt, everyoneHasTheToken { break }
+            } else if now > scenario.pushAt, event.mayConverge, everyoneHasTheToken { break }
         }
         return finish()
     }

@@ -12,6 +12,10 @@ struct MiniFleet {
     var now: Duration = .zero
     var counts: [String: Int] = [:]
     var messages: Int { counts.values.reduce(0, +) }
+    /// When set, every member's verdicts after each round are compared with a from-scratch judgement of every member
+    /// made just before it; differences are collected here.
+    var checkVerdicts = false
+    var verdictMismatches: [String] = []
 
     init(_ names: [String], links: [(String, String)], configuration: Membership.Configuration = .init()) {
         for (i, name) in names.enumerated() {
@@ -35,7 +39,11 @@ struct MiniFleet {
         now += .seconds(1)
         var queue: [Message] = []
         for name in members.keys.sorted() where !down.contains(name) {
+            let expected = checkVerdicts ? members[name]!.judgedByFullScan(now: now) : [:]
             let directives = members[name]!.onTick(now: now)
+            for (node, verdict) in expected where members[name]!.entries[node]?.liveness != verdict {
+                verdictMismatches.append("t=\(now) \(name) judged \(node) \(members[name]!.entries[node].map { "\($0.liveness)" } ?? "-"), a full scan \(verdict)")
+            }
             queue += carryOut(name, directives)
         }
         var steps = 0
@@ -456,6 +464,73 @@ extension Membership {
         for _ in 0..<12 { fleet.round() }
         #expect(fleet.members["m3"]!.entries["m6"]?.liveness == .down)
         #expect(Set(fleet.members["m3"]!.aliveMembers) == Set(names).subtracting(["m6"]))
+    }
+
+    @Test(arguments: [1, 2, 3] as [UInt64])
+    func verdictsJudgedIncrementallyMatchAFullScan(seed: UInt64) {
+        // Each round judges only the members whose deadline came due or whose evidence changed. Under deaths, restarts,
+        // cut and healed links, and members known only through others (so suspicions and refreshes both decide), every
+        // verdict must be what judging every member from scratch gives.
+        var config = Membership.Configuration()
+        config.suspectAfter = .seconds(4)
+        config.downAfter = .seconds(10)
+        config.refreshInterval = .seconds(7)
+        let names = (0..<16).map { "m\($0)" }
+        // A sparse chain with a few chords: most pairs meet only through others.
+        var links = (0..<15).map { (names[$0], names[$0 + 1]) }
+        links += [("m0", "m8"), ("m4", "m12")]
+        var fleet = MiniFleet(names, links: links, configuration: config)
+        fleet.checkVerdicts = true
+        var rng = seed &* 0x9E37_79B9_7F4A_7C15
+        func draw(_ n: Int) -> Int {
+            rng = rng &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return Int((rng >> 33) % UInt64(n))
+        }
+        var generation: UInt64 = 1000
+        var events: [String: Int] = [:]
+        for round in 1...300 {
+            if round % 4 == 0 {
+                let name = names[draw(names.count)]
+                let peers = links.filter { $0.0 == name || $0.1 == name }.map { $0.0 == name ? $0.1 : $0.0 }
+                switch draw(4) {
+                case 0 where fleet.down.count < 4:
+                    fleet.down.insert(name)
+                    events["kill", default: 0] += 1
+                case 1 where fleet.down.contains(name):
+                    // Back with a new generation, its links dialed again.
+                    generation += 1
+                    fleet.down.remove(name)
+                    fleet.members[name] = Membership(me: name, generation: generation, configuration: config)
+                    for peer in peers where !fleet.down.contains(peer) {
+                        fleet.members[name]!.onConnected(peer, now: fleet.now)
+                        fleet.members[peer]!.onDisconnected(name)
+                        fleet.members[peer]!.onConnected(name, now: fleet.now)
+                    }
+                    events["restart", default: 0] += 1
+                case 2 where !peers.isEmpty:
+                    let peer = peers[draw(peers.count)]
+                    fleet.cut.insert([name, peer].sorted())
+                    events["cut", default: 0] += 1
+                case 3 where !fleet.cut.isEmpty:
+                    let link = fleet.cut.sorted { $0.joined() < $1.joined() }[draw(fleet.cut.count)]
+                    fleet.cut.remove(link)
+                    for (a, b) in [(link[0], link[1]), (link[1], link[0])] where !fleet.down.contains(a) {
+                        fleet.members[a]!.onDisconnected(b, deliberate: draw(2) == 0)
+                        fleet.members[a]!.onConnected(b, now: fleet.now)
+                    }
+                    events["heal", default: 0] += 1
+                default:
+                    break
+                }
+            }
+            fleet.round()
+        }
+        #expect(fleet.verdictMismatches.isEmpty, "\(fleet.verdictMismatches.count) mismatches, first: \(fleet.verdictMismatches.prefix(5))")
+        // The run did exercise every kind of event, and members were judged suspect and down along the way.
+        #expect(events.count == 4, "events: \(events)")
+        #expect(fleet.counts["records", default: 0] > 0)
+        let verdicts = fleet.members.values.flatMap { $0.entries.values.map(\.liveness) }
+        #expect(verdicts.contains(.down) || fleet.down.isEmpty)
     }
 
     @Test func aValueChangingEveryRoundIsSignedEveryThirdRoundAndAChangeThatMattersAtOnce() {
