@@ -471,7 +471,7 @@ public struct Membership: Sendable {
     /// Whether a new version of a record changes something the sync plan or liveness depend on (not merely its
     /// heartbeat, progress, serving count or plan digest: the digest changes as a consequence of the others, on every
     /// member at once, and pushing each of those eagerly would cost every member N frames per change).
-    static func matters(from old: MemberRecord, to new: MemberRecord) -> Bool {
+    public static func matters(from old: MemberRecord, to new: MemberRecord) -> Bool {
         old.generation != new.generation || old.syncState != new.syncState || old.publishedToken != new.publishedToken
             || old.targetToken != new.targetToken || old.source != new.source
             || old.avoid != new.avoid || old.suspects != new.suspects || old.serveSlots != new.serveSlots

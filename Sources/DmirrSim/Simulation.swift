@@ -85,6 +85,8 @@ public struct RunResult: Sendable {
     /// Gossip bytes by the same kinds.
     public var frameBytes: [String: Double] = [:]
     public var signings = 0
+    /// Of those, the ones whose only change the plan cares about was the plan digest (progress and the like aside).
+    public var digestOnlySignings = 0
     /// Upstream pulls started, and how many of them on an agreed plan (the rest on the agreement deadline).
     public var upstreamStarts = 0
     public var agreedUpstreamStarts = 0
@@ -355,7 +357,14 @@ public struct Simulation {
         for directive in directives {
             switch directive {
             case .signOwnRecord(let record):
-                if now >= scenario.pushAt { result.signings += 1 }
+                if now >= scenario.pushAt {
+                    result.signings += 1
+                    if let previous = nodes[i].membership.entries[nodes[i].name]?.record, !Membership.matters(from: previous, to: record),
+                        previous.planDigest != record.planDigest
+                    {
+                        result.digestOnlySignings += 1
+                    }
+                }
                 perform(i, nodes[i].membership.onOwnRecordSigned(record, signed: [], now: d))
             case .sendSummary(let peer, let summary):
                 send(from: i, to: peer, .summary(summary), bytes: 40 + 8 * Double(summary.hashes.count))

@@ -96,7 +96,7 @@ struct DmirrSimCommand: ParsableCommand {
             print(line)
             if verbose {
                 let kinds = r.frames.keys.sorted().map { "\($0) \(r.frames[$0]!) (\(Int(r.frameBytes[$0] ?? 0)) B)" }
-                print("   frames: \(kinds.joined(separator: ", ")); own-record signings \(r.signings); upstream starts "
+                print("   frames: \(kinds.joined(separator: ", ")); own-record signings \(r.signings) (\(r.digestOnlySignings) for a new plan digest alone); upstream starts "
                       + "\(r.upstreamStarts), \(r.agreedUpstreamStarts) of them agreed")
             }
             for v in r.violations.prefix(5) { print("   VIOLATION seed \(s): \(v)") }
