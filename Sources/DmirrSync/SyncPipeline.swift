@@ -79,7 +79,7 @@ public struct SyncPipeline: Sendable {
     }
 
     /// The config this run uses: a peer pull reads the peer's tree and token, pinned and fully verified.
-    func effectiveConfig(_ options: Options) -> Config {
+    public func effectiveConfig(_ options: Options) -> Config {
         guard let peer = options.peer else { return config }
         var c = config
         c.upstream.url = peer.url

@@ -24,7 +24,10 @@ struct SyncCommand: AsyncParsableCommand {
     @Flag(help: "Sync even when the source's token equals the published one.")
     var force = false
 
-    @Option(help: "Where to pull from: 'upstream' (a peer's node name needs the fleet agent).")
+    @Option(help: """
+        Where to pull from: 'upstream', or a peer's node name (its rsync URL from the fleet records the agent stored; \
+        pinned to the token it holds when we start, and verified at the packages level).
+        """)
     var source = "upstream"
 
     @Flag(name: .shortAndLong, help: "Log debug details, such as each rsync command line.")
@@ -32,16 +35,23 @@ struct SyncCommand: AsyncParsableCommand {
 
     func run() async throws {
         let config = try options.load()
-        guard source == "upstream" else {
-            printError("error: --source \(source): pulling from a peer needs the fleet agent (dmirr agent); use --source upstream")
-            throw ExitCode(2)
-        }
         let logger = Logs.bootstrap(verbose: verbose)
+        var runOptions = SyncPipeline.Options(force: force)
+        if source != "upstream" {
+            do {
+                let peer = try PeerSource.resolve(node: source, config: config)
+                let token = try await PeerSource.token(of: source, at: peer.url, config: config, logger: logger)
+                runOptions.peer = (source, peer.url, token)
+            } catch {
+                printError("dmirr sync: \(error.message)")
+                throw ExitCode(error.exitCode)
+            }
+        }
         let progress = ProgressLine(enabled: isatty(STDERR_FILENO) == 1)
         var pipeline = SyncPipeline(config: config)
         pipeline.checkpoint = FaultInjection.fromEnvironment()
-        let task = Task {
-            await pipeline.run(options: .init(force: force), logger: logger) { progress.handle($0) }
+        let task = Task { [runOptions] in
+            await pipeline.run(options: runOptions, logger: logger) { progress.handle($0) }
         }
         let signals = SignalCancellation(signals: [SIGINT, SIGTERM]) { task.cancel() }
         let report = await task.value

@@ -66,14 +66,15 @@ import Testing
         #expect(left.stdout.isEmpty, "still running: \(left.stdout)")
     }
 
-    @Test func peerSourceWithoutAgentIsAUsageError() throws {
+    @Test func aPeerSourceWithoutTLSIsAConfigError() throws {
+        // The fleet's records of a peer are signed; with no [tls] there is nothing to check them against.
         let dir = try TestDirectory("src")
         defer { dir.remove() }
         let config = dir.sub("m.toml")
         try MirrorConfig.write(to: config, upstream: "rsync://127.0.0.1:1/x", mirror: dir.sub("m"), state: dir.sub("s"))
         let r = try CLI.dmirr(["sync", "-c", config, "--source", "mirror-b"])
         #expect(r.exitCode == 2)
-        #expect(r.stderr.contains("--source mirror-b"))
+        #expect(r.stderr.contains("--source mirror-b: pulling from a peer needs [tls]"), "\(r.stderr)")
     }
 }
 

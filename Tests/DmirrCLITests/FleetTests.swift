@@ -397,6 +397,53 @@ import Testing
         #expect(published.allSatisfy { $0.source != "m0" }, "a tree from m0 was published: \(published.map { "\($0.node)←\($0.source)" })")
     }
 
+    @Test func syncFromANamedPeerIsPinnedVerifiedAndExplainsWhatItRefuses() throws {
+        // Two members that have met: each stored the other's signed record (and with it its rsync URL). Snapshot mode,
+        // so that a rejected pull provably leaves the served tree as it was.
+        let fleet = try Fleet(size: 2, mirrorExtra: "publish = \"snapshot\"", serving: true)
+        defer { fleet.stop(); fleet.dir.remove() }
+        for name in fleet.names { try fleet.start(name) }
+        #expect(fleet.waitUntil(seconds: 60) { fleet.allInSync("push-1", among: fleet.names) }, "\(fleet.logs())")
+        for name in fleet.names { fleet.agents[name]!.killGroup() }
+
+        // m0 alone takes a push from upstream; m1 then pulls it from m0 by name, with no agent running.
+        try fleet.upstream.push(add: [.init("gamma", "1.0", sizeKB: 64)], token: "push-2")
+        let direct = try CLI.dmirr(["sync", "-c", fleet.configPath("m0")])
+        #expect(direct.exitCode == 0, "\(direct.stderr)")
+        let pulled = try CLI.dmirr(["sync", "-c", fleet.configPath("m1"), "--source", "m0"])
+        #expect(pulled.exitCode == 0, "\(pulled.stderr)")
+        #expect(try String(contentsOfFile: fleet.mirror("m1") + "/CURRENT", encoding: .utf8) == "push-2\n")
+        #expect(TreeComparison.differences(fleet.upstream.tree, realPath(fleet.mirror("m1"))) == [])
+        let fromPeer = try fleet.runs().filter { $0.node == "m1" && $0.token == "push-2" }
+        #expect(fromPeer.map(\.source) == ["m0"], "\(fromPeer.map { "\($0.source) \($0.outcome)" })")
+
+        // Names it cannot use: each refused with the reason, exit 2, and nothing pulled.
+        let unknown = try CLI.dmirr(["sync", "-c", fleet.configPath("m1"), "--source", "m7"])
+        #expect(unknown.exitCode == 2)
+        #expect(unknown.stderr.contains("--source m7: no record of that member in") && unknown.stderr.contains("members known: m0"),
+                "\(unknown.stderr)")
+        let itself = try CLI.dmirr(["sync", "-c", fleet.configPath("m1"), "--source", "m1"])
+        #expect(itself.exitCode == 2 && itself.stderr.contains("that is this mirror"), "\(itself.stderr)")
+
+        // m0 takes another push and one of its packages then goes bad on disk (same size and mtime): m1's pull
+        // from it fails verification and m1 keeps the tree it had.
+        try fleet.upstream.push(add: [.init("delta", "1.0", sizeKB: 64)], token: "push-3")
+        #expect(try CLI.dmirr(["sync", "-c", fleet.configPath("m0")]).exitCode == 0)
+        let bad = realPath(fleet.mirror("m0")) + "/Packages/delta-1.0-1.noarch.rpm"
+        let mtime = try FileManager.default.attributesOfItem(atPath: bad)[.modificationDate] as! Date
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: bad))
+        bytes[bytes.count / 2] ^= 0xFF
+        try bytes.write(to: URL(fileURLWithPath: bad))
+        try FileManager.default.setAttributes([.modificationDate: mtime], ofItemAtPath: bad)
+        let before = TreeComparison.differences(fleet.upstream.tree, realPath(fleet.mirror("m1")))
+        let rejected = try CLI.dmirr(["sync", "-c", fleet.configPath("m1"), "--source", "m0"])
+        #expect(rejected.exitCode == 1, "\(rejected.stderr)")
+        #expect(rejected.stderr.contains("delta-1.0-1.noarch.rpm"), "\(rejected.stderr)")
+        #expect(try String(contentsOfFile: fleet.mirror("m1") + "/CURRENT", encoding: .utf8) == "push-2\n")
+        #expect(!FileManager.default.fileExists(atPath: fleet.mirror("m1") + "/Packages/delta-1.0-1.noarch.rpm"))
+        #expect(TreeComparison.differences(fleet.upstream.tree, realPath(fleet.mirror("m1"))) == before)
+    }
+
     @Test func anAnnouncedPushSpreadsWithoutWaitingForThePoll() throws {
         // Agents poll upstream once at start and then only hourly: without the announcement push-2 would wait.
         let fleet = try Fleet(size: 3, serving: true, poll: "1h")

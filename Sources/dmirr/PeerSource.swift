@@ -1,0 +1,77 @@
+import DmirrCore
+import DmirrNet
+import DmirrStore
+import DmirrSync
+import DmirrWire
+import Logging
+
+/// `dmirr sync --source NODE` without asking an agent: where NODE serves its tree, from the newest signed record of it
+/// this mirror's agent stored (verified again against the fleet CA, as the agent does on restart), and the token NODE
+/// holds now, read from it and then pinned for the pull (the pipeline gives up if NODE moves on meanwhile).
+enum PeerSource {
+    /// Why a peer cannot be used, with the exit code it gets.
+    struct Failure: Error {
+        var exitCode: Int32
+        var message: String
+    }
+
+    static func resolve(node: String, config: Config) throws(Failure) -> (url: RsyncLocation, record: MemberRecord) {
+        guard node != config.node else {
+            throw Failure(exitCode: 2, message: "--source \(node): that is this mirror (node in the config); name a peer or 'upstream'")
+        }
+        guard let tls = config.tls else {
+            throw Failure(exitCode: 2, message: "--source \(node): pulling from a peer needs [tls] in the config, to verify the fleet's records of it")
+        }
+        let signer: RecordSigner
+        do {
+            signer = try RecordSigner(caPath: tls.ca, certPath: tls.cert, keyPath: tls.key)
+        } catch {
+            throw Failure(exitCode: 2, message: "--source \(node): \(error)")
+        }
+        let stored: [StateStore.StoredMember]
+        do {
+            stored = try StateStore(directory: config.state.dir).members()
+        } catch {
+            throw Failure(exitCode: 2, message: "--source \(node): cannot read the fleet's records in \(config.state.dir)/\(StateStore.fileName): \(error)")
+        }
+        guard let member = stored.first(where: { $0.node == node }) else {
+            let known = stored.map(\.node).filter { $0 != config.node }
+            let list = known.isEmpty ? "none yet (the agent stores them once it has joined the fleet)"
+                : known.prefix(10).joined(separator: ", ") + (known.count > 10 ? ", …" : "")
+            throw Failure(exitCode: 2, message: "--source \(node): no record of that member in \(config.state.dir)/\(StateStore.fileName); members known: \(list)")
+        }
+        let record: MemberRecord
+        do {
+            let signed = try WireSignedRecord(serializedBytes: member.signedRecord)
+            switch signer.verify(signed) {
+            case .success(let verified) where verified.node == node: record = verified
+            case .success: throw Failure(exitCode: 1, message: "--source \(node): the stored record is signed for another member")
+            case .failure(let rejection): throw Failure(exitCode: 1, message: "--source \(node): its stored record does not verify: \(rejection)")
+            }
+        } catch let failure as Failure {
+            throw failure
+        } catch {
+            throw Failure(exitCode: 1, message: "--source \(node): its stored record cannot be read: \(error)")
+        }
+        // Only daemon URLs: a record naming a local path must not make us copy our own disk.
+        guard let url = RsyncLocation(record.rsyncURL), url.isDaemon else {
+            let advertised = record.rsyncURL.isEmpty ? "no rsync URL" : "'\(record.rsyncURL)', not an rsync:// URL"
+            throw Failure(exitCode: 1, message: "--source \(node): it advertises \(advertised); it does not serve peers")
+        }
+        return (url, record)
+    }
+
+    /// The token NODE's tree holds now.
+    static func token(of node: String, at url: RsyncLocation, config: Config, logger: Logger) async throws(Failure) -> String {
+        var options = SyncPipeline.Options()
+        options.peer = (node, url, "")
+        let probe = SyncPipeline(config: SyncPipeline(config: config).effectiveConfig(options))
+        switch await probe.probeSource(logger: logger) {
+        case .success(let token):
+            return token.value
+        case .failure(let error):
+            let busy = error.rsync.map { $0.isTemporary } ?? false
+            throw Failure(exitCode: busy ? 75 : 1, message: "--source \(node): cannot read its \(config.upstream.tokenFile) at \(url): \(error.message)")
+        }
+    }
+}
