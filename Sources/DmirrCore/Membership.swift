@@ -141,7 +141,7 @@ public struct Membership: Sendable {
     /// When each member's liveness is next due to be judged again (the earliest pending deadline), and the heap of those
     /// deadlines; entries whose time no longer matches `dueAt` are stale and skipped.
     private var dueAt: [String: Duration] = [:]
-    private var deadlines = DeadlineHeap()
+    private var deadlines = MinHeap<Deadline>()
     /// Members to judge on the next round whatever their deadlines (a suspicion of them came or went, their watch ended).
     private var dirty: Set<String> = []
     /// Members not judged alive: re-judged when the refresh interval (and with it the slack) changes.
@@ -311,8 +311,8 @@ public struct Membership: Sendable {
         }
         var due = dirty.union(watching)
         dirty = []
-        while let next = deadlines.peek, next.at <= now {
-            deadlines.pop()
+        while let next = deadlines.min, next.at <= now {
+            deadlines.popMin()
             if dueAt[next.node] == next.at {
                 dueAt[next.node] = nil
                 due.insert(next.node)
@@ -398,7 +398,7 @@ public struct Membership: Sendable {
         // again, so the heap holds about one deadline per member however often records arrive.
         if let pending = dueAt[node], pending <= time { return }
         dueAt[node] = time
-        deadlines.push(at: time, node: node)
+        deadlines.push(Deadline(at: time, node: node))
     }
 
     private mutating func setLiveness(_ liveness: Liveness, of node: String) {
@@ -669,41 +669,10 @@ public struct Membership: Sendable {
     }
 }
 
-/// A min-heap of (time, member) deadlines: the next member whose liveness verdict may change.
-struct DeadlineHeap: Sendable {
-    private var items: [(at: Duration, node: String)] = []
+/// When a member's liveness verdict may next change: ordered by time, then by name.
+struct Deadline: Comparable, Sendable {
+    var at: Duration
+    var node: String
 
-    var peek: (at: Duration, node: String)? { items.first }
-
-    mutating func push(at: Duration, node: String) {
-        items.append((at, node))
-        var child = items.count - 1
-        while child > 0 {
-            let parent = (child - 1) / 2
-            guard Self.before(items[child], items[parent]) else { break }
-            items.swapAt(child, parent)
-            child = parent
-        }
-    }
-
-    mutating func pop() {
-        guard !items.isEmpty else { return }
-        items.swapAt(0, items.count - 1)
-        items.removeLast()
-        var parent = 0
-        while true {
-            let left = 2 * parent + 1
-            let right = left + 1
-            var first = parent
-            if left < items.count, Self.before(items[left], items[first]) { first = left }
-            if right < items.count, Self.before(items[right], items[first]) { first = right }
-            guard first != parent else { return }
-            items.swapAt(parent, first)
-            parent = first
-        }
-    }
-
-    private static func before(_ a: (at: Duration, node: String), _ b: (at: Duration, node: String)) -> Bool {
-        a.at < b.at || (a.at == b.at && a.node < b.node)
-    }
+    static func < (a: Deadline, b: Deadline) -> Bool { a.at < b.at || (a.at == b.at && a.node < b.node) }
 }

@@ -1,3 +1,5 @@
+import DmirrCore
+
 /// Bulk transfers sharing bandwidth fairly (processor sharing), in virtual time: each transfer runs at the smallest of
 /// its receiver's bandwidth and its sender's bandwidth divided among the sender's active transfers. Rates are
 /// recomputed whenever a transfer starts or ends, so completion times are exact for this model.
@@ -87,47 +89,34 @@ struct FluidNetwork {
     }
 }
 
-/// A binary min-heap of timed events; ties keep insertion order, so runs are exactly replayable.
+/// Timed events in time order; ties keep insertion order, so runs are exactly replayable.
 struct EventQueue<Event> {
-    private var heap: [(at: Double, seq: Int, event: Event)] = []
+    /// One queued event: ordered by time, then by when it was pushed (the event itself takes no part).
+    private struct Timed: Comparable {
+        var at: Double
+        var seq: Int
+        var event: Event
+
+        static func < (a: Timed, b: Timed) -> Bool { a.at != b.at ? a.at < b.at : a.seq < b.seq }
+        static func == (a: Timed, b: Timed) -> Bool { a.at == b.at && a.seq == b.seq }
+    }
+
+    private var heap = MinHeap<Timed>()
     private var seq = 0
 
     var isEmpty: Bool { heap.isEmpty }
-    var peekTime: Double? { heap.first?.at }
+    var peekTime: Double? { heap.min?.at }
 
     mutating func push(_ event: Event, at: Double) {
         seq += 1
-        heap.append((at, seq, event))
-        var i = heap.count - 1
-        while i > 0 {
-            let parent = (i - 1) / 2
-            guard Self.less(heap[i], heap[parent]) else { break }
-            heap.swapAt(i, parent)
-            i = parent
-        }
+        heap.push(Timed(at: at, seq: seq, event: event))
     }
 
     mutating func pop() -> (at: Double, event: Event)? {
-        guard !heap.isEmpty else { return nil }
-        heap.swapAt(0, heap.count - 1)
-        let top = heap.removeLast()
-        var i = 0
-        while true {
-            let l = 2 * i + 1, r = l + 1
-            var m = i
-            if l < heap.count, Self.less(heap[l], heap[m]) { m = l }
-            if r < heap.count, Self.less(heap[r], heap[m]) { m = r }
-            if m == i { break }
-            heap.swapAt(i, m)
-            i = m
-        }
-        return (top.at, top.event)
-    }
-
-    private static func less(_ a: (at: Double, seq: Int, event: Event), _ b: (at: Double, seq: Int, event: Event)) -> Bool {
-        a.at != b.at ? a.at < b.at : a.seq < b.seq
+        heap.popMin().map { ($0.at, $0.event) }
     }
 }
+
 
 /// SplitMix64: small, fast, seeded; the simulator's only source of randomness.
 public struct SeededRandom: RandomNumberGenerator, Sendable {

@@ -15,7 +15,8 @@ enum PeerSource {
         var message: String
     }
 
-    static func resolve(node: String, config: Config) throws(Failure) -> (url: RsyncLocation, record: MemberRecord) {
+    /// NODE's rsync URL, from its stored record.
+    static func resolve(node: String, config: Config) throws(Failure) -> RsyncLocation {
         guard node != config.node else {
             throw Failure(exitCode: 2, message: "--source \(node): that is this mirror (node in the config); name a peer or 'upstream'")
         }
@@ -40,25 +41,24 @@ enum PeerSource {
                 : known.prefix(10).joined(separator: ", ") + (known.count > 10 ? ", …" : "")
             throw Failure(exitCode: 2, message: "--source \(node): no record of that member in \(config.state.dir)/\(StateStore.fileName); members known: \(list)")
         }
-        let record: MemberRecord
+        let signed: WireSignedRecord
         do {
-            let signed = try WireSignedRecord(serializedBytes: member.signedRecord)
-            switch signer.verify(signed) {
-            case .success(let verified) where verified.node == node: record = verified
-            case .success: throw Failure(exitCode: 1, message: "--source \(node): the stored record is signed for another member")
-            case .failure(let rejection): throw Failure(exitCode: 1, message: "--source \(node): its stored record does not verify: \(rejection)")
-            }
-        } catch let failure as Failure {
-            throw failure
+            signed = try WireSignedRecord(serializedBytes: member.signedRecord)
         } catch {
             throw Failure(exitCode: 1, message: "--source \(node): its stored record cannot be read: \(error)")
+        }
+        let record: MemberRecord
+        switch signer.verify(signed) {
+        case .success(let verified) where verified.node == node: record = verified
+        case .success: throw Failure(exitCode: 1, message: "--source \(node): the stored record is signed for another member")
+        case .failure(let rejection): throw Failure(exitCode: 1, message: "--source \(node): its stored record does not verify: \(rejection)")
         }
         // Only daemon URLs: a record naming a local path must not make us copy our own disk.
         guard let url = RsyncLocation(record.rsyncURL), url.isDaemon else {
             let advertised = record.rsyncURL.isEmpty ? "no rsync URL" : "'\(record.rsyncURL)', not an rsync:// URL"
             throw Failure(exitCode: 1, message: "--source \(node): it advertises \(advertised); it does not serve peers")
         }
-        return (url, record)
+        return url
     }
 
     /// The token NODE's tree holds now.

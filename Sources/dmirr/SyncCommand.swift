@@ -39,9 +39,9 @@ struct SyncCommand: AsyncParsableCommand {
         var runOptions = SyncPipeline.Options(force: force)
         if source != "upstream" {
             do {
-                let peer = try PeerSource.resolve(node: source, config: config)
-                let token = try await PeerSource.token(of: source, at: peer.url, config: config, logger: logger)
-                runOptions.peer = (source, peer.url, token)
+                let url = try PeerSource.resolve(node: source, config: config)
+                let token = try await PeerSource.token(of: source, at: url, config: config, logger: logger)
+                runOptions.peer = (source, url, token)
             } catch {
                 printError("dmirr sync: \(error.message)")
                 throw ExitCode(error.exitCode)

@@ -8,6 +8,16 @@ import Testing
 
 /// Real agent processes on loopback with certificates from `dmirr cert` and a real upstream rsync daemon.
 @Suite(.serialized) struct FleetTests {
+    /// Flips one byte in the middle of a file and puts its mtime back: same size and mtime, so only a checksum (the
+    /// packages-level verification) can tell.
+    static func corruptKeepingSizeAndMtime(_ path: String) throws {
+        let mtime = try FileManager.default.attributesOfItem(atPath: path)[.modificationDate] as! Date
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        bytes[bytes.count / 2] ^= 0xFF
+        try bytes.write(to: URL(fileURLWithPath: path))
+        try FileManager.default.setAttributes([.modificationDate: mtime], ofItemAtPath: path)
+    }
+
     final class Fleet: @unchecked Sendable {
         let dir: TestDirectory
         let upstream: Upstream
@@ -375,12 +385,7 @@ import Testing
         #expect(fleet.waitUntil(seconds: 60) { fleet.allInSync("push-2", among: ["m0"]) }, "\(fleet.logs())")
 
         // m0's copy of gamma goes bad on disk, same size and mtime: only a checksum can tell.
-        let bad = realPath(fleet.mirror("m0")) + "/Packages/gamma-1.0-1.noarch.rpm"
-        let mtime = try FileManager.default.attributesOfItem(atPath: bad)[.modificationDate] as! Date
-        var bytes = try Data(contentsOf: URL(fileURLWithPath: bad))
-        bytes[bytes.count / 2] ^= 0xFF
-        try bytes.write(to: URL(fileURLWithPath: bad))
-        try FileManager.default.setAttributes([.modificationDate: mtime], ofItemAtPath: bad)
+        try Self.corruptKeepingSizeAndMtime(realPath(fleet.mirror("m0")) + "/Packages/gamma-1.0-1.noarch.rpm")
 
         // Two new mirrors join; m0 is the only one in sync, so the plan sends both to it first.
         try fleet.start("m1")
@@ -429,12 +434,7 @@ import Testing
         // from it fails verification and m1 keeps the tree it had.
         try fleet.upstream.push(add: [.init("delta", "1.0", sizeKB: 64)], token: "push-3")
         #expect(try CLI.dmirr(["sync", "-c", fleet.configPath("m0")]).exitCode == 0)
-        let bad = realPath(fleet.mirror("m0")) + "/Packages/delta-1.0-1.noarch.rpm"
-        let mtime = try FileManager.default.attributesOfItem(atPath: bad)[.modificationDate] as! Date
-        var bytes = try Data(contentsOf: URL(fileURLWithPath: bad))
-        bytes[bytes.count / 2] ^= 0xFF
-        try bytes.write(to: URL(fileURLWithPath: bad))
-        try FileManager.default.setAttributes([.modificationDate: mtime], ofItemAtPath: bad)
+        try Self.corruptKeepingSizeAndMtime(realPath(fleet.mirror("m0")) + "/Packages/delta-1.0-1.noarch.rpm")
         let before = TreeComparison.differences(fleet.upstream.tree, realPath(fleet.mirror("m1")))
         let rejected = try CLI.dmirr(["sync", "-c", fleet.configPath("m1"), "--source", "m0"])
         #expect(rejected.exitCode == 1, "\(rejected.stderr)")
