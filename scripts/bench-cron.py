@@ -115,7 +115,8 @@ def watch(mirrors, pushed, limit):
 
 
 def same_tree(a, b):
-    cmp = filecmp.dircmp(a, b)
+    # dmirr's own manifest is not upstream content: a dmirr mirror writes one at its root, upstream has none.
+    cmp = filecmp.dircmp(a, b, ignore=filecmp.DEFAULT_IGNORES + [".dmirr-manifest"])
     if cmp.left_only or cmp.right_only or cmp.diff_files or cmp.funny_files:
         return False
     return all(same_tree(os.path.join(a, d), os.path.join(b, d)) for d in cmp.common_dirs)

@@ -33,6 +33,7 @@ struct SyncService: Service {
         // rsync's own --timeout ends a stalled transfer; this catches a source that trickles.
         c.stallAfter = max(.seconds(30), config.upstream.timeout * 2)
         c.busyBackoff = max(.seconds(5), config.upstream.poll)
+        c.attestations = config.peers.attestations
         return c
     }
 
@@ -40,8 +41,15 @@ struct SyncService: Service {
         var logger = self.logger
         logger[metadataKey: "service"] = "sync"
         let pipeline = SyncPipeline(config: config)
-        let published = (try? StateStore(directory: config.state.dir).published())?.token ?? ""
-        var coordinator = SyncCoordinator(me: config.node, publishedToken: published, configuration: Self.coordinatorConfiguration(config))
+        let store = try? StateStore(directory: config.state.dir)
+        let publishedRow = try? store?.published()
+        let published = publishedRow?.token ?? ""
+        // The published token is where we start: gossip of an older one must not take a restarted mirror back.
+        var coordinator = SyncCoordinator(
+            me: config.node, publishedToken: published,
+            publishedSeenMillis: publishedRow.map { Int64($0.at.timeIntervalSince1970 * 1000) },
+            attestation: (try? store?.attestation()).flatMap { $0.map { ($0.token, $0.root) } },
+            configuration: Self.coordinatorConfiguration(config))
         let (events, sink) = AsyncStream.makeStream(of: Event.self)
         let clock = ContinuousClock()
         let started = clock.now
@@ -83,13 +91,16 @@ struct SyncService: Service {
                 case .finished(let report):
                     pullCancel = nil
                     await record(report, logger: logger)
+                    if report.source == "upstream", report.exitCode == 0, let token = report.token, let root = report.manifestRoot {
+                        coordinator.attest(token: token.value, root: root)
+                    }
                     directives += coordinator.onPullFinished(Self.outcome(report), now: now)
                 }
                 if coordinator.vouchedBy != vouchedBy {
                     vouchedBy = coordinator.vouchedBy
                     if let vouchedBy, let token = coordinator.target?.token {
-                        logger.notice("our own fetch of the upstream token failed; following the token a peer has published",
-                                      metadata: ["peer.node": "\(vouchedBy)", "sync.token": "\(token)"])
+                        logger.notice("our own fetch of the upstream token failed; following a token that members attest from their own upstream pulls",
+                                      metadata: ["peer.attesters": "\(vouchedBy)", "sync.token": "\(token)"])
                     }
                 }
                 var status = FleetNode.PlanStatus()
@@ -117,7 +128,8 @@ struct SyncService: Service {
                                 sink.yield(.finished(SyncReport(outcome: .failed, exitCode: 1, message: "peer \(peer) has no rsync URL")))
                                 continue
                             }
-                            options.peer = (peer, url, token)
+                            options.peer = .init(node: peer, url: url, token: token, acceptedRoots: coordinator.attestedRoots(for: token),
+                                                 attestationsNeeded: config.peers.attestations)
                         }
                         let cancel = CancelSignal()
                         pullCancel = cancel
@@ -150,6 +162,8 @@ struct SyncService: Service {
                             $0.avoid = a.avoid
                             $0.planDigest = a.planDigest
                             $0.serveSlots = a.serveSlots
+                            $0.attestToken = a.attestToken
+                            $0.attestRoot = a.attestRoot
                             if $0.syncState != .syncing {
                                 $0.syncState = !a.targetToken.isEmpty && $0.publishedToken == a.targetToken ? .inSync
                                     : $0.syncState == .failed ? .failed : .waiting

@@ -85,6 +85,9 @@ public struct Config: Sendable, Equatable {
         public var gossip: Duration
         public var suspectAfter: Duration
         public var downAfter: Duration
+        /// How many distinct members must attest a token's manifest root, each from its own upstream pull, before this
+        /// member takes that token's tree from a peer (or follows the token while upstream refuses it).
+        public var attestations: Int = 2
     }
 
     public struct State: Sendable, Equatable {

@@ -71,7 +71,7 @@ private struct Reader {
         ],
         "listen": ["peer", "advertise", "control", "metrics"],
         "tls": ["ca", "cert", "key"],
-        "peers": ["seeds", "gossip", "suspect_after", "down_after"],
+        "peers": ["seeds", "gossip", "suspect_after", "down_after", "attestations"],
         "state": ["dir"],
     ]
 
@@ -292,7 +292,8 @@ private struct Reader {
             seeds: seeds,
             gossip: duration("peers", "gossip", default: .seconds(1)),
             suspectAfter: duration("peers", "suspect_after", default: .seconds(10)),
-            downAfter: duration("peers", "down_after", default: .seconds(60))
+            downAfter: duration("peers", "down_after", default: .seconds(60)),
+            attestations: integer("peers", "attestations", default: 2, range: 1...64)
         )
         if peers.suspectAfter >= peers.downAfter {
             problem("peers.down_after", line: entry("peers", "down_after")?.line ?? entry("peers", "suspect_after")?.line,

@@ -34,6 +34,10 @@ public struct MemberRecord: Sendable, Equatable {
     public var avoid: [String] = []
     /// The digest of the sync plan it computed for its target token ("" when none).
     public var planDigest: String = ""
+    /// The token this member published from its own upstream pull, and the root hash of that tree's manifest ("" when
+    /// none): an attestation others count before they trust a peer's copy (``TreeManifest``).
+    public var attestToken: String = ""
+    public var attestRoot: String = ""
     /// Members this node has lost direct contact with, at the version it last held of each (see ``Membership``).
     public var suspects: [Suspicion] = []
 

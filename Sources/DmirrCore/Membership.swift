@@ -476,6 +476,7 @@ public struct Membership: Sendable {
             || old.targetToken != new.targetToken || old.source != new.source
             || old.avoid != new.avoid || old.suspects != new.suspects || old.serveSlots != new.serveSlots
             || old.rsyncURL != new.rsyncURL || old.peerAddress != new.peerAddress
+            || old.attestToken != new.attestToken || old.attestRoot != new.attestRoot
     }
 
     /// Pushes one member's record to every linked peer but `peer`: cheaper than a summary, which would cost the

@@ -24,13 +24,21 @@ public struct RsyncCommand: Sendable, Equatable {
 
     public var arguments: [String]
 
+    /// What a pull from a peer adds to every transfer: a peer is not trusted with owners, devices, setuid or setgid
+    /// bits, or symlinks that leave the tree. (What the tree must hold is then checked against an attested manifest,
+    /// which restores modes and symlinks it lists.)
+    public static let peerSafety = ["--safe-links", "--no-owner", "--no-group", "--no-devices", "--no-specials", "--chmod=ug-s"]
+
     /// Arguments for one transfer pass from `source` into the directory `destination`.
-    public static func transfer(stage: Stage, source: RsyncLocation, destination: String, config: Config) -> RsyncCommand {
+    /// - Parameter fromPeer: the source is another member, not upstream (adds ``peerSafety``).
+    public static func transfer(stage: Stage, source: RsyncLocation, destination: String, config: Config, fromPeer: Bool = false) -> RsyncCommand {
         var args = ["-aH", "--numeric-ids"]
+        if fromPeer { args += peerSafety }
         args += connectionOptions(source: source, config: config)
         args += ["--info=progress2", "--outbuf=L", "--stats", "--out-format=\(outFormat)"]
         args += ["--temp-dir=\(tempDirName)", "--exclude=/\(tempDirName)/"]
-        args += ["--exclude=/\(config.upstream.tokenFile)"]
+        // dmirr writes the manifest itself after verification; excluding it also keeps --delete off it.
+        args += ["--exclude=/\(config.upstream.tokenFile)", "--exclude=/\(TreeManifest.fileName)"]
         switch stage {
         case .content:
             args += config.mirror.metadata.map { "--exclude=\($0)" }
@@ -55,6 +63,14 @@ public struct RsyncCommand: Sendable, Equatable {
         var args = connectionOptions(source: source, config: config)
         // -t -p: keep the token file's mtime and mode, so the published copy matches upstream's exactly.
         args += ["-tp", "--no-motd", source.file(config.upstream.tokenFile), destinationFile]
+        return RsyncCommand(arguments: args)
+    }
+
+    /// Arguments that copy one file of the source's tree to `destinationFile`, refusing one larger than `maxBytes`
+    /// (rsync then skips it, and the caller finds no file).
+    public static func fetchFile(_ relativePath: String, source: RsyncLocation, destinationFile: String, maxBytes: Int, config: Config) -> RsyncCommand {
+        var args = connectionOptions(source: source, config: config)
+        args += ["-tp", "--no-motd", "--max-size=\(maxBytes)", source.file(relativePath), destinationFile]
         return RsyncCommand(arguments: args)
     }
 

@@ -8,9 +8,14 @@
 ///   first gives them a source (members that must wait anyway do not all fetch at once). A
 ///   member pulls a token it confirmed itself (one small fetch), so a peer cannot send the fleet after a token
 ///   upstream does not serve. The one exception: when our own fetch fails (upstream refuses us as busy, or cannot be
-///   reached from here), a token some live member has already *published* counts as confirmed ("vouched"), so a
-///   member cut off from upstream still follows the fleet through its peers. Trusting a member's published token is
-///   no wider than trusting its tree, which a peer pull does anyway; the tree is still verified before it is published.
+///   reached from here), a token whose manifest `attestations` distinct live members attest (each from its own
+///   upstream pull) counts as confirmed, so a member cut off from upstream still follows the fleet through its peers.
+///   One member's word is never enough unless the operator sets `attestations = 1`. A token only gossip told us of
+///   never cancels a running pull, and a token older than the one we hold is never adopted.
+/// - **Attestations.** A member that published a token from its own upstream pull attests it: the token and the root of
+///   its manifest go into its record. Peers serve a token only once a root of it is attested by `attestations`
+///   members and by more members than any other root of it (a tie between roots serves nobody); pullers check the
+///   peer's manifest against that root and the tree against the manifest.
 /// - **Plan.** From the live members' records it computes ``SyncPlan`` and advertises the plan's digest. Peer pulls
 ///   start at once (the source's serving limit is the hard backstop). An upstream pull starts when more than half of
 ///   the members known (live and suspected) advertise the same digest, or `agreementDeadline` after this member was
@@ -35,6 +40,9 @@ public struct SyncCoordinator: Sendable {
         /// finished the same token before it, and at its rate so far the rest would take longer than `stallAfter`.
         /// Once per token, so that a member whose own link is the slow part does not hop from source to source.
         public var overtakenBy = 3
+        /// How many distinct members must attest a manifest root, from their own upstream pulls, before peers serve the
+        /// token and before a member that cannot reach upstream takes it as confirmed.
+        public var attestations = 2
 
         public init() {}
     }
@@ -48,6 +56,9 @@ public struct SyncCoordinator: Sendable {
         public var avoid: [String] = []
         public var planDigest = ""
         public var serveSlots = 0
+        /// The token we pulled from upstream ourselves and the root of its manifest ("" when none).
+        public var attestToken = ""
+        public var attestRoot = ""
     }
 
     public enum Directive: Sendable, Equatable {
@@ -137,14 +148,48 @@ public struct SyncCoordinator: Sendable {
     private var overtaken = 0
     /// Our last fetch of upstream's token failed (busy or unreachable); cleared by the next one that answers.
     private var ownPollFailed = false
-    /// The member whose published token stood in for our own fetch, when one did.
+    /// The members whose attestations stood in for our own fetch, when they did ("a, b").
     public private(set) var vouchedBy: String?
     public private(set) var advertised: Advertised?
+    /// What we attest: a token we published from our own upstream pull, and its manifest's root.
+    public private(set) var attestation: (token: String, root: String)?
 
-    public init(me: String, publishedToken: String, configuration: Configuration = .init()) {
+    /// - Parameters:
+    ///   - publishedSeenMillis: when given, the published token is our starting target, as seen at that time (Unix
+    ///     ms; the time it was published is a safe choice): gossip of a token seen earlier, that is an older one, is
+    ///     then never adopted, so a restart cannot take the mirror back to a peer's older token.
+    ///   - attestation: what we attested before a restart.
+    public init(
+        me: String, publishedToken: String, publishedSeenMillis: Int64? = nil, attestation: (token: String, root: String)? = nil,
+        configuration: Configuration = .init()
+    ) {
         self.me = me
         self.publishedToken = publishedToken
         self.configuration = configuration
+        self.attestation = attestation
+        if let publishedSeenMillis, !publishedToken.isEmpty {
+            target = (publishedToken, publishedSeenMillis, true)
+        }
+    }
+
+    /// We published `token` from our own upstream pull with a manifest of root `root`: attest it.
+    public mutating func attest(token: String, root: String) {
+        attestation = (token, root)
+    }
+
+    /// The manifest roots of `token` that peers may serve: the one root attested by at least `attestations` distinct
+    /// live members (ourselves included) and by more of them than any other root of the token. Empty when none is.
+    public func attestedRoots(for token: String) -> Set<String> {
+        var claims = view.map { Attestations.Claim(node: $0.node, token: $0.attestToken, root: $0.attestRoot) }
+        if let attestation { claims.append(.init(node: me, token: attestation.token, root: attestation.root)) }
+        return Attestations.acceptedRoots(for: token, claims: claims, needed: configuration.attestations)
+    }
+
+    /// The live members attesting `root` for `token`, sorted (for logs and status).
+    public func attesters(of token: String, root: String) -> [String] {
+        var nodes = view.filter { $0.attestToken == token && $0.attestRoot == root }.map(\.node)
+        if let attestation, attestation == (token, root) { nodes.append(me) }
+        return nodes.sorted()
     }
 
     // MARK: Events
@@ -308,6 +353,13 @@ public struct SyncCoordinator: Sendable {
         return sources
     }
 
+    private struct AttestedKey: Equatable {
+        var viewStamp: Int
+        var token: String
+        var mine: String?
+    }
+    private var attestedCache: (key: AttestedKey, roots: Set<String>)?
+
     /// Everything a plan and its agreement are computed from.
     private struct PlanKey: Equatable {
         var viewStamp: Int
@@ -317,6 +369,7 @@ public struct SyncCoordinator: Sendable {
         var avoid: Set<PlanSource>
         var serveSlots: Int
         var upstreamSlots: Int
+        var attestation: String?
     }
 
     private mutating func setTarget(_ token: String, seenMillis: Int64, confirmed: Bool) {
@@ -340,33 +393,39 @@ public struct SyncCoordinator: Sendable {
             agreed = false
             return out
         }
-        if !target.confirmed, ownPollFailed,
-            let voucher = view.filter({ $0.publishedToken == target.token }).map(\.node).min()
-        {
+        // Counting attestations is a pass over the view: only when the view, the token or our own attestation changed.
+        let attestedKey = AttestedKey(viewStamp: viewStamp, token: target.token, mine: attestation?.root)
+        if attestedCache?.key != attestedKey { attestedCache = (attestedKey, attestedRoots(for: target.token)) }
+        let attested = attestedCache!.roots
+        if !target.confirmed, ownPollFailed, let root = attested.first {
             target.confirmed = true
             self.target = target
-            vouchedBy = voucher
+            vouchedBy = attesters(of: target.token, root: root).joined(separator: ", ")
         }
         if let running, target.token == publishedToken {
             out.append(.cancelPull(reason: "we already hold \(target.token); the pull of \(running.token) is moot"))
             return out
         }
         if let running, running.token != target.token {
-            out.append(.cancelPull(reason: "upstream moved on to \(target.token)"))
+            // Gossip alone (a token not yet confirmed) never stops a pull: a member could make one up.
+            if target.confirmed { out.append(.cancelPull(reason: "upstream moved on to \(target.token)")) }
             return out
         }
         // Most rounds change nothing the plan depends on: reuse the last plan and agreement then.
+        // Peers serve only a token whose manifest is attested: without it a puller could not check what it receives.
+        let serving = !attested.isEmpty
         let key = PlanKey(viewStamp: viewStamp, token: target.token, published: publishedToken, running: running?.source,
-                          avoid: avoiding, serveSlots: configuration.serveSlots, upstreamSlots: configuration.upstreamSlots)
+                          avoid: avoiding, serveSlots: serving ? configuration.serveSlots : 0, upstreamSlots: configuration.upstreamSlots,
+                          attestation: attestation?.token == target.token ? attestation?.root : nil)
         if key != lastPlanKey || self.plan == nil {
             var members = view.map { r in
                 SyncPlan.Member(
                     node: r.node, publishedToken: r.publishedToken,
                     pulling: r.syncState == .syncing && r.targetToken == target.token ? PlanSource(recordValue: r.source) : nil,
-                    serveSlots: r.serveSlots, avoid: Set(r.avoid.compactMap(PlanSource.init(recordValue:))))
+                    serveSlots: serving ? r.serveSlots : 0, avoid: Set(r.avoid.compactMap(PlanSource.init(recordValue:))))
             }
             members.append(SyncPlan.Member(node: me, publishedToken: publishedToken, pulling: running?.source,
-                                           serveSlots: configuration.serveSlots, avoid: avoiding))
+                                           serveSlots: serving ? configuration.serveSlots : 0, avoid: avoiding))
             let held = holding.filter { $0.targetToken == target.token && $0.publishedToken != target.token }
             members += held.map { SyncPlan.Member(node: $0.node, publishedToken: $0.publishedToken, pulling: .upstream, serveSlots: 0) }
             members.sort { $0.node < $1.node }
@@ -431,6 +490,8 @@ public struct SyncCoordinator: Sendable {
         a.avoid = avoiding.map(\.recordValue).sorted()
         a.planDigest = plan?.digest ?? ""
         a.serveSlots = configuration.serveSlots
+        a.attestToken = attestation?.token ?? ""
+        a.attestRoot = attestation?.root ?? ""
         guard a != advertised else { return [] }
         advertised = a
         return [.advertise(a)]

@@ -52,7 +52,7 @@ extension String {
         return String(scalars[start...end])
     }
 
-    fileprivate func leftPadded(to width: Int) -> String {
+    func leftPadded(to width: Int) -> String {
         count >= width ? self : String(repeating: "0", count: width - count) + self
     }
 }

@@ -169,6 +169,8 @@ public enum WireRecords {
             $0.serveSlots = UInt32(clamping: r.serveSlots)
             $0.avoid = r.avoid
             $0.planDigest = r.planDigest
+            $0.attestToken = r.attestToken
+            $0.attestRoot = r.attestRoot
             $0.suspects = r.suspects.map { suspicion in
                 .with {
                     $0.node = suspicion.node
@@ -202,6 +204,8 @@ public enum WireRecords {
         r.serveSlots = Int(w.serveSlots)
         r.avoid = w.avoid
         r.planDigest = w.planDigest
+        r.attestToken = w.attestToken
+        r.attestRoot = w.attestRoot
         r.suspects = w.suspects.map { Suspicion(node: $0.node, version: RecordVersion(generation: $0.generation, heartbeat: $0.heartbeat)) }
         return r
     }

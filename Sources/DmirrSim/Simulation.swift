@@ -8,6 +8,8 @@ public struct Scenario: Sendable, Equatable {
     public var upstreamSlots = 2
     /// `[mirror] serve_slots` (F), also each peer daemon's `max connections`.
     public var serveSlots = 2
+    /// `[peers] attestations`: distinct upstream pullers that must attest a manifest root before peers serve a token.
+    public var attestations = 2
     /// The upstream daemon's own `max connections` (the hard backstop).
     public var upstreamMaxConnections = 8
     /// One-way latency of every link and of every rsync connection setup.
@@ -184,6 +186,7 @@ public struct Simulation {
         coordination.agreementDeadline = .seconds(max(2, scenario.gossip * 5))
         coordination.stallAfter = .seconds(120)
         coordination.busyBackoff = .seconds(max(5, scenario.poll / 4))
+        coordination.attestations = scenario.attestations
         var send = Array(repeating: scenario.mirrorBandwidth, count: n)
         for i in 0..<n {
             let name = "m\(i)"
@@ -438,6 +441,8 @@ public struct Simulation {
                     $0.avoid = a.avoid
                     $0.planDigest = a.planDigest
                     $0.serveSlots = a.serveSlots
+                    $0.attestToken = a.attestToken
+                    $0.attestRoot = a.attestRoot
                     if $0.syncState != .syncing { $0.syncState = published == a.targetToken ? .inSync : .waiting }
                 }
             case .wake:
@@ -523,7 +528,12 @@ public struct Simulation {
             network.stop(t, now: now)
             scheduleTransferCheck()
         }
+        let source = nodes[i].pull?.source
         nodes[i].pull = nil
+        if case .synced(let token) = outcome, source == .upstream {
+            // What it attests stands for its manifest's root: a liar attests a forged one.
+            nodes[i].coordinator.attest(token: token, root: (nodes[i].liar ? "forged-" : "root-") + token)
+        }
         if case .synced(let token) = outcome {
             nodes[i].published = token
             // A liar's own copy is what it serves: bad packages behind a good token.

@@ -58,6 +58,27 @@ public final class StateStore: Sendable {
                 t.column("updated_at", .datetime).notNull()
             }
         }
+        migrator.registerMigration("v3: manifests, the digest cache, unchecked trees") { db in
+            // The root hash of the manifest written with the published tree (nil for trees published before manifests).
+            try db.alter(table: "published_token") { t in t.add(column: "manifest_root", .text) }
+            // SHA-256 of each file of the tree as last hashed, keyed by what tells a changed file: a sync hashes only
+            // what rsync replaced (a new file gets a new inode) or what changed size or mtime.
+            try db.create(table: "file_digest") { t in
+                t.primaryKey("path", .text)
+                t.column("size", .integer).notNull()
+                t.column("mtime_ns", .integer).notNull()
+                t.column("inode", .integer).notNull()
+                t.column("sha256", .text).notNull()
+            }
+            // One row while the live tree holds changes no verified publish has covered: a run that failed
+            // verification or died after its transfer touched the tree. The next run checks the tree again instead of
+            // answering "up to date".
+            try db.create(table: "tree_unchecked") { t in
+                t.column("id", .integer).primaryKey().check { $0 == 1 }
+                t.column("reason", .text).notNull()
+                t.column("since", .datetime).notNull()
+            }
+        }
         return migrator
     }
 
@@ -129,16 +150,104 @@ public final class StateStore: Sendable {
         }
     }
 
-    /// Remembers the token this mirror now publishes.
-    public func setPublished(token: String, source: String, at date: Date) throws(StoreError) {
+    /// Remembers the token this mirror now publishes, and the root of the manifest published with it. The tree is
+    /// verified from here on: a mark left by ``markTreeUnchecked(reason:at:)`` is cleared in the same transaction.
+    public func setPublished(token: String, source: String, at date: Date, manifestRoot: String? = nil) throws(StoreError) {
         try write("record the published token") { db in
             try db.execute(
                 sql: """
-                    INSERT INTO published_token (id, token, published_at, source) VALUES (1, ?, ?, ?)
+                    INSERT INTO published_token (id, token, published_at, source, manifest_root) VALUES (1, ?, ?, ?, ?)
                     ON CONFLICT(id) DO UPDATE SET token = excluded.token, published_at = excluded.published_at,
-                    source = excluded.source
+                    source = excluded.source, manifest_root = excluded.manifest_root
                     """,
-                arguments: [token, date, source])
+                arguments: [token, date, source, manifestRoot])
+            try db.execute(sql: "DELETE FROM tree_unchecked")
+        }
+    }
+
+    /// What this mirror attests: the token it published from its own upstream pull and its manifest's root. Nil when
+    /// the published tree came from a peer or has no manifest.
+    public func attestation() throws(StoreError) -> (token: String, root: String, at: Date)? {
+        try read("read the attested manifest") { db in
+            guard let row = try Row.fetchOne(db, sql: """
+                SELECT token, manifest_root, published_at FROM published_token
+                WHERE id = 1 AND source = 'upstream' AND manifest_root IS NOT NULL
+                """)
+            else { return nil }
+            return (row["token"], row["manifest_root"], row["published_at"])
+        }
+    }
+
+    /// Tokens this mirror published before the one it publishes now, and so has superseded: publishing one of them
+    /// again would take the mirror back in time.
+    public func supersededTokens() throws(StoreError) -> Set<String> {
+        try read("read the published tokens") { db in
+            let current = try String.fetchOne(db, sql: "SELECT token FROM published_token WHERE id = 1")
+            let earlier = try String.fetchAll(db, sql: "SELECT DISTINCT token FROM sync_run WHERE outcome = 'synced' AND token IS NOT NULL")
+            return Set(earlier).subtracting(current.map { [$0] } ?? [])
+        }
+    }
+
+    /// Notes that the live tree is about to change without a verified publish to cover it yet. Kept until the next
+    /// ``setPublished(token:source:at:manifestRoot:)``.
+    public func markTreeUnchecked(reason: String, at date: Date) throws(StoreError) {
+        try write("mark the tree unchecked") { db in
+            try db.execute(
+                sql: "INSERT INTO tree_unchecked (id, reason, since) VALUES (1, ?, ?) ON CONFLICT(id) DO NOTHING",
+                arguments: [reason, date])
+        }
+    }
+
+    /// Why the live tree must be checked again before it is called up to date, or nil.
+    public func treeUnchecked() throws(StoreError) -> String? {
+        try read("read the tree's check mark") { db in
+            try String.fetchOne(db, sql: "SELECT reason FROM tree_unchecked WHERE id = 1")
+        }
+    }
+
+    /// One file's cached SHA-256 and what identified the file when it was hashed.
+    public struct CachedDigest: Sendable, Equatable {
+        public var size: Int64
+        public var mtimeNanos: Int64
+        public var inode: UInt64
+        public var sha256: String
+
+        public init(size: Int64, mtimeNanos: Int64, inode: UInt64, sha256: String) {
+            self.size = size
+            self.mtimeNanos = mtimeNanos
+            self.inode = inode
+            self.sha256 = sha256
+        }
+    }
+
+    /// Every cached file digest, by path relative to the tree.
+    public func digestCache() throws(StoreError) -> [String: CachedDigest] {
+        try read("read the file digest cache") { db in
+            var out: [String: CachedDigest] = [:]
+            let rows = try Row.fetchCursor(db, sql: "SELECT path, size, mtime_ns, inode, sha256 FROM file_digest")
+            while let row = try rows.next() {
+                out[row["path"]] = CachedDigest(
+                    size: row["size"], mtimeNanos: row["mtime_ns"], inode: UInt64(bitPattern: row["inode"] as Int64),
+                    sha256: row["sha256"])
+            }
+            return out
+        }
+    }
+
+    /// Stores new digests and forgets paths no longer in the tree, in one transaction.
+    public func updateDigestCache(set: [String: CachedDigest], remove: [String]) throws(StoreError) {
+        guard !set.isEmpty || !remove.isEmpty else { return }
+        try write("update the file digest cache") { db in
+            let upsert = try db.makeStatement(sql: """
+                INSERT INTO file_digest (path, size, mtime_ns, inode, sha256) VALUES (?, ?, ?, ?, ?)
+                ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, inode = excluded.inode,
+                sha256 = excluded.sha256
+                """)
+            for (path, d) in set {
+                try upsert.execute(arguments: [path, d.size, d.mtimeNanos, Int64(bitPattern: d.inode), d.sha256])
+            }
+            let delete = try db.makeStatement(sql: "DELETE FROM file_digest WHERE path = ?")
+            for path in remove { try delete.execute(arguments: [path]) }
         }
     }
 

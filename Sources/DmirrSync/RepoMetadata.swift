@@ -14,6 +14,8 @@ public struct ExpectedFile: Sendable, Equatable {
     public var checksum: String
     /// The `type` attribute of a repomd `<data>` entry (`primary`, `filelists`, …); nil for packages.
     public var type: String? = nil
+    /// The location's `xml:base`, when the entry lives under another base (a URL or another tree) than the repository.
+    public var base: String? = nil
 }
 
 /// Parses `repomd.xml` and `primary.xml`, keeping only what verification needs.
@@ -57,6 +59,7 @@ enum RepoMetadata {
         private var depthInEntry = 0
         private var entryType: String?
         private var href: String?
+        private var base: String?
         private var size: Int64?
         private var checksumType: String?
         private var checksum: String?
@@ -79,6 +82,7 @@ enum RepoMetadata {
                 depthInEntry = 1
                 entryType = attributes["type"]
                 href = nil
+                base = nil
                 size = nil
                 checksumType = nil
                 checksum = nil
@@ -95,6 +99,7 @@ enum RepoMetadata {
                 text = ""
             case "location":
                 href = attributes["href"]
+                base = attributes["xml:base"].flatMap { $0.isEmpty ? nil : $0 }
             case sizeElement:
                 if let sizeAttribute {
                     size = attributes[sizeAttribute].flatMap { Int64($0) }
@@ -130,7 +135,7 @@ enum RepoMetadata {
                     return
                 }
                 entries.append(
-                    ExpectedFile(href: href, size: size, checksumType: checksumType, checksum: checksum, type: entryType))
+                    ExpectedFile(href: href, size: size, checksumType: checksumType, checksum: checksum, type: entryType, base: base))
             }
         }
 

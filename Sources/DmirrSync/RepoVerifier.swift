@@ -41,7 +41,9 @@ public struct RepoVerifier: Sendable {
     {
         var report = VerificationReport()
         guard level != .none else { return report }
-        let repomdPaths = Self.findRepomd(root: root)
+        // Deepest repositories first: a package under a nested repository (`x86_64/Packages/…` beside a root one) is
+        // checked against the nested one's metadata, the one that lists it, not against the first prefix that matches.
+        let repomdPaths = Self.findRepomd(root: root).sorted { ($0.count, $1) > ($1.count, $0) }
         var changed = Set(changedPackages)
         for repomdRelative in repomdPaths {
             report.repositories += 1
@@ -55,7 +57,7 @@ public struct RepoVerifier: Sendable {
                 continue
             }
             var primary: ExpectedFile?
-            for entry in entries {
+            for entry in entries where entry.base == nil {
                 report.metadataFiles += 1
                 if let problem = Self.check(entry, repoRoot: repoRoot) {
                     report.problems.append(.init(path: repoRelative + entry.href, message: problem))
@@ -86,6 +88,8 @@ public struct RepoVerifier: Sendable {
                     logger.debug("package not listed in primary.xml", metadata: ["sync.path": "\(path)"])
                     continue
                 }
+                // `xml:base` puts the listed file elsewhere (another URL or tree): the file here is not the one listed.
+                guard expected.base == nil else { continue }
                 if let problem = Self.check(expected, repoRoot: repoRoot) {
                     report.problems.append(.init(path: path, message: problem))
                 }

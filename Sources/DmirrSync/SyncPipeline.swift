@@ -38,6 +38,10 @@ public struct SyncReport: Sendable {
     public var rsyncExitCode: Int32?
     /// A peer pull found the peer holding another token than the pinned one.
     public var peerTokenMismatch = false
+    /// "upstream" or the peer's node name.
+    public var source = "upstream"
+    /// The root of the manifest published with the token (a synced run), or of the one already published (up to date).
+    public var manifestRoot: String?
 
     public init(outcome: SyncRun.Outcome, exitCode: Int32, message: String) {
         self.outcome = outcome
@@ -72,10 +76,32 @@ public struct SyncPipeline: Sendable {
     public struct Options: Sendable {
         /// Sync even when the source's token equals the published one.
         public var force = false
-        /// Pull from a peer mirror instead of upstream: its name (recorded as the run's source), its rsync URL, and
-        /// the token it must hold. A peer's tree is always verified at the `packages` level before it is published.
-        public var peer: (node: String, url: RsyncLocation, token: String)?
+        /// Pull from a peer mirror instead of upstream (see ``PeerPull``).
+        public var peer: PeerPull?
+        /// Publish a token this mirror has already superseded (upstream really went back). Off: such a run fails.
+        public var allowRollback = false
         public init(force: Bool = false) { self.force = force }
+    }
+
+    /// A pull from another member: its name (recorded as the run's source), its rsync URL, the token it must hold, and
+    /// the manifest roots that enough members attest for that token (from their own upstream pulls). The peer's
+    /// manifest must have one of these roots, and every file of the tree must match it, before anything is published;
+    /// the tree is also verified at the `packages` level.
+    public struct PeerPull: Sendable {
+        public var node: String
+        public var url: RsyncLocation
+        public var token: String
+        public var acceptedRoots: Set<String>
+        /// How many attestations a root needs, for messages.
+        public var attestationsNeeded: Int
+
+        public init(node: String, url: RsyncLocation, token: String, acceptedRoots: Set<String>, attestationsNeeded: Int) {
+            self.node = node
+            self.url = url
+            self.token = token
+            self.acceptedRoots = acceptedRoots
+            self.attestationsNeeded = attestationsNeeded
+        }
     }
 
     /// The config this run uses: a peer pull reads the peer's tree and token, pinned and fully verified.
@@ -100,7 +126,9 @@ public struct SyncPipeline: Sendable {
         guard options.peer != nil else { return await runResolved(options: options, logger: logger, onEvent: onEvent) }
         var peerPipeline = SyncPipeline(config: effectiveConfig(options), runner: runner)
         peerPipeline.checkpoint = checkpoint
-        return await peerPipeline.runResolved(options: options, logger: logger, onEvent: onEvent)
+        var report = await peerPipeline.runResolved(options: options, logger: logger, onEvent: onEvent)
+        report.source = options.peer!.node
+        return report
     }
 
     private func runResolved(options: Options, logger: Logger, onEvent: @escaping @Sendable (SyncEvent) -> Void) async -> SyncReport {
@@ -203,21 +231,54 @@ public struct SyncPipeline: Sendable {
         logger[metadataKey: "sync.token"] = "\(target.value)"
         if let published, published == target, !options.force {
             // A tree dmirr did not publish (one a cron script kept until now) is not taken on its token's word: one
-            // pass checks it against the source, and the publish that follows is recorded like any other.
-            if try store.published()?.token == published.value {
+            // pass checks it against the source, and the publish that follows is recorded like any other. Nor is a
+            // tree that a failed or killed run changed since the last publish.
+            let unchecked = try store.treeUnchecked()
+            if try store.published()?.token == published.value, unchecked == nil {
                 logger.info("already up to date")
-                return SyncReport(outcome: .upToDate, exitCode: 0, message: "up to date: \(config.upstream.tokenFile) is \(target.value)", token: target)
+                var report = SyncReport(outcome: .upToDate, exitCode: 0, message: "up to date: \(config.upstream.tokenFile) is \(target.value)", token: target)
+                report.manifestRoot = try store.attestation().flatMap { $0.token == target.value ? $0.root : nil }
+                return report
             }
-            logger.notice("the tree holds the source's token, but dmirr never published it here: checking it against the source once")
+            if let unchecked {
+                logger.notice("the tree holds the source's token, but a run since its publish changed it: checking it again",
+                              metadata: ["sync.unchecked": "\(unchecked)"])
+            } else {
+                logger.notice("the tree holds the source's token, but dmirr never published it here: checking it against the source once")
+            }
+        }
+        // 2b. Never back in time: a token this mirror already superseded is refused unless the operator says so.
+        if let published, published != target, !options.allowRollback, try store.supersededTokens().contains(target.value) {
+            return SyncReport(
+                outcome: .failed, exitCode: 1,
+                message: "\(sourceDescription(options)) serves \(config.upstream.tokenFile) \(target.value), which this mirror "
+                    + "published before \(published.value): refusing to go back. If upstream really went back, run "
+                    + "`dmirr sync --allow-rollback` once.", token: target)
+        }
+        // 2c. A peer's manifest must carry enough attestations before any of its tree is taken.
+        var expected: (manifest: TreeManifest, bytes: [UInt8], root: String)?
+        if let peer = options.peer {
+            switch await fetchAttestedManifest(peer, logger: logger) {
+            case .success(let m): expected = m
+            case .failure(let refusal):
+                var report = refusal.report
+                report.token = target
+                return report
+            }
         }
         logger.info("syncing", metadata: ["sync.published": "\(published?.value ?? "none")"])
+        if snapshot == nil {
+            // In place, the transfer changes the served tree before anything is verified: until a publish covers it,
+            // the next run must not call the tree up to date.
+            try store.markTreeUnchecked(reason: "a sync of \(target.value) from \(sourceName(options)) changed the tree", at: Date())
+        }
 
         // 3–4. Transfer passes, until the source's token holds still across a whole pass.
         var totals = (bytes: Int64(0), files: 0)
         var packages = Set<String>()
         var stable = false
         for pass in 1...config.mirror.maxPasses {
-            let received = try await transfer(pass: pass, snapshot: snapshot, logger: logger, onEvent: onEvent)
+            let received = try await transfer(pass: pass, snapshot: snapshot, fromPeer: options.peer != nil, logger: logger, onEvent: onEvent)
             totals.bytes += received.bytes
             totals.files += received.files
             packages.formUnion(received.packages)
@@ -251,7 +312,7 @@ public struct SyncPipeline: Sendable {
                               metadata: ["verify.problems": "\(verification.problems.count)"])
                 let repaired = try await transfer(
                     pass: config.mirror.maxPasses + 1, snapshot: snapshot, stages: [("metadata-by-checksum", .metadataByChecksum)],
-                    logger: logger, onEvent: onEvent)
+                    fromPeer: options.peer != nil, logger: logger, onEvent: onEvent)
                 totals.bytes += repaired.bytes
                 totals.files += repaired.files
                 _ = rmdir(tree + "/" + RsyncCommand.tempDirName)
@@ -283,9 +344,42 @@ public struct SyncPipeline: Sendable {
             }
         }
 
-        // 6. Publish the token last.
+        // 5b. The manifest: a peer's tree must match the attested one; an upstream tree gets its own.
+        let manifest: (bytes: [UInt8], root: String)
+        do {
+            let started = ContinuousClock.now
+            var builder = ManifestBuilder(root: tree, tokenFile: config.upstream.tokenFile, tokenSource: fetchedTokenPath, cache: [:])
+            builder.cache = try store.digestCache()
+            var built = try builder.build(token: target.value)
+            if let expected {
+                let problems = try reconcile(tree: tree, expected: expected.manifest, actual: &built, peer: options.peer!, logger: logger)
+                guard problems.isEmpty else {
+                    try? saveDigests(built, previous: builder.cache, store: store)
+                    let list = problems.prefix(20).map { "  \($0)" }.joined(separator: "\n")
+                    return SyncReport(
+                        outcome: .verifyFailed, exitCode: 1,
+                        message: "the tree from \(options.peer!.node) does not match the manifest that members attest for "
+                            + "\(target.value) (root \(expected.root.prefix(16))…); token not published:\n" + list
+                            + (problems.count > 20 ? "\n  … and \(problems.count - 20) more" : ""),
+                        token: target, problems: problems, bytes: totals.bytes, files: totals.files)
+                }
+                manifest = (expected.bytes, expected.root)
+            } else {
+                let bytes = built.manifest.encoded()
+                manifest = (bytes, TreeManifest.root(of: bytes))
+            }
+            try saveDigests(built, previous: builder.cache, store: store)
+            logger.info("manifest", metadata: [
+                "manifest.root": "\(manifest.root)", "manifest.entries": "\(built.manifest.entries.count)",
+                "manifest.hashed": "\(built.hashedFiles)", "manifest.hashed_bytes": "\(built.hashedBytes)",
+                "manifest.cached": "\(built.cachedFiles)", "manifest.seconds": "\(Self.seconds(ContinuousClock.now - started))",
+            ])
+        }
+
+        // 6. Publish the manifest, then the token last.
         await checkpoint(.beforePublish)
         try Task.checkCancellation()
+        try TreeFiles.writeAtomically(manifest.bytes, to: tree + "/" + TreeManifest.fileName)
         if let snapshot {
             try TreeFiles.writeAtomically(target.bytes, to: snapshot.staging + "/" + config.upstream.tokenFile, like: fetchedTokenPath)
             let name = snapshot.nextName(for: target)
@@ -295,11 +389,13 @@ public struct SyncPipeline: Sendable {
         } else {
             try TreeFiles.writeAtomically(target.bytes, to: tokenPath, like: fetchedTokenPath)
         }
-        try store.setPublished(token: target.value, source: options.peer?.node ?? "upstream", at: Date())
-        return SyncReport(
+        try store.setPublished(token: target.value, source: options.peer?.node ?? "upstream", at: Date(), manifestRoot: manifest.root)
+        var report = SyncReport(
             outcome: .synced, exitCode: 0,
             message: "synced \(config.upstream.tokenFile) \(published?.value ?? "(none)") → \(target.value)",
             token: target, bytes: totals.bytes, files: totals.files)
+        report.manifestRoot = manifest.root
+        return report
     }
 
     private func verify(tree: String, packages: Set<String>, logger: Logger, onEvent: @Sendable (SyncEvent) -> Void) async
@@ -315,6 +411,112 @@ public struct SyncPipeline: Sendable {
             "verify.seconds": "\(Self.seconds(ContinuousClock.now - started))",
         ])
         return verification
+    }
+
+    func sourceName(_ options: Options) -> String { options.peer?.node ?? "upstream" }
+    func sourceDescription(_ options: Options) -> String { options.peer.map { "peer \($0.node)" } ?? "upstream" }
+
+    /// A peer pull refused before any of its tree was taken, as the run's report.
+    struct Refusal: Error {
+        var report: SyncReport
+    }
+
+    /// Where a peer's manifest is fetched to before its root is checked.
+    var fetchedManifestPath: String { config.state.dir + "/source-manifest" }
+
+    /// Fetches the peer's manifest alone and accepts it only when its root is one that enough members attest for the
+    /// pinned token. A refusal is a finished report: nothing of the peer's tree has been taken yet.
+    private func fetchAttestedManifest(_ peer: PeerPull, logger: Logger) async
+        -> Result<(manifest: TreeManifest, bytes: [UInt8], root: String), Refusal>
+    {
+        func refuse(_ message: String, _ outcome: SyncRun.Outcome = SyncRun.Outcome.verifyFailed) -> Result<(manifest: TreeManifest, bytes: [UInt8], root: String), Refusal> {
+            logger.warning("refusing a peer's tree", metadata: ["peer.node": "\(peer.node)", "reason": "\(message)"])
+            return .failure(Refusal(report: SyncReport(outcome: outcome, exitCode: 1, message: "not pulling from peer \(peer.node): " + message)))
+        }
+        guard !peer.acceptedRoots.isEmpty else {
+            return refuse("no manifest of \(peer.token) is attested by \(peer.attestationsNeeded) members that fetched it from "
+                          + "upstream themselves ([peers] attestations)", SyncRun.Outcome.failed)
+        }
+        let limits = TreeManifest.Limits()
+        unlink(fetchedManifestPath)
+        let command = RsyncCommand.fetchFile(TreeManifest.fileName, source: config.upstream.url, destinationFile: fetchedManifestPath,
+                                             maxBytes: limits.maxBytes, config: config)
+        let bytes: [UInt8]
+        do {
+            let result = try await runner.run(command, logger: logger)
+            if case .failure(let failure) = result.outcome {
+                return .failure(Refusal(report: Self.report(for: SyncError(
+                    .rsync, "cannot fetch \(TreeManifest.fileName) from peer \(peer.node) at \(config.upstream.url): \(failure)", rsync: failure))))
+            }
+            guard let read = try TreeFiles.readIfPresent(fetchedManifestPath) else {
+                return refuse("it serves no \(TreeManifest.fileName) (or one over \(limits.maxBytes) bytes)")
+            }
+            bytes = read
+        } catch {
+            return refuse("cannot fetch its \(TreeManifest.fileName): \(error)", SyncRun.Outcome.failed)
+        }
+        let root = TreeManifest.root(of: bytes)
+        guard peer.acceptedRoots.contains(root) else {
+            return refuse("its manifest of \(peer.token) has root \(root.prefix(16))…, which is not the one \(peer.attestationsNeeded) "
+                          + "members attest from their own upstream pulls (\(peer.acceptedRoots.map { String($0.prefix(16)) + "…" }.sorted().joined(separator: ", ")))")
+        }
+        let manifest: TreeManifest
+        do { manifest = try TreeManifest.decode(bytes, limits: limits) } catch {
+            return refuse("its attested manifest cannot be read: \(error)")
+        }
+        guard manifest.token == peer.token else {
+            return refuse("its manifest is for \(manifest.token), not \(peer.token)")
+        }
+        return .success((manifest, bytes, root))
+    }
+
+    /// Makes the tree match an attested manifest where the manifest alone says how (permission bits, setuid included;
+    /// symlinks and directories it lists), and removes what it cannot vouch for: files and symlinks with other content,
+    /// and entries it does not list. Returns what was wrong beyond repair, by path; empty when the tree now matches.
+    private func reconcile(
+        tree: String, expected: TreeManifest, actual: inout ManifestBuilder.Result, peer: PeerPull, logger: Logger
+    ) throws -> [VerificationProblem] {
+        let byPath = Dictionary(expected.entries.map { ($0.path, $0) }, uniquingKeysWith: { a, _ in a })
+        var problems: [VerificationProblem] = []
+        var removed = 0
+        // Deepest paths first, so that an extra directory is emptied before it is looked at.
+        for mismatch in expected.mismatches(in: actual.manifest).reversed() {
+            let full = tree + "/" + mismatch.path
+            let want = byPath[mismatch.path]
+            switch mismatch.kind {
+            case .mode(let mode, _):
+                if chmod(full, mode_t(mode)) == 0 { continue }
+                problems.append(.init(path: mismatch.path, message: "cannot set mode \(String(mode, radix: 8)): \(String(cString: strerror(errno)))"))
+            case .missing where want?.kind == .symlink:
+                if symlink(want!.target, full) == 0 { continue }
+                problems.append(.init(path: mismatch.path, message: "cannot create the listed symlink: \(String(cString: strerror(errno)))"))
+            case .missing where want?.kind == .directory:
+                if mkdir(full, mode_t(want!.mode)) == 0, chmod(full, mode_t(want!.mode)) == 0 { continue }
+                problems.append(.init(path: mismatch.path, message: "cannot create the listed directory: \(String(cString: strerror(errno)))"))
+            case .missing:
+                problems.append(.init(path: mismatch.path, message: "listed in the attested manifest, not received"))
+            case .extra, .content:
+                var st = stat()
+                if lstat(full, &st) == 0 {
+                    let isDirectory = (st.st_mode & S_IFMT) == S_IFDIR
+                    if isDirectory ? rmdir(full) == 0 : unlink(full) == 0 { removed += 1 }
+                }
+                problems.append(.init(path: mismatch.path, message: mismatch.description.dropFirst(mismatch.path.count + 2)
+                    .description + "; removed"))
+            }
+        }
+        if !problems.isEmpty {
+            logger.warning("a peer's tree does not match the attested manifest", metadata: [
+                "peer.node": "\(peer.node)", "verify.problems": "\(problems.count)", "verify.removed": "\(removed)",
+            ])
+        }
+        return problems.reversed()
+    }
+
+    private func saveDigests(_ built: ManifestBuilder.Result, previous: [String: StateStore.CachedDigest], store: StateStore) throws {
+        let changed = built.digests.filter { previous[$0.key] != $0.value }
+        let gone = previous.keys.filter { built.digests[$0] == nil }
+        try store.updateDigestCache(set: changed, remove: Array(gone))
     }
 
     /// Fetches the source's token file into the state directory and reads it.
@@ -359,7 +561,7 @@ public struct SyncPipeline: Sendable {
 
     /// One pass: stage 1 + stage 2 in place, or one staging transfer in snapshot mode.
     private func transfer(
-        pass: Int, snapshot: SnapshotLayout?, stages: [(String, RsyncCommand.Stage)]? = nil, logger: Logger,
+        pass: Int, snapshot: SnapshotLayout?, stages: [(String, RsyncCommand.Stage)]? = nil, fromPeer: Bool, logger: Logger,
         onEvent: @escaping @Sendable (SyncEvent) -> Void
     ) async throws -> PassResult {
         let destination = snapshot?.staging ?? config.mirror.path
@@ -370,7 +572,8 @@ public struct SyncPipeline: Sendable {
         for (label, stage) in stages {
             try Task.checkCancellation()
             onEvent(.stageStarted(stage: label, pass: pass))
-            let command = RsyncCommand.transfer(stage: stage, source: config.upstream.url, destination: destination, config: config)
+            let command = RsyncCommand.transfer(stage: stage, source: config.upstream.url, destination: destination, config: config,
+                                                fromPeer: fromPeer)
             let started = ContinuousClock.now
             let run = try await runner.run(command, logger: logger) { onEvent(.progress(stage: label, $0)) }
             try Task.checkCancellation()

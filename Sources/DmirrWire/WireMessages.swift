@@ -5,7 +5,7 @@ import SwiftProtobuf
 public enum WireVersion {
     public static let major: UInt32 = 1
     /// 1: announcements and bucketed summaries (proto/PROTOCOL.md, "Versioning").
-    public static let minor: UInt32 = 1
+    public static let minor: UInt32 = 2
 }
 
 /// Encoding and decoding of ``WireEnvelope`` payloads (one per frame).

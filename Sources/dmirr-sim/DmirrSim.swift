@@ -21,6 +21,8 @@ struct DmirrSimCommand: ParsableCommand {
     @Option(help: "How many seeds (seed, seed+1, …).") var seeds = 1
     @Option(name: .customShort("c"), help: "[upstream] slots: fleet-wide upstream pulls at once (C).") var slots = 2
     @Option(name: .customShort("f"), help: "[mirror] serve_slots: pulls each in-sync mirror serves at once (F).") var serveSlots = 2
+    @Option(name: .customShort("k"), help: "[peers] attestations: upstream pullers that must attest a token before peers serve it.")
+    var attestations = 2
     @Option(help: "The upstream daemon's max connections.") var upstreamMax = 8
     @Option(help: "One-way link latency, ms.") var latency = 20.0
     @Option(help: "Each mirror's bandwidth, MB/s.") var mirrorBw = 12.5
@@ -50,6 +52,7 @@ struct DmirrSimCommand: ParsableCommand {
         base.nodes = nodes
         base.upstreamSlots = slots
         base.serveSlots = serveSlots
+        base.attestations = attestations
         base.upstreamMaxConnections = upstreamMax
         base.latency = latency / 1000
         base.mirrorBandwidth = mirrorBw * 1e6

@@ -15,8 +15,9 @@ enum PeerSource {
         var message: String
     }
 
-    /// NODE's rsync URL, from its stored record.
-    static func resolve(node: String, config: Config) throws(Failure) -> RsyncLocation {
+    /// NODE's rsync URL, from its stored record, and the attestations of every stored record that still verifies
+    /// (this mirror's own attestation included).
+    static func resolve(node: String, config: Config) throws(Failure) -> (url: RsyncLocation, claims: [Attestations.Claim]) {
         guard node != config.node else {
             throw Failure(exitCode: 2, message: "--source \(node): that is this mirror (node in the config); name a peer or 'upstream'")
         }
@@ -53,18 +54,29 @@ enum PeerSource {
         case .success: throw Failure(exitCode: 1, message: "--source \(node): the stored record is signed for another member")
         case .failure(let rejection): throw Failure(exitCode: 1, message: "--source \(node): its stored record does not verify: \(rejection)")
         }
+        // Attestations count only from records that verify now, each for the member it names.
+        var claims: [Attestations.Claim] = []
+        for other in stored where other.node != config.node {
+            guard let bytes = try? WireSignedRecord(serializedBytes: other.signedRecord),
+                case .success(let verified) = signer.verify(bytes), verified.node == other.node
+            else { continue }
+            claims.append(.init(node: verified.node, token: verified.attestToken, root: verified.attestRoot))
+        }
+        if let own = try? StateStore(directory: config.state.dir).attestation() {
+            claims.append(.init(node: config.node, token: own.token, root: own.root))
+        }
         // Only daemon URLs: a record naming a local path must not make us copy our own disk.
         guard let url = RsyncLocation(record.rsyncURL), url.isDaemon else {
             let advertised = record.rsyncURL.isEmpty ? "no rsync URL" : "'\(record.rsyncURL)', not an rsync:// URL"
             throw Failure(exitCode: 1, message: "--source \(node): it advertises \(advertised); it does not serve peers")
         }
-        return url
+        return (url, claims)
     }
 
     /// The token NODE's tree holds now.
     static func token(of node: String, at url: RsyncLocation, config: Config, logger: Logger) async throws(Failure) -> String {
         var options = SyncPipeline.Options()
-        options.peer = (node, url, "")
+        options.peer = .init(node: node, url: url, token: "", acceptedRoots: [], attestationsNeeded: config.peers.attestations)
         let probe = SyncPipeline(config: SyncPipeline(config: config).effectiveConfig(options))
         switch await probe.probeSource(logger: logger) {
         case .success(let token):

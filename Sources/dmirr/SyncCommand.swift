@@ -30,6 +30,12 @@ struct SyncCommand: AsyncParsableCommand {
         """)
     var source = "upstream"
 
+    @Flag(help: """
+        Publish a token this mirror has already superseded. Without it such a run fails: a mirror never goes back in \
+        time unless upstream really did.
+        """)
+    var allowRollback = false
+
     @Flag(name: .shortAndLong, help: "Log debug details, such as each rsync command line.")
     var verbose = false
 
@@ -37,11 +43,14 @@ struct SyncCommand: AsyncParsableCommand {
         let config = try options.load()
         let logger = Logs.bootstrap(verbose: verbose)
         var runOptions = SyncPipeline.Options(force: force)
+        runOptions.allowRollback = allowRollback
         if source != "upstream" {
             do {
-                let url = try PeerSource.resolve(node: source, config: config)
+                let (url, claims) = try PeerSource.resolve(node: source, config: config)
                 let token = try await PeerSource.token(of: source, at: url, config: config, logger: logger)
-                runOptions.peer = (source, url, token)
+                let roots = Attestations.acceptedRoots(for: token, claims: claims, needed: config.peers.attestations)
+                runOptions.peer = .init(node: source, url: url, token: token, acceptedRoots: roots,
+                                        attestationsNeeded: config.peers.attestations)
             } catch {
                 printError("dmirr sync: \(error.message)")
                 throw ExitCode(error.exitCode)

@@ -53,7 +53,7 @@ import Testing
         let args = RsyncCommand.transfer(stage: .metadataByChecksum, source: c.upstream.url, destination: "/srv/m", config: c).arguments
         #expect(args.contains("--checksum") && args.contains("--delay-updates"))
         #expect(!args.contains { $0.hasPrefix("--del") && $0 != "--delay-updates" })
-        let filters = args.filter { $0.hasPrefix("--include=") || $0.hasPrefix("--exclude=") && !$0.contains("dmirr-tmp") && !$0.contains("CURRENT") }
+        let filters = args.filter { $0.hasPrefix("--include=") || $0.hasPrefix("--exclude=") && !$0.contains("dmirr-tmp") && !$0.contains("CURRENT") && !$0.contains("dmirr-manifest") }
         #expect(filters == ["--include=*/", "--include=repodata/**", "--include=*.xml", "--exclude=*"])
         // The token and temp-dir excludes come first, so they still win.
         #expect(args.firstIndex(of: "--exclude=/CURRENT")! < args.firstIndex(of: "--include=*/")!)

@@ -4,7 +4,7 @@ import Testing
 
 @Suite struct SyncCoordinatorTests {
     static func record(_ node: String, published: String = "T1", target: String = "", seen: Int64 = 0, syncing source: String = "",
-                       digest: String = "", serveSlots: Int = 2) -> MemberRecord {
+                       digest: String = "", serveSlots: Int = 2, attest: String? = nil) -> MemberRecord {
         var r = MemberRecord(node: node, generation: 1)
         r.publishedToken = published
         r.targetToken = target
@@ -13,6 +13,9 @@ import Testing
         r.syncState = source.isEmpty ? (published == target ? .inSync : .waiting) : .syncing
         r.planDigest = digest
         r.serveSlots = serveSlots
+        // An in-sync member attests its token by default (as one that pulled it from upstream would), with root "R".
+        r.attestToken = attest.map { _ in published } ?? (published == target && !target.isEmpty ? published : "")
+        r.attestRoot = attest ?? (r.attestToken.isEmpty ? "" : "R")
         return r
     }
 
@@ -97,7 +100,7 @@ import Testing
         #expect(c.target?.token == "T1")
     }
 
-    @Test func aMemberUpstreamRefusesFollowsATokenAPeerHasPublished() {
+    @Test func aMemberUpstreamRefusesFollowsATokenOnlyOnKAttestations() {
         var c = SyncCoordinator(me: "a", publishedToken: "T1", configuration: Self.config(slots: 3))
         _ = c.onUpstreamToken("T1", wallMillis: 1_000, now: .zero)
         // b saw T2 upstream and is pulling it; our own fetch is refused as busy.
@@ -114,21 +117,28 @@ import Testing
         _ = c.onView([Self.record("b", target: "T2", seen: 2_000, syncing: "c"), Self.record("c")], wallMillis: 3_000, now: .seconds(21))
         #expect(c.onTick(now: .seconds(22)).contains(.pollUpstream))
         _ = c.onUpstreamUnreachable(now: .seconds(22))
-        // b publishes T2: its published token stands in for the fetch we could not make, and b serves us.
+        // b publishes T2 from upstream and attests it: one member's word is not enough (k = 2), so nothing is pulled.
         let b = Self.record("b", published: "T2", target: "T2", seen: 2_000)
-        let pulls = Self.pulls(c.onView([b, Self.record("c")], wallMillis: 4_000, now: .seconds(23)))
-        #expect(pulls == [.peer("b")], "\(String(describing: c.plan?.assignments))")
-        #expect(c.target?.confirmed == true && c.vouchedBy == "b")
+        #expect(Self.pulls(c.onView([b, Self.record("c")], wallMillis: 4_000, now: .seconds(23))).isEmpty)
+        #expect(c.target?.confirmed == false && c.vouchedBy == nil && c.attestedRoots(for: "T2").isEmpty)
+        // A second member attesting another root is a dispute, not a second vote.
+        let liar = Self.record("x", published: "T2", target: "T2", seen: 2_000, attest: "FORGED")
+        #expect(Self.pulls(c.onView([b, liar, Self.record("c")], wallMillis: 4_000, now: .seconds(23))).isEmpty)
+        // e attests the same root as b: two distinct authors stand in for the fetch we could not make, and b serves us.
+        let e = Self.record("e", published: "T2", target: "T2", seen: 2_000)
+        let pulls = Self.pulls(c.onView([b, e, Self.record("c")], wallMillis: 4_000, now: .seconds(23)))
+        #expect(pulls.count == 1 && [.peer("b"), .peer("e")].contains(pulls[0]), "\(String(describing: c.plan?.assignments))")
+        #expect(c.target?.confirmed == true && c.vouchedBy == "b, e" && c.attestedRoots(for: "T2") == ["R"])
 
         // Without a failed fetch, a published token alone confirms nothing: the member waits for its own fetch.
         var d = SyncCoordinator(me: "d", publishedToken: "T1", configuration: Self.config(slots: 3))
         _ = d.onUpstreamToken("T1", wallMillis: 1_000, now: .zero)
-        let seen = d.onView([b, Self.record("c")], wallMillis: 4_000, now: .seconds(1))
+        let seen = d.onView([b, e, Self.record("c")], wallMillis: 4_000, now: .seconds(1))
         #expect(seen.contains(.pollUpstream) && Self.pulls(seen).isEmpty)
         #expect(Self.pulls(d.onTick(now: .seconds(2))).isEmpty && d.vouchedBy == nil)
         // And a fetch that answers puts our own reading of upstream first again: T1 here, so nothing to pull.
         _ = d.onUpstreamUnreachable(now: .seconds(3))
-        #expect(d.target?.confirmed == true && d.vouchedBy == "b")
+        #expect(d.target?.confirmed == true && d.vouchedBy == "b, e")
         _ = d.onUpstreamToken("T1", wallMillis: 5_000, now: .seconds(4))
         #expect(d.target?.token == "T1" && d.vouchedBy == nil)
     }
@@ -165,7 +175,8 @@ import Testing
 
         // A member planned onto an in-sync peer starts at once, agreement or not.
         var follower = SyncCoordinator(me: "z", publishedToken: "T1", configuration: Self.config())
-        _ = follower.onView([Self.record("s", published: "T2", target: "T2", seen: 5)], wallMillis: 10, now: .zero)
+        _ = follower.onView([Self.record("s", published: "T2", target: "T2", seen: 5),
+                             Self.record("t", published: "T2", target: "T2", seen: 5, serveSlots: 0)], wallMillis: 10, now: .zero)
         #expect(Self.pulls(follower.onUpstreamToken("T2", wallMillis: 10, now: .zero)) == [.peer("s")])
     }
 
@@ -244,7 +255,8 @@ import Testing
         #expect(c.publishedToken == "T2")
 
         var f = SyncCoordinator(me: "f", publishedToken: "T1", configuration: Self.config(slots: 0))
-        _ = f.onView([Self.record("s", published: "T2", target: "T2", seen: 5)], wallMillis: 10, now: .zero)
+        _ = f.onView([Self.record("s", published: "T2", target: "T2", seen: 5),
+                      Self.record("t", published: "T2", target: "T2", seen: 5, serveSlots: 0)], wallMillis: 10, now: .zero)
         #expect(Self.pulls(f.onUpstreamToken("T2", wallMillis: 10, now: .zero)) == [.peer("s")])
         #expect(Self.pulls(f.onPullFinished(.tokenMismatch(found: "T1"), now: .seconds(1))).isEmpty)
         #expect(Self.pulls(f.onTick(now: .seconds(500))).isEmpty, "went back to a peer that held the wrong token")
@@ -259,5 +271,69 @@ import Testing
         // Once the old pull is down, the new token is pulled (alone and settled, it agrees with itself at once).
         #expect(Self.pulls(c.onPullFinished(.cancelled, now: .seconds(9))) == [.upstream])
         #expect(c.running?.token == "T3")
+    }
+
+    @Test func peersServeOnlyATokenWhoseManifestIsAttested() {
+        // One upstream slot, taken by u; s holds T2 but nobody attests it (it got T2 from a peer, say).
+        var c = SyncCoordinator(me: "a", publishedToken: "T1", configuration: Self.config(slots: 1))
+        let u = Self.record("u", target: "T2", seen: 5, syncing: "upstream")
+        let s = Self.record("s", published: "T2", target: "T2", seen: 5, attest: "")
+        _ = c.onView([u, s], wallMillis: 10, now: .zero)
+        #expect(Self.pulls(c.onUpstreamToken("T2", wallMillis: 10, now: .seconds(1))).isEmpty)
+        #expect(c.plan?.assignments["a"] == .wait, "\(String(describing: c.plan?.assignments))")
+        // u finishes and attests: one attestation (k = 2) still serves nobody.
+        let u2 = Self.record("u", published: "T2", target: "T2", seen: 5)
+        #expect(Self.pulls(c.onView([u2, s], wallMillis: 10, now: .seconds(2))).allSatisfy { $0 == .upstream })
+        // With k = 1 the same view serves us from a peer.
+        var config = Self.config(slots: 0)
+        config.attestations = 1
+        var k1 = SyncCoordinator(me: "a", publishedToken: "T1", configuration: config)
+        _ = k1.onView([u2, s], wallMillis: 10, now: .zero)
+        let pulls = Self.pulls(k1.onUpstreamToken("T2", wallMillis: 10, now: .seconds(1)))
+        #expect(pulls.count == 1 && pulls.allSatisfy { $0 != .upstream }, "\(String(describing: k1.plan?.assignments))")
+        #expect(k1.attestedRoots(for: "T2") == ["R"])
+    }
+
+    @Test func anUnconfirmedTokenFromGossipNeverCancelsARunningPull() {
+        var c = SyncCoordinator(me: "solo", publishedToken: "T1", configuration: Self.config())
+        _ = c.onView([], wallMillis: 0, now: .zero)
+        #expect(Self.pulls(c.onUpstreamToken("T2", wallMillis: 1_000, now: .seconds(5))) == [.upstream])
+        // A member claims a newer token, stamped 59 s in the future: adopted as a rumour to confirm, nothing cancelled.
+        let out = c.onView([Self.record("liar", target: "FAKE", seen: 60_000)], wallMillis: 1_000, now: .seconds(6))
+        #expect(!out.contains { if case .cancelPull = $0 { true } else { false } }, "\(out)")
+        #expect(c.running?.token == "T2")
+        // Upstream itself moving on does cancel it.
+        let moved = c.onUpstreamToken("T3", wallMillis: 2_000, now: .seconds(7))
+        #expect(moved.contains { if case .cancelPull = $0 { true } else { false } }, "\(moved)")
+    }
+
+    @Test func aRestartedMirrorNeverAdoptsAnOlderTokenAPeerStillHolds() {
+        // We published T2 at 5,000 ms and restart; b still holds T1, seen at upstream at 1,000 ms, and upstream refuses
+        // our fetch. Before, the peer's token was followed and the mirror went back to T1.
+        var config = Self.config(slots: 2)
+        config.attestations = 1
+        var c = SyncCoordinator(me: "a", publishedToken: "T2", publishedSeenMillis: 5_000, configuration: config)
+        let b = Self.record("b", published: "T1", target: "T1", seen: 1_000)
+        let first = c.onView([b], wallMillis: 9_000, now: .zero)
+        #expect(Self.pulls(first).isEmpty)
+        _ = c.onUpstreamUnreachable(now: .seconds(1))
+        #expect(Self.pulls(c.onTick(now: .seconds(2))).isEmpty)
+        #expect(c.target?.token == "T2" && c.plan?.assignments["a"] == .inSync)
+        // b, for its part, sees our T2 as news and follows it once it is confirmed.
+        var other = SyncCoordinator(me: "b", publishedToken: "T1", publishedSeenMillis: 1_000, configuration: config)
+        var a = Self.record("a", published: "T2", target: "T2", seen: 5_000)
+        a.attestToken = "T2"
+        _ = other.onView([a], wallMillis: 9_000, now: .zero)
+        #expect(other.target?.token == "T2")
+    }
+
+    @Test func anUpstreamPullThatPublishesAttestsItsManifest() {
+        var c = SyncCoordinator(me: "solo", publishedToken: "T1", configuration: Self.config())
+        _ = c.onView([], wallMillis: 0, now: .zero)
+        #expect(Self.pulls(c.onUpstreamToken("T2", wallMillis: 0, now: .seconds(5))) == [.upstream])
+        c.attest(token: "T2", root: "ROOT2")
+        let out = c.onPullFinished(.synced(token: "T2"), now: .seconds(9))
+        let advertised = out.compactMap { if case .advertise(let a) = $0 { a } else { nil } }.last
+        #expect(advertised?.attestToken == "T2" && advertised?.attestRoot == "ROOT2")
     }
 }

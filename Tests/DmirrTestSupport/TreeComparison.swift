@@ -19,9 +19,10 @@ public enum TreeComparison {
 
     /// Human-readable differences; empty when the trees are equal. Directory mtimes are not compared (they change as
     /// rsync works in them). Paths in `ignoring` (relative) are skipped.
+    /// dmirr's manifest (`.dmirr-manifest`) is never compared: upstream has none, a mirror writes its own.
     public static func differences(_ a: String, _ b: String, ignoring: Set<String> = []) -> [String] {
-        let left = snapshot(a, ignoring: ignoring)
-        let right = snapshot(b, ignoring: ignoring)
+        let left = snapshot(a, ignoring: ignoring.union([".dmirr-manifest"]))
+        let right = snapshot(b, ignoring: ignoring.union([".dmirr-manifest"]))
         var out: [String] = []
         for path in Set(left.keys).union(right.keys).sorted() {
             guard let l = left[path] else { out.append("only in \(b): \(path)"); continue }

@@ -393,6 +393,18 @@ public nonisolated struct WireMemberRecord: @unchecked Sendable {
     set {_uniqueStorage()._planDigest = newValue}
   }
 
+  /// protocol 1.2: a token it published from its own upstream pull ("" = none)
+  public var attestToken: String {
+    get {_storage._attestToken}
+    set {_uniqueStorage()._attestToken = newValue}
+  }
+
+  /// protocol 1.2: SHA-256 (hex) of that tree's .dmirr-manifest
+  public var attestRoot: String {
+    get {_storage._attestRoot}
+    set {_uniqueStorage()._attestRoot = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -894,7 +906,7 @@ nonisolated extension WireErrorFrame.Code: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MemberRecord"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}peer_address\0\u{3}rsync_url\0\u{1}generation\0\u{1}heartbeat\0\u{3}sync_state\0\u{3}published_token\0\u{3}target_token\0\u{1}source\0\u{1}progress\0\u{1}serving\0\u{3}last_error\0\u{3}last_sync_unix_ms\0\u{1}suspects\0\u{3}target_seen_unix_ms\0\u{3}serve_slots\0\u{1}avoid\0\u{3}plan_digest\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}peer_address\0\u{3}rsync_url\0\u{1}generation\0\u{1}heartbeat\0\u{3}sync_state\0\u{3}published_token\0\u{3}target_token\0\u{1}source\0\u{1}progress\0\u{1}serving\0\u{3}last_error\0\u{3}last_sync_unix_ms\0\u{1}suspects\0\u{3}target_seen_unix_ms\0\u{3}serve_slots\0\u{1}avoid\0\u{3}plan_digest\0\u{3}attest_token\0\u{3}attest_root\0")
 
   fileprivate class _StorageClass {
     var _node: String = String()
@@ -915,6 +927,8 @@ nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
     var _serveSlots: UInt32 = 0
     var _avoid: [String] = []
     var _planDigest: String = String()
+    var _attestToken: String = String()
+    var _attestRoot: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -943,6 +957,8 @@ nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
       _serveSlots = source._serveSlots
       _avoid = source._avoid
       _planDigest = source._planDigest
+      _attestToken = source._attestToken
+      _attestRoot = source._attestRoot
     }
   }
 
@@ -979,6 +995,8 @@ nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
         case 16: try { try decoder.decodeSingularUInt32Field(value: &_storage._serveSlots) }()
         case 17: try { try decoder.decodeRepeatedStringField(value: &_storage._avoid) }()
         case 18: try { try decoder.decodeSingularStringField(value: &_storage._planDigest) }()
+        case 19: try { try decoder.decodeSingularStringField(value: &_storage._attestToken) }()
+        case 20: try { try decoder.decodeSingularStringField(value: &_storage._attestRoot) }()
         default: break
         }
       }
@@ -1041,6 +1059,12 @@ nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
       if !_storage._planDigest.isEmpty {
         try visitor.visitSingularStringField(value: _storage._planDigest, fieldNumber: 18)
       }
+      if !_storage._attestToken.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._attestToken, fieldNumber: 19)
+      }
+      if !_storage._attestRoot.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._attestRoot, fieldNumber: 20)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1068,6 +1092,8 @@ nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
         if _storage._serveSlots != rhs_storage._serveSlots {return false}
         if _storage._avoid != rhs_storage._avoid {return false}
         if _storage._planDigest != rhs_storage._planDigest {return false}
+        if _storage._attestToken != rhs_storage._attestToken {return false}
+        if _storage._attestRoot != rhs_storage._attestRoot {return false}
         return true
       }
       if !storagesAreEqual {return false}
