@@ -53,6 +53,13 @@ import Testing
         }
     }
 
+    /// Flips one byte near the end of a file (in a package: its payload), keeping its size. Twice restores it.
+    static func flipByte(_ path: String) throws {
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        bytes[bytes.count - 10] ^= 0xFF
+        try bytes.write(to: URL(fileURLWithPath: path))
+    }
+
     /// Extra upstream content that is not a package: a hard-linked pair, a private file, a symlink.
     static func addExtras(_ tree: String) throws {
         let fm = FileManager.default
@@ -269,10 +276,7 @@ import Testing
         let rig = try Rig(label: "tamper", verify: "packages")
         defer { rig.cleanup() }
         // Same size, different bytes: only a checksum can tell.
-        let rpm = rig.upstream.tree + "/Packages/beta-1.0-1.noarch.rpm"
-        var bytes = try Data(contentsOf: URL(fileURLWithPath: rpm))
-        bytes[bytes.count - 10] ^= 0xFF
-        try bytes.write(to: URL(fileURLWithPath: rpm))
+        try Self.flipByte(rig.upstream.tree + "/Packages/beta-1.0-1.noarch.rpm")
 
         let report = await rig.sync()
         #expect(report.outcome == .verifyFailed)
