@@ -1,6 +1,6 @@
 // swift-tools-version: 6.2
 // dmirr — distributed peer-mirror agent for package repositories.
-// Module layout and dependency direction: ../shared/DESIGN.md §2 (Core ← shells ← CLI).
+// Module layout and dependency direction: docs/design.md §2 (Core ← shells ← CLI).
 
 import PackageDescription
 

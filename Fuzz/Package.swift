@@ -1,6 +1,6 @@
 // swift-tools-version: 6.2
 // libFuzzer targets for dmirr's wire decoding. A separate package because SwiftPM's executable targets do not link
-// with the fuzzer runtime here; a plain target with main.swift does (../shared/STACK.md, "Fuzzing").
+// with the fuzzer runtime here; a plain target with main.swift does (tried on Swift 6.3 on Linux).
 // Sources/DmirrWire is a symlink to the main package's module, so the fuzzer runs exactly that code.
 //   scripts/fuzz.sh 60      (builds with -sanitize=fuzzer,address and runs for 60 s)
 import PackageDescription

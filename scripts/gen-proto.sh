@@ -4,7 +4,7 @@
 #   scripts/gen-proto.sh --check   fail if the committed file differs from what the .proto generates
 # Needs protoc (apt-get install protobuf-compiler) and protoc-gen-swift from swift-protobuf 1.39.0, which this script
 # builds once into .build-protoc/ (about a minute). We commit the generated file instead of using the SwiftPM build
-# plugin, which would compile protoc itself on every clean build (see ../shared/STACK.md).
+# plugin, which would compile protoc itself on every clean build (it adds minutes to every clean build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=Sources/DmirrWire/Generated

@@ -5,7 +5,7 @@ import Foundation
 import Logging
 import ServiceLifecycle
 
-/// Runs this member's ``SyncCoordinator`` (DESIGN.md §4): feeds it the live members' records every gossip round,
+/// Runs this member's ``SyncCoordinator`` (docs/design.md §4): feeds it the live members' records every gossip round,
 /// polls upstream's token when told, and runs the sync pipeline from the source the fleet's plan gives us (upstream,
 /// or an in-sync peer's rsync URL pinned to the token and verified at the packages level), reporting state, source
 /// and progress into our member record. Everything runs in one task group; a pull is cancelled through its own signal.

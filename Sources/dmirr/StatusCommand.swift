@@ -30,7 +30,7 @@ struct StatusCommand: AsyncParsableCommand {
     @Option(help: "With --peer: the fleet CA.")
     var ca: String?
 
-    @Flag(help: "Print the JSON object of DESIGN.md §5 instead of a table.")
+    @Flag(help: "Print the JSON object of docs/design.md §5 instead of a table.")
     var json = false
 
     @Flag(help: "Redraw every second until interrupted.")
@@ -109,7 +109,7 @@ enum RemoteStatus {
     }
 }
 
-/// The status response rendered for people (a table) and for tools (DESIGN.md §5 JSON).
+/// The status response rendered for people (a table) and for tools (docs/design.md §5 JSON).
 struct StatusView {
     let response: WireStatusResponse
 
