@@ -82,8 +82,10 @@ struct PeerListenerService: Service {
     let logger: Logger
 
     func run() async throws {
-        let server = PeerServer(
-            configuration: .init(host: listen.host, port: listen.port, tls: tls, rsyncURL: config.mirror.rsyncURL ?? ""), logger: logger)
+        var serverConfig = PeerServer.Configuration(host: listen.host, port: listen.port, tls: tls, rsyncURL: config.mirror.rsyncURL ?? "")
+        // A peer that stops reading loses its link once a write has waited suspect_after (or its queue overflows).
+        serverConfig.outbound.stallAfter = config.peers.suspectAfter
+        let server = PeerServer(configuration: serverConfig, logger: logger)
         let advertise = config.listen.advertise
         let listenHost = listen.host
         let node = self.node
@@ -140,7 +142,10 @@ struct DialerService: Service {
                     group.addTask { [node, tls, logger, config] in
                         defer { dialing.remove(address) }
                         do {
-                            try await PeerClient.connect(host: target.host, port: target.port, tls: tls, rsyncURL: config.mirror.rsyncURL ?? "") { session, messages in
+                            try await PeerClient.connect(
+                                host: target.host, port: target.port, tls: tls, rsyncURL: config.mirror.rsyncURL ?? "",
+                                outboundLimits: .init(stallAfter: config.peers.suspectAfter)
+                            ) { session, messages in
                                 try await node.serve(session, messages)
                             }
                         } catch {

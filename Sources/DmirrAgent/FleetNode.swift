@@ -52,6 +52,7 @@ public actor FleetNode {
     }
 
     var now: Duration { clock.now - started }
+    static var wallMillis: Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
 
     /// Loads the members persisted before a restart (re-verifying each record).
     public func restore() {
@@ -111,12 +112,25 @@ public actor FleetNode {
         certificatesSent[session.id] = nil
         openedAt[session.id] = nil
         membership.onDisconnected(peer, deliberate: true)
-        await session.close()
+        session.close()
         return peer
     }
 
     public func attach(_ session: PeerSession) {
-        guard session.peer.role == .node, session.peer.name != identity.name else { return }
+        guard session.peer.role == .node else { return }
+        guard session.peer.name != identity.name else {
+            // Our own address among the seeds (or behind a load balancer): a link to ourselves is no link.
+            logger.notice("closing a connection to ourselves", metadata: ["peer.identity": "\(session.peer)"])
+            session.close()
+            return
+        }
+        if let previous = sessions[session.peer.name], previous.id != session.id {
+            // One link per peer: a second session from the same node replaces the first, which is closed.
+            logger.notice("a peer opened a second connection; closing the first", metadata: ["peer.node": "\(session.peer.name)"])
+            certificatesSent[previous.id] = nil
+            openedAt[previous.id] = nil
+            previous.close()
+        }
         sessions[session.peer.name] = session
         certificatesSent[session.id] = [:]
         openedAt[session.id] = now
@@ -150,7 +164,7 @@ public actor FleetNode {
         switch envelope.body {
         case .summary(let summary):
             guard HelloPolicy.permits(session.peer, .gossip) else {
-                await session.reject(.forbidden, "operator certificates may not gossip")
+                session.reject(.forbidden, "operator certificates may not gossip")
                 throw NetError(.protocolViolation, "\(session.peer) tried to gossip")
             }
             // A 1.0 peer sends only the whole digest's hash.
@@ -159,7 +173,7 @@ public actor FleetNode {
             await perform(membership.onSummary(from: session.peer.name, received, now: now))
         case .digest(let digest):
             guard HelloPolicy.permits(session.peer, .gossip) else {
-                await session.reject(.forbidden, "operator certificates may not gossip")
+                session.reject(.forbidden, "operator certificates may not gossip")
                 throw NetError(.protocolViolation, "\(session.peer) tried to gossip")
             }
             let entries = digest.entries.map {
@@ -174,12 +188,18 @@ public actor FleetNode {
             await perform(membership.onDigest(from: session.peer.name, entries: entries, scope: scope, now: now))
         case .records(let records):
             guard HelloPolicy.permits(session.peer, .gossip) else {
-                await session.reject(.forbidden, "operator certificates may not gossip")
+                session.reject(.forbidden, "operator certificates may not gossip")
                 throw NetError(.protocolViolation, "\(session.peer) tried to gossip")
             }
             for var signed in records.records {
                 switch signer.verify(signed, cache: &authors) {
                 case .success(let verified):
+                    if let problem = RecordPolicy.problem(with: verified.record, nowMillis: Self.wallMillis) {
+                        logger.warning("dropped a member record that breaks the protocol's limits", metadata: [
+                            "peer.identity": "\(session.peer)", "record.node": "\(verified.record.node)", "record.problem": "\(problem)",
+                        ])
+                        continue
+                    }
                     // Kept (and persisted, and relayed) whole, with the certificate it may have arrived without.
                     signed.authorCertificate = Data(verified.certificateDER)
                     let bytes: [UInt8] = (try? signed.serializedBytes()) ?? []
@@ -198,18 +218,24 @@ public actor FleetNode {
                 $0.targetToken = membership.own.targetToken
             }
             announced?(announce.token)
-            try await session.send(ack)
+            guard session.enqueue(ack) else { throw NetError(.connection, session.outbox.closeReason.map { "\($0)" } ?? "the peer does not read its answers") }
         case .statusRequest:
             var response = WireEnvelope()
             response.statusResponse = status()
-            try await session.send(response)
+            guard session.enqueue(response) else { throw NetError(.connection, session.outbox.closeReason.map { "\($0)" } ?? "the peer does not read its answers") }
         case .hello, .statusResponse, .announceAck, .error, nil:
             break
         }
     }
 
-    /// A gossip round.
+    /// A gossip round. First, links whose peer stopped reading (a write pending too long) are closed.
     public func tick() async {
+        for (peer, session) in sessions {
+            if let reason = session.outbox.check() {
+                logger.warning("closed the link to a peer that does not read", metadata: ["peer.node": "\(peer)", "reason": "\(reason)"])
+                detach(session)
+            }
+        }
         await perform(membership.onTick(now: now))
     }
 
@@ -283,8 +309,10 @@ public actor FleetNode {
                 if let session = sessions.removeValue(forKey: peer) {
                     certificatesSent[session.id] = nil
                     logger.notice("closing a silent peer link", metadata: ["peer.node": "\(peer)"])
-                    await session.close()
+                    session.close()
                 }
+            case .distrusted(let node, let reason):
+                logger.warning("ignored a claim a member cannot make", metadata: ["member.node": "\(node)", "reason": "\(reason)"])
             case .livenessChanged(let node, let liveness):
                 logger.notice("member liveness changed", metadata: ["member.node": "\(node)", "member.liveness": "\(liveness.rawValue)"])
             case .wake:
@@ -293,10 +321,15 @@ public actor FleetNode {
         }
     }
 
+    /// Queues a message for a linked peer; never waits for its socket. A peer that does not read loses its link.
     private func send(_ envelope: WireEnvelope, to peer: String) async {
         guard let session = sessions[peer] else { return }
-        do { try await session.send(envelope) } catch {
-            logger.debug("send failed", metadata: ["peer.node": "\(peer)", "error": "\(error)"])
+        if !session.enqueue(envelope) {
+            // Closed, now or a moment ago: let go of the link at once rather than queue more for it.
+            logger.warning("closed the link to a peer that does not read", metadata: [
+                "peer.node": "\(peer)", "reason": "\(session.outbox.closeReason.map { "\($0)" } ?? "the connection is closed")",
+            ])
+            detach(session)
         }
     }
 

@@ -74,6 +74,8 @@ public struct Membership: Sendable {
         case closeLink(to: String)
         /// A member's liveness changed (for logs and metrics).
         case livenessChanged(node: String, Liveness)
+        /// A member's record claimed what it cannot know (for logs): the claim was ignored, the rest of the record kept.
+        case distrusted(node: String, reason: String)
         /// Call ``onTick(now:)`` again after this long.
         case wake(after: Duration)
     }
@@ -568,6 +570,17 @@ public struct Membership: Sendable {
             return []
         }
         if let existing = versions[record.node], existing >= record.version { return [] }
+        // A suspicion above the suspect's newest version we hold cannot be checked, and one above every version could
+        // never be refuted (SWIM drops those too): ignored, and its author named.
+        var record = record
+        var out: [Directive] = []
+        let unverifiable = record.suspects.filter { s in versions[s.node].map { s.version > $0 } ?? true }
+        if !unverifiable.isEmpty {
+            record.suspects.removeAll { s in versions[s.node].map { s.version > $0 } ?? true }
+            let first = unverifiable[0]
+            out.append(.distrusted(node: record.node, reason: "suspected \(unverifiable.count) member(s) at versions we never saw "
+                + "(first: \(first.node.prefix(64)) at \(first.version))"))
+        }
         let wasLiveness = entries[record.node]?.liveness
         let matters = entries[record.node].map { Self.matters(from: $0.record, to: record) } ?? true
         store(Entry(record: record, signed: signed, lastAdvance: now, liveness: .alive), for: record.node)
@@ -578,7 +591,7 @@ public struct Membership: Sendable {
         if let mine = versions[me], record.suspects.contains(where: { $0.node == me && $0.version >= mine }) {
             ownDirty = true
         }
-        var out: [Directive] = [.persist(nodes: [record.node])]
+        out.append(.persist(nodes: [record.node]))
         if wasLiveness != .alive { out.append(.livenessChanged(node: record.node, .alive)) }
         // Relayed eagerly one hop only (when it came straight from its author): the author's neighbours and theirs
         // learn a change at once, the rest through announcements. Relaying every change eagerly at every hop would cost

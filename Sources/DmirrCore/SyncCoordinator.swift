@@ -146,6 +146,8 @@ public struct SyncCoordinator: Sendable {
     private var abandonedSlowSource = false
     private var overtakeCheckedAt = -1
     private var overtaken = 0
+    /// Tokens gossip offered that our own fetch then contradicted (the newest 64).
+    private var refuted: [String] = []
     /// Our last fetch of upstream's token failed (busy or unreachable); cleared by the next one that answers.
     private var ownPollFailed = false
     /// The members whose attestations stood in for our own fetch, when they did ("a, b").
@@ -208,7 +210,9 @@ public struct SyncCoordinator: Sendable {
         if firstView == nil { firstView = now }
         // A newer token than ours in someone's record: adopt it unconfirmed and confirm it with one fetch. Claims from
         // the future (beyond a minute of clock skew) are ignored.
-        if let newest = view.filter({ !$0.targetToken.isEmpty && $0.targetSeenMillis <= wallMillis + 60_000 })
+        if let newest = view.filter({
+            !$0.targetToken.isEmpty && $0.targetSeenMillis <= wallMillis + 60_000 && (refuted.isEmpty || !refuted.contains($0.targetToken))
+        })
             .max(by: { ($0.targetSeenMillis, $0.targetToken) < ($1.targetSeenMillis, $1.targetToken) }),
             newest.targetToken != target?.token, newest.targetSeenMillis > (target?.seenMillis ?? .min)
         {
@@ -224,6 +228,12 @@ public struct SyncCoordinator: Sendable {
     public mutating func onUpstreamToken(_ token: String, wallMillis: Int64, now: Duration, polledAt: Duration? = nil) -> [Directive] {
         guard takeAnswer(polledAt: polledAt ?? now) else { return [] }
         ownPollFailed = false
+        if let rumour = target, !rumour.confirmed, rumour.token != token {
+            // Gossip said rumour.token; upstream, asked since, says otherwise: never take that rumour again (a member
+            // stamping a made-up token in the future would otherwise win every comparison until its time passed).
+            if refuted.count >= 64 { refuted.removeFirst() }
+            refuted.append(rumour.token)
+        }
         if let target, target.token == token {
             self.target!.confirmed = true
         } else {

@@ -17,6 +17,8 @@ public struct PeerServer: Sendable {
         public var frameLimit: Int = Framing.defaultLimit
         /// TLS handshake plus the peer's `Hello`, from accept.
         public var helloDeadline: TimeAmount = .seconds(10)
+        /// Each session's outbound queue (``PeerOutbox``).
+        public var outbound = OutboundQueueStateMachine<ByteBuffer>.Limits()
 
         public init(host: String, port: Int, tls: FleetTLS, rsyncURL: String) {
             self.host = host
@@ -74,10 +76,14 @@ public struct PeerServer: Sendable {
                 let (peer, hello) = try await PeerChannel.receiveHello(
                     frames: &frames, channel: connection.channel, outbound: outbound, fleet: configuration.tls.identity.fleet)
                 logger[metadataKey: "peer.identity"] = "\(peer)"
-                let session = PeerSession(peer: peer, peerHello: hello, channel: connection.channel, outbound: outbound)
+                let session = PeerSession(peer: peer, peerHello: hello, channel: connection.channel, outbound: outbound,
+                                          outbox: PeerOutbox(channel: connection.channel, limits: configuration.outbound))
                 try await session.send(PeerChannel.hello(for: configuration.tls.identity, rsyncURL: configuration.rsyncURL))
                 logger.debug("peer connected")
-                try await handler(session, PeerMessages(frames: frames, session: session))
+                try await PeerSession.withWriter(session, messages: PeerMessages(frames: frames, session: session), handler)
+                if let reason = session.outbox.closeReason, reason != .finished {
+                    logger.notice("closed a peer connection", metadata: ["error": "\(reason)"])
+                }
             }
         } catch let error as NetError {
             logger.notice("closed a peer connection", metadata: ["error": "\(error)"])
@@ -92,7 +98,8 @@ public struct PeerServer: Sendable {
 public enum PeerClient {
     public static func connect(
         host: String, port: Int, tls: FleetTLS, rsyncURL: String = "", frameLimit: Int = Framing.defaultLimit,
-        helloDeadline: TimeAmount = .seconds(10), group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        helloDeadline: TimeAmount = .seconds(10), outboundLimits: OutboundQueueStateMachine<ByteBuffer>.Limits = .init(),
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         _ body: @Sendable (PeerSession, sending PeerMessages) async throws -> Void
     ) async throws {
         let connection: PeerChannel.Async
@@ -131,8 +138,9 @@ public enum PeerClient {
             case .success(let p): peer = p
             case .failure(let rejection): throw NetError(.protocolViolation, "\(host):\(port): \(rejection)")
             }
-            let session = PeerSession(peer: peer, peerHello: peerHello, channel: connection.channel, outbound: outbound)
-            try await body(session, PeerMessages(frames: frames, session: session))
+            let session = PeerSession(peer: peer, peerHello: peerHello, channel: connection.channel, outbound: outbound,
+                                      outbox: PeerOutbox(channel: connection.channel, limits: outboundLimits))
+            try await PeerSession.withWriter(session, messages: PeerMessages(frames: frames, session: session), body)
         }
     }
 }

@@ -9,23 +9,52 @@ public struct PeerSession: Sendable {
     public let peerHello: WireHello
     let channel: any Channel
     let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+    /// Where messages to the peer queue up; see ``PeerOutbox``.
+    public let outbox: PeerOutbox
 
     /// The connection's identity object, to tell two sessions with the same peer apart.
     public var channelIdentity: AnyObject { channel as AnyObject }
 
-    /// Sends one message.
+    /// Queues one message for the connection's writer and returns at once (false: the connection is closed, or was
+    /// closed now because the peer does not read). Code that holds shared state uses this, never a waiting send.
+    @discardableResult
+    public func enqueue(_ envelope: WireEnvelope) -> Bool {
+        outbox.enqueue(envelope)
+    }
+
+    /// Writes one message and waits until the socket took it: only for a task that owns nothing but this connection
+    /// (test clients, the handshake). Messages sent this way are not ordered with queued ones.
     public func send(_ envelope: WireEnvelope) async throws {
         try await outbound.write(try WireMessages.encode(envelope, allocator: channel.allocator))
     }
 
     /// Closes the connection (the reader's loop then ends).
-    public func close() async {
-        try? await channel.close()
+    public func close() {
+        channel.close(promise: nil)
     }
 
-    /// Sends an error frame; the caller then returns, which closes the connection.
-    public func reject(_ code: WireErrorFrame.Code, _ message: String) async {
-        try? await send(WireMessages.error(code, message))
+    /// Queues an error frame; the caller then returns, which closes the connection once it is written (or after a
+    /// short grace period).
+    public func reject(_ code: WireErrorFrame.Code, _ message: String) {
+        outbox.enqueue(WireMessages.error(code, message))
+    }
+
+    /// Runs `body` beside the connection's writer; when `body` ends, what is queued gets up to `grace` to be written,
+    /// then the connection is closed.
+    static func withWriter(
+        _ session: PeerSession, messages: sending PeerMessages, grace: TimeAmount = .seconds(1),
+        _ handler: (PeerSession, sending PeerMessages) async throws -> Void
+    ) async throws {
+        async let writer: Void = session.outbox.run(session.outbound)
+        var failure: (any Error)?
+        do { try await handler(session, messages) } catch { failure = error }
+        session.outbox.finish()
+        // A pending write to a peer that does not read fails when the channel closes; the writer then ends.
+        let channel = session.channel
+        let closer = channel.eventLoop.scheduleTask(in: grace) { channel.close(promise: nil) }
+        await writer
+        closer.cancel()
+        if let failure { throw failure }
     }
 }
 
@@ -46,14 +75,14 @@ public struct PeerMessages: AsyncSequence {
             do {
                 frame = try await frames.next()
             } catch let error as FrameError {
-                await session.reject(error.wireCode, error.description)
+                session.reject(error.wireCode, error.description)
                 throw NetError(.protocolViolation, "\(session.peer): \(error)")
             }
             guard let frame else { return nil }
             do {
                 return try WireMessages.decode(frame)
             } catch {
-                await session.reject(.malformed, error.description)
+                session.reject(.malformed, error.description)
                 throw NetError(.protocolViolation, "\(session.peer) sent a malformed message: \(error)")
             }
         }

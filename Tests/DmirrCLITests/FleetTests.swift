@@ -547,4 +547,63 @@ import Testing
         #expect(log.contains("dmirr://test/node/m9"))
         #expect(log.contains("record for 'm1' carries the certificate of 'm9'"))
     }
+
+    @Test func aMemberThatStopsReadingCostsOnlyItsOwnLink() async throws {
+        // Before, the victim's actor awaited each socket write: a peer that asked for thousands of status answers and
+        // never read them stalled the victim's gossip, and the others saw it suspect, then down, within seconds.
+        let fleet = try Fleet(size: 3)
+        defer { fleet.stop(); fleet.dir.remove() }
+        for name in fleet.names { try fleet.start(name) }
+        #expect(fleet.waitUntil(seconds: 30) { fleet.allInSync("push-1", among: fleet.names) }, "\(fleet.logs())")
+
+        let issued = try CLI.dmirr(["cert", "issue", "--ca", fleet.dir.sub("ca"), "--node", "m9", "--out", fleet.dir.sub("certs")])
+        #expect(issued.exitCode == 0)
+        let tls = try FleetTLS(caPath: fleet.dir.sub("ca/ca.pem"), certPath: fleet.dir.sub("certs/m9.pem"), keyPath: fleet.dir.sub("certs/m9.key"))
+
+        // While m9 floods m0 and stops reading, sample how m1 sees m0 and how long m0 takes to answer its operator.
+        let observer = Task.detached { () -> (states: [String], slowest: Double) in
+            var states: [String] = []
+            var slowest = 0.0
+            let end = Date().addingTimeInterval(20)
+            while Date() < end {
+                let started = Date()
+                let answered = fleet.status("m0") != nil
+                slowest = max(slowest, answered ? Date().timeIntervalSince(started) : 10)
+                states.append(fleet.view("m1")["m0"]?.state ?? "unknown")
+                usleep(250_000)
+            }
+            return (states, slowest)
+        }
+        try await PeerClient.connect(host: "127.0.0.1", port: fleet.ports["m0"]!, tls: tls) { session, _ in
+            var request = WireEnvelope()
+            request.statusRequest = .init()
+            // Summaries between the requests and every 500 ms after them keep m9 "heard" on the link, so m0's
+            // silent-link rule does not end the attack: only its outbound queue can. m0 may close the link while we
+            // still send (that is its defence), which ends our sending.
+            var summary = WireEnvelope()
+            summary.summary = .with { $0.buckets = 1; $0.hashes = [0]; $0.digestHash = 0 }
+            do {
+                for _ in 0..<40 {
+                    for _ in 0..<1_000 { try await session.send(request) }
+                    try await session.send(summary)
+                }
+                // Never read the answers: the TCP window fills and m0's writes to us stop completing.
+                for _ in 0..<24 {
+                    try await session.send(summary)
+                    try await Task.sleep(for: .milliseconds(500))
+                }
+            } catch {
+                print("aMemberThatStopsReadingCostsOnlyItsOwnLink: m0 closed the flooding link: \(error)")
+                try await Task.sleep(for: .seconds(8))
+            }
+        }
+        let (states, slowest) = await observer.value
+        let bad = states.filter { ["suspect", "down", "unknown"].contains($0) }
+        #expect(bad.isEmpty, "m1 saw m0 \(bad.count) times of \(states.count) as \(Set(bad))\n\(fleet.logs())")
+        #expect(slowest < 5, "m0 took \(slowest) s to answer dmirr status during the flood")
+        let log = fleet.agents["m0"]!.stderr
+        for line in log.split(separator: "\n") where line.contains("m9") { print("aMemberThatStopsReadingCostsOnlyItsOwnLink: m0: \(line.prefix(300))") }
+        #expect(log.contains("the peer does not read") && log.contains("m9"), "\(log.suffix(3000))")
+        print("aMemberThatStopsReadingCostsOnlyItsOwnLink: \(states.count) samples of m1's view of m0, all alive; slowest status answer from m0 \(String(format: "%.2f", slowest)) s")
+    }
 }

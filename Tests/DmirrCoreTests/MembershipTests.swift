@@ -86,7 +86,7 @@ struct MiniFleet {
             case .sendSummary(let to, let summary): out.append(.summary(from: name, to: to, summary))
             case .sendDigest(let to, let entries, let scope): out.append(.digest(from: name, to: to, entries, scope))
             case .sendRecords(let to, let nodes): out.append(.records(from: name, to: to, nodes))
-            case .persist, .livenessChanged, .wake, .closeLink: break
+            case .persist, .livenessChanged, .distrusted, .wake, .closeLink: break
             }
         }
         return out
@@ -547,5 +547,32 @@ extension Membership {
         a.updateOwn { $0.syncState = .inSync }
         #expect(signs(at: 13), "a change of state waited")
         #expect(a.entries["a"]?.record.progress == 0.99, "the waiting progress went out with it")
+    }
+
+    @Test func aSuspicionAboveEveryVersionIsIgnoredAndItsAuthorNamed() {
+        var config = Membership.Configuration()
+        config.suspectAfter = .seconds(5)
+        config.downAfter = .seconds(12)
+        let (names, links) = Self.ring(8)
+        var fleet = MiniFleet(names, links: links, configuration: config)
+        for _ in 0..<8 { fleet.round() }
+        #expect(fleet.converged)
+        // m7 (a member with a valid certificate) signs a record suspecting the healthy m3 at a version no refutation
+        // can exceed, and far ahead of its own heartbeat so that its honest records never replace it.
+        var lie = fleet.members["m7"]!.own
+        lie.heartbeat += 1_000_000
+        lie.suspects = [Suspicion(node: "m3", version: RecordVersion(generation: .max, heartbeat: .max))]
+        let directives = fleet.members["m0"]!.onRecord(lie, signed: Array("lie".utf8), from: "m7", now: fleet.now)
+        let named = directives.contains { if case .distrusted(let node, _) = $0 { node == "m7" } else { false } }
+        #expect(named, "\(directives)")
+        // Relayed to everyone as it is (each receiver checks it for itself): m3 stays alive in every view.
+        for name in names where name != "m7" && name != "m0" {
+            _ = fleet.members[name]!.onRecord(lie, signed: Array("lie".utf8), from: "m7", now: fleet.now)
+        }
+        for _ in 0..<30 {
+            fleet.round()
+            #expect(fleet.views(of: "m3").allSatisfy { $0 == .alive }, "\(fleet.views(of: "m3"))")
+        }
+        #expect(fleet.members["m0"]!.entries["m7"]!.record.suspects.isEmpty)
     }
 }

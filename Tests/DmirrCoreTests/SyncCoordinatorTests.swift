@@ -336,4 +336,21 @@ import Testing
         let advertised = out.compactMap { if case .advertise(let a) = $0 { a } else { nil } }.last
         #expect(advertised?.attestToken == "T2" && advertised?.attestRoot == "ROOT2")
     }
+
+    @Test func aTokenUpstreamContradictedIsNeverTakenFromGossipAgain() {
+        var c = SyncCoordinator(me: "a", publishedToken: "T1", configuration: Self.config(slots: 3))
+        _ = c.onUpstreamToken("T1", wallMillis: 1_000, now: .zero)
+        // A liar claims FAKE, stamped 59 s ahead: adopted as a rumour to confirm.
+        let liar = Self.record("liar", target: "FAKE", seen: 60_000)
+        let first = c.onView([liar, Self.record("b")], wallMillis: 1_000, now: .seconds(1))
+        #expect(c.target?.token == "FAKE" && c.target?.confirmed == false && first.contains(.pollUpstream))
+        // Upstream says T1: the rumour is refuted, and the same record does not bring it back.
+        _ = c.onUpstreamToken("T1", wallMillis: 2_000, now: .seconds(2))
+        #expect(c.target?.token == "T1" && c.target?.confirmed == true)
+        let again = c.onView([liar, Self.record("b")], wallMillis: 3_000, now: .seconds(3))
+        #expect(c.target?.token == "T1" && !again.contains(.pollUpstream), "\(again)")
+        // A genuinely new token from gossip is still taken (and confirmed by a fetch).
+        _ = c.onView([liar, Self.record("b", target: "T2", seen: 4_000)], wallMillis: 5_000, now: .seconds(4))
+        #expect(c.target?.token == "T2")
+    }
 }

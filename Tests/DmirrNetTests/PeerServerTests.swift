@@ -159,7 +159,7 @@ enum RawPeer {
                             try await session.send(response)
                         case .digest, .records:
                             guard HelloPolicy.permits(session.peer, .gossip) else {
-                                await session.reject(.forbidden, "operators may not gossip")
+                                session.reject(.forbidden, "operators may not gossip")
                                 return
                             }
                         default:
