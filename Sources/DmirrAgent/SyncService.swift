@@ -56,6 +56,7 @@ struct SyncService: Service {
         let gossip = config.peers.gossip
         var pullCancel: CancelSignal?
         var vouchedBy: String?
+        var dispute: String?
         await node.onAnnounce { _ in sink.yield(.announced) }
 
         await withDiscardingTaskGroup { group in
@@ -82,7 +83,9 @@ struct SyncService: Service {
                     directives += coordinator.onUpstreamToken(token.value, wallMillis: Self.wallMillis, now: now, polledAt: at)
                 case .polled(.failure(let error), let at):
                     logger.warning("cannot read the upstream token", metadata: ["error": "\(error.message)"])
-                    await node.updateOwn { $0.lastError = error.message }
+                    // A dispute between attesters stays in view beside the fetch error: it is why we cannot follow peers.
+                    let message = [error.message, dispute].compactMap { $0 }.joined(separator: "; ")
+                    await node.updateOwn { $0.lastError = String(message.prefix(RecordPolicy.Limit.errorBytes)) }
                     directives += coordinator.onUpstreamUnreachable(now: now, polledAt: at)
                 case .progress(let fraction):
                     coordinator.onPullProgress(now: now, fraction: fraction)
@@ -95,6 +98,19 @@ struct SyncService: Service {
                         coordinator.attest(token: token.value, root: root)
                     }
                     directives += coordinator.onPullFinished(Self.outcome(report), now: now)
+                }
+                if case .tick = event, let token = coordinator.target?.token {
+                    // Members that attest different trees for one token: say who, in the log and in our status.
+                    let sides = coordinator.disputedRoots(for: token)
+                    let text = sides.isEmpty ? nil : "members disagree about what upstream served for \(token): "
+                        + sides.map { "\($0.nodes.joined(separator: ", ")) attest \($0.root.prefix(12))…" }.joined(separator: "; ")
+                    if text != dispute {
+                        dispute = text
+                        if let text {
+                            logger.warning("members attest different trees for one token", metadata: ["sync.token": "\(token)", "dispute": "\(text)"])
+                            await node.updateOwn { $0.lastError = String(text.prefix(RecordPolicy.Limit.errorBytes)) }
+                        }
+                    }
                 }
                 if coordinator.vouchedBy != vouchedBy {
                     vouchedBy = coordinator.vouchedBy

@@ -187,6 +187,16 @@ public struct SyncCoordinator: Sendable {
         return Attestations.acceptedRoots(for: token, claims: claims, needed: configuration.attestations)
     }
 
+    /// When live members attest different roots of `token`: each root with its attesters, the most attested first
+    /// (empty when they agree). Members disagree about what upstream served; at most one side tells the truth.
+    public func disputedRoots(for token: String) -> [(root: String, nodes: [String])] {
+        var byRoot: [String: [String]] = [:]
+        for r in view where r.attestToken == token && !r.attestRoot.isEmpty { byRoot[r.attestRoot, default: []].append(r.node) }
+        if let attestation, attestation.token == token { byRoot[attestation.root, default: []].append(me) }
+        guard byRoot.count > 1 else { return [] }
+        return byRoot.map { ($0.key, $0.value.sorted()) }.sorted { ($0.nodes.count, $1.root) > ($1.nodes.count, $0.root) }
+    }
+
     /// The live members attesting `root` for `token`, sorted (for logs and status).
     public func attesters(of token: String, root: String) -> [String] {
         var nodes = view.filter { $0.attestToken == token && $0.attestRoot == root }.map(\.node)
