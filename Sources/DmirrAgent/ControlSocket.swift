@@ -17,16 +17,31 @@ struct ControlSocketService: Service {
     let logger: Logger
 
     func run() async throws {
-        unlink(path)
+        // Bound inside a fresh 0700 directory, made 0600 there, then renamed into place: no moment exists at which
+        // the socket is reachable with looser permissions (a chmod after binding at `path` would leave one).
+        let parent = (path as NSString).deletingLastPathComponent
+        var template = Array((parent + "/.dmirr-control-XXXXXX").utf8CString)
+        guard let made = mkdtemp(&template) else {
+            throw ControlSocketError(message: "cannot create a private directory beside \(path): \(String(cString: strerror(errno)))")
+        }
+        let privateDirectory = String(cString: made)
+        let staging = privateDirectory + "/s"
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true) { channel in
+            .bind(unixDomainSocketPath: staging, cleanupExistingSocketFile: true) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
                     try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
                     return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
                 }
             }
-        chmod(path, 0o600)
+        guard chmod(staging, 0o600) == 0, rename(staging, path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            unlink(staging)
+            rmdir(privateDirectory)
+            try? await server.channel.close()
+            throw ControlSocketError(message: "cannot put the control socket at \(path): \(reason)")
+        }
+        rmdir(privateDirectory)
         logger.info("control socket ready", metadata: ["control.path": "\(path)"])
         defer { unlink(path) }
         try await untilGracefulShutdown { [node] in
@@ -77,4 +92,10 @@ public enum ControlClient {
             throw AgentError("the agent closed the control socket without answering")
         }
     }
+}
+
+/// The control socket could not be created where the config says.
+struct ControlSocketError: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
 }

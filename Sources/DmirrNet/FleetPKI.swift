@@ -143,7 +143,11 @@ public enum FleetPKI {
             throw PKIError(.exists, "\(path) already exists; pass --force to replace it")
         }
         let temp = path + ".dmirr-new"
-        let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, secret ? 0o600 : 0o644)
+        // O_EXCL | O_NOFOLLOW: a file or symlink planted at the temporary name is never written through. One left by a
+        // crash is removed (unlink does not follow symlinks) and the open tried once more.
+        let flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC
+        var fd = open(temp, flags, secret ? 0o600 : 0o644)
+        if fd < 0, errno == EEXIST, unlink(temp) == 0 { fd = open(temp, flags, secret ? 0o600 : 0o644) }
         guard fd >= 0 else { throw PKIError(.io, "cannot create \(temp): \(String(cString: strerror(errno)))") }
         _ = fchmod(fd, secret ? 0o600 : 0o644)
         let bytes = Array(pem.utf8)

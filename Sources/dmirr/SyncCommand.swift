@@ -26,7 +26,8 @@ struct SyncCommand: AsyncParsableCommand {
 
     @Option(help: """
         Where to pull from: 'upstream', or a peer's node name (its rsync URL from the fleet records the agent stored; \
-        pinned to the token it holds when we start, and verified at the packages level).
+        pinned to the token it holds when we start; its manifest must be attested by [peers] attestations members \
+        and every file must match it).
         """)
     var source = "upstream"
 

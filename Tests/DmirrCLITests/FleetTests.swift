@@ -536,6 +536,12 @@ import Testing
         for name in fleet.names { try fleet.start(name) }
         #expect(fleet.waitUntil(seconds: 30) { fleet.allInSync("push-1", among: fleet.names) })
 
+        // The control socket was created 0600 (bound in a private directory, then renamed into place), and the
+        // private directory is gone.
+        var st = stat()
+        #expect(lstat(fleet.dir.sub("state-m0/control.sock"), &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK && (st.st_mode & 0o777) == 0o600)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: fleet.dir.sub("state-m0")).filter { $0.hasPrefix(".dmirr-control-") } == [])
+
         // m9 is a genuine fleet member, but it relays a record for m1 that it wrote and signed itself.
         let issued = try CLI.dmirr(["cert", "issue", "--ca", fleet.dir.sub("ca"), "--node", "m9", "--out", fleet.dir.sub("certs")])
         #expect(issued.exitCode == 0)

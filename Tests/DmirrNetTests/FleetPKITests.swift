@@ -83,6 +83,22 @@ import X509
         try FleetPKI.write("x", to: dir.sub("ca.key"), secret: true, force: true)
         #expect(try String(contentsOfFile: dir.sub("ca.key"), encoding: .utf8) == "x")
     }
+
+    @Test func aKeyIsNeverWrittenThroughAFilePlantedAtItsTemporaryName() throws {
+        let dir = try TestDirectory("pki4")
+        defer { dir.remove() }
+        // Someone who can write to the directory plants a symlink where the key's temporary file will be, pointing at a
+        // file they can read.
+        try "public\n".write(toFile: dir.sub("readable"), atomically: false, encoding: .utf8)
+        try FileManager.default.createSymbolicLink(atPath: dir.sub("node.key.dmirr-new"), withDestinationPath: dir.sub("readable"))
+        let ca = try FleetPKI.makeCA(fleet: "ius")
+        try FleetPKI.write(ca.privateKeyPEM, to: dir.sub("node.key"), secret: true, force: false)
+        #expect(try String(contentsOfFile: dir.sub("readable"), encoding: .utf8) == "public\n", "the key went through the symlink")
+        #expect(try String(contentsOfFile: dir.sub("node.key"), encoding: .utf8) == ca.privateKeyPEM)
+        var st = stat()
+        #expect(lstat(dir.sub("node.key"), &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG && (st.st_mode & 0o777) == 0o600)
+        #expect(!FileManager.default.fileExists(atPath: dir.sub("node.key.dmirr-new")))
+    }
 }
 
 @Suite struct PeerIdentityTests {
