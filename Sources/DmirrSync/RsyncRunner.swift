@@ -36,8 +36,11 @@ public struct RsyncRunner: Sendable {
         self.executable = executable
     }
 
+    /// - Parameter onReceived: called with each regular file's path (relative to the destination) as rsync reports it
+    ///   received.
     public func run(
-        _ command: RsyncCommand, logger: Logger, onProgress: @escaping @Sendable (RsyncOutput.Progress) -> Void = { _ in }
+        _ command: RsyncCommand, logger: Logger, onReceived: @escaping @Sendable (String) -> Void = { _ in },
+        onProgress: @escaping @Sendable (RsyncOutput.Progress) -> Void = { _ in }
     ) async throws(SyncError) -> RsyncRun {
         logger.debug("running rsync", metadata: ["rsync.argv": "\(command.arguments.joined(separator: " "))"])
         var options = PlatformOptions()
@@ -67,6 +70,7 @@ public struct RsyncRunner: Sendable {
                     case .item(let item):
                         if item.isReceivedFile {
                             received += 1
+                            onReceived(item.path)
                             if item.path.hasSuffix(".rpm") { packages.append(item.path) }
                         } else if item.isDeletion {
                             deletions += 1

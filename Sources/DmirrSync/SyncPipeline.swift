@@ -208,11 +208,32 @@ public struct SyncPipeline: Sendable {
     /// Where the source's token file is fetched to (with its mode and mtime) before it is compared and published.
     var fetchedTokenPath: String { config.state.dir + "/source-token" }
 
+    /// The passes, with an ``ArrivalHasher`` beside them hashing each file rsync reports received.
     private func syncPasses(
         options: Options, run: inout SyncRun, store: StateStore, logger: Logger,
         onEvent: @escaping @Sendable (SyncEvent) -> Void
     ) async throws -> SyncReport {
         let snapshot = config.mirror.publish == .snapshot ? SnapshotLayout(path: config.mirror.path) : nil
+        let tree = snapshot?.staging ?? config.mirror.path
+        let (arrived, sink) = AsyncStream.makeStream(of: String.self)
+        var syncRun = run
+        defer { run = syncRun }
+        return try await withThrowingTaskGroup(of: [String: StateStore.CachedDigest].self) { group in
+            group.addTask { await ArrivalHasher.consume(arrived, root: tree) }
+            defer { sink.finish() }
+            return try await syncPasses(options: options, run: &syncRun, store: store, snapshot: snapshot, arrived: sink,
+                                        hashed: &group, logger: logger, onEvent: onEvent)
+        }
+    }
+
+    /// - Parameters:
+    ///   - arrived: takes the paths rsync reports received, for the ``ArrivalHasher``.
+    ///   - hashed: the group the hasher runs in; the manifest step ends `arrived` and takes its digests from it.
+    private func syncPasses(
+        options: Options, run: inout SyncRun, store: StateStore, snapshot: SnapshotLayout?,
+        arrived: AsyncStream<String>.Continuation, hashed: inout ThrowingTaskGroup<[String: StateStore.CachedDigest], any Error>,
+        logger: Logger, onEvent: @escaping @Sendable (SyncEvent) -> Void
+    ) async throws -> SyncReport {
         try snapshot?.prepare()
         let published = try TreeFiles.readIfPresent(tokenPath).map(Token.init(fileContents:))
 
@@ -278,7 +299,8 @@ public struct SyncPipeline: Sendable {
         var packages = Set<String>()
         var stable = false
         for pass in 1...config.mirror.maxPasses {
-            let received = try await transfer(pass: pass, snapshot: snapshot, fromPeer: options.peer != nil, logger: logger, onEvent: onEvent)
+            let received = try await transfer(pass: pass, snapshot: snapshot, fromPeer: options.peer != nil, arrived: arrived,
+                                              logger: logger, onEvent: onEvent)
             totals.bytes += received.bytes
             totals.files += received.files
             packages.formUnion(received.packages)
@@ -312,7 +334,7 @@ public struct SyncPipeline: Sendable {
                               metadata: ["verify.problems": "\(verification.problems.count)"])
                 let repaired = try await transfer(
                     pass: config.mirror.maxPasses + 1, snapshot: snapshot, stages: [("metadata-by-checksum", .metadataByChecksum)],
-                    fromPeer: options.peer != nil, logger: logger, onEvent: onEvent)
+                    fromPeer: options.peer != nil, arrived: arrived, logger: logger, onEvent: onEvent)
                 totals.bytes += repaired.bytes
                 totals.files += repaired.files
                 _ = rmdir(tree + "/" + RsyncCommand.tempDirName)
@@ -349,7 +371,9 @@ public struct SyncPipeline: Sendable {
         do {
             let started = ContinuousClock.now
             var builder = ManifestBuilder(root: tree, tokenFile: config.upstream.tokenFile, tokenSource: fetchedTokenPath, cache: [:])
-            builder.cache = try store.digestCache()
+            arrived.finish()
+            let fresh = (try? await hashed.next()) ?? nil
+            builder.cache = try store.digestCache().merging(fresh ?? [:]) { _, new in new }
             var built = try builder.build(token: target.value)
             if let expected {
                 let problems = try reconcile(tree: tree, expected: expected.manifest, actual: &built, peer: options.peer!, logger: logger)
@@ -561,7 +585,8 @@ public struct SyncPipeline: Sendable {
 
     /// One pass: stage 1 + stage 2 in place, or one staging transfer in snapshot mode.
     private func transfer(
-        pass: Int, snapshot: SnapshotLayout?, stages: [(String, RsyncCommand.Stage)]? = nil, fromPeer: Bool, logger: Logger,
+        pass: Int, snapshot: SnapshotLayout?, stages: [(String, RsyncCommand.Stage)]? = nil, fromPeer: Bool,
+        arrived: AsyncStream<String>.Continuation, logger: Logger,
         onEvent: @escaping @Sendable (SyncEvent) -> Void
     ) async throws -> PassResult {
         let destination = snapshot?.staging ?? config.mirror.path
@@ -575,7 +600,9 @@ public struct SyncPipeline: Sendable {
             let command = RsyncCommand.transfer(stage: stage, source: config.upstream.url, destination: destination, config: config,
                                                 fromPeer: fromPeer)
             let started = ContinuousClock.now
-            let run = try await runner.run(command, logger: logger) { onEvent(.progress(stage: label, $0)) }
+            let run = try await runner.run(command, logger: logger, onReceived: { arrived.yield($0) }) {
+                onEvent(.progress(stage: label, $0))
+            }
             try Task.checkCancellation()
             if case .failure(let failure) = run.outcome {
                 var message = "\(label) transfer from \(config.upstream.url) failed: \(failure.summary)"
