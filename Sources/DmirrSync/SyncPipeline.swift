@@ -373,12 +373,14 @@ public struct SyncPipeline: Sendable {
             var builder = ManifestBuilder(root: tree, tokenFile: config.upstream.tokenFile, tokenSource: fetchedTokenPath, cache: [:])
             arrived.finish()
             let fresh = (try? await hashed.next()) ?? nil
-            builder.cache = try store.digestCache().merging(fresh ?? [:]) { _, new in new }
+            // What the database holds: saving compares against it (not against the fresh hashes merged in below).
+            let stored = try store.digestCache()
+            builder.cache = stored.merging(fresh ?? [:]) { _, new in new }
             var built = try builder.build(token: target.value)
             if let expected {
                 let problems = try reconcile(tree: tree, expected: expected.manifest, actual: &built, peer: options.peer!, logger: logger)
                 guard problems.isEmpty else {
-                    try? saveDigests(built, previous: builder.cache, store: store)
+                    try? saveDigests(built, previous: stored, store: store)
                     let list = problems.prefix(20).map { "  \($0)" }.joined(separator: "\n")
                     return SyncReport(
                         outcome: .verifyFailed, exitCode: 1,
@@ -392,7 +394,7 @@ public struct SyncPipeline: Sendable {
                 let bytes = built.manifest.encoded()
                 manifest = (bytes, TreeManifest.root(of: bytes))
             }
-            try saveDigests(built, previous: builder.cache, store: store)
+            try saveDigests(built, previous: stored, store: store)
             logger.info("manifest", metadata: [
                 "manifest.root": "\(manifest.root)", "manifest.entries": "\(built.manifest.entries.count)",
                 "manifest.hashed": "\(built.hashedFiles)", "manifest.hashed_bytes": "\(built.hashedBytes)",

@@ -235,4 +235,24 @@ import Testing
         #expect(third.manifest.mismatches(in: first.manifest).map(\.path) == ["sub/f3"])
         #expect(third.manifest.entries.contains { $0.path == "CURRENT" && $0.size == 3 })
     }
+
+    @Test func aSyncLeavesEveryFileInTheDigestCacheSoTheNextHashesNothingUnchanged() async throws {
+        let rig = try Rig(label: "digest-cache")
+        defer { rig.cleanup() }
+        #expect(await rig.sync().exitCode == 0)
+        // Every regular file but the token (listed from the fetched copy) and the manifest itself is cached, with the
+        // digest the manifest lists.
+        let cache = try StateStore(directory: rig.config.state.dir).digestCache()
+        let manifest = try TreeManifest.decode(Array(try Data(contentsOf: URL(fileURLWithPath: rig.mirror + "/.dmirr-manifest"))))
+        let files = manifest.entries.filter { $0.kind == .file && $0.path != "CURRENT" }
+        #expect(!files.isEmpty && cache.count == files.count, "\(cache.count) cached, \(files.count) files")
+        for file in files { #expect(cache[file.path]?.sha256 == file.sha256, "\(file.path)") }
+        // A push: only what rsync replaced is new to the cache; the manifest step then hashes nothing itself.
+        try rig.upstream.push(add: [.init("delta", "1.0")], token: "push-2")
+        let cached = cache
+        #expect(await rig.sync().exitCode == 0)
+        let after = try StateStore(directory: rig.config.state.dir).digestCache()
+        #expect(after["Packages/delta-1.0-1.noarch.rpm"] != nil)
+        #expect(after["Packages/alpha-1.0-1.noarch.rpm"] == cached["Packages/alpha-1.0-1.noarch.rpm"])
+    }
 }
