@@ -127,7 +127,13 @@ def push(tree):
     for old in ["base0-1.0-1.noarch.rpm", "base1-1.0-1.noarch.rpm"]:
         os.remove(f"{tree}/Packages/{old}")
     run(["bash", MAKE_REPO, "createrepo", tree])
-    open(f"{tree}/CURRENT", "w").write("push-2\n")
+    with open(f"{tree}/CURRENT", "w") as f:
+        f.write("push-2\n")
+    # "push-2" has push-1's size; if the push lands in the same second as the base tree was written, rsync's quick
+    # check (size and whole-second mtime) would skip CURRENT and the cron mirrors would never see the push. Real
+    # upstreams' tokens differ in mtime by far more than a second.
+    later = time.time() + 2
+    os.utime(f"{tree}/CURRENT", (later, later))
 
 
 def main():

@@ -507,10 +507,18 @@ public struct Membership: Sendable {
     }
 
     /// A peer's digest: send what it lacks; when it is not itself a reply, ask with a reply digest for what we lack.
+    /// Members we never heard of that one digest may make us ask for. A member table grows only by verified records,
+    /// one per certificate the CA issued; a digest naming more unknown members than that is more likely a lie than a
+    /// fleet, and asking for all of them would cost us a reply as large and a request entry each.
+    public static let maxUnknownAskedPerDigest = 1024
+    /// Requests outstanding at once (announcements asked for and not yet answered).
+    public static let maxOutstandingRequests = 8192
+
     public mutating func onDigest(from peer: String, entries theirs: [DigestEntry], scope: DigestScope, now: Duration) -> [Directive] {
         heard(peer, now: now)
         var theirVersions: [String: RecordVersion] = [:]
-        for e in theirs { theirVersions[e.node] = max(theirVersions[e.node] ?? e.version, e.version) }
+        // Names that no certificate can carry are not members: ignored.
+        for e in theirs where PeerIdentity.isValidName(e.node) { theirVersions[e.node] = max(theirVersions[e.node] ?? e.version, e.version) }
         // A full digest lists everything its sender holds, so a member missing from it is one it lacks; a bucket
         // digest the same within its buckets. A reply or an announcement lists only some members: it says nothing of
         // the rest.
@@ -538,8 +546,13 @@ public struct Membership: Sendable {
         }
         guard scope != .reply else { return out }
         let requestFor = configuration.gossipInterval * 2
+        var unknownAsked = 0
         let wanted = theirVersions.keys.sorted().filter { node in
             guard node != me, versions[node].map({ $0 < theirVersions[node]! }) ?? true else { return false }
+            if versions[node] == nil {
+                guard unknownAsked < Self.maxUnknownAskedPerDigest else { return false }
+                unknownAsked += 1
+            }
             // Another announcer's copy is on its way: ask again only if it is late.
             if scope == .announce, let asked = requested[node], asked.version >= theirVersions[node]!, now - asked.at < requestFor {
                 return false
@@ -548,7 +561,11 @@ public struct Membership: Sendable {
         }
         guard !wanted.isEmpty else { return out }
         if scope == .announce {
-            for node in wanted { requested[node] = (theirVersions[node]!, now) }
+            if requested.count + wanted.count > Self.maxOutstandingRequests {
+                // Forget requests that are late anyway before recording new ones; past the cap, ask without recording.
+                requested = requested.filter { now - $0.value.at < requestFor }
+            }
+            for node in wanted where requested.count < Self.maxOutstandingRequests { requested[node] = (theirVersions[node]!, now) }
         }
         // Ask by telling them what we hold for exactly those nodes; absent nodes go as version 0.0.
         let reply = wanted.map { DigestEntry(node: $0, version: versions[$0] ?? RecordVersion(generation: 0, heartbeat: 0)) }

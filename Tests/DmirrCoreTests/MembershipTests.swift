@@ -575,4 +575,26 @@ extension Membership {
         }
         #expect(fleet.members["m0"]!.entries["m7"]!.record.suspects.isEmpty)
     }
+
+    @Test func aDigestNamingAHundredThousandUnknownMembersCostsABoundedReply() {
+        var a = Membership(me: "a", generation: 1)
+        _ = a.onOwnRecordSigned(MemberRecord(node: "a", generation: 1), signed: [1], now: .zero)
+        a.onConnected("liar", now: .zero)
+        let lies = (0..<100_000).map { Membership.DigestEntry(node: "ghost\($0)", version: RecordVersion(generation: 1, heartbeat: 1)) }
+            + [Membership.DigestEntry(node: "../../etc", version: RecordVersion(generation: 1, heartbeat: 1))]
+        for round in 0..<3 {
+            let out = a.onDigest(from: "liar", entries: lies, scope: .announce, now: .seconds(Int64(round * 10)))
+            let asked = out.flatMap { d -> [Membership.DigestEntry] in
+                if case .sendDigest(_, let entries, .reply) = d { entries } else { [] }
+            }
+            #expect(asked.count == Membership.maxUnknownAskedPerDigest, "round \(round): asked for \(asked.count)")
+            #expect(!asked.contains { $0.node == "../../etc" })
+        }
+        // A member the digest names that we do know is still asked for when the digest has a newer version of it.
+        _ = a.onRecord(MemberRecord(node: "b", generation: 1), signed: [2], from: "liar", now: .seconds(50))
+        let newer = a.onDigest(from: "liar", entries: [.init(node: "b", version: RecordVersion(generation: 2, heartbeat: 0))] + lies,
+                               scope: .full, now: .seconds(60))
+        let asked = newer.flatMap { d -> [Membership.DigestEntry] in if case .sendDigest(_, let e, .reply) = d { e } else { [] } }
+        #expect(asked.contains { $0.node == "b" } && asked.count == Membership.maxUnknownAskedPerDigest + 1)
+    }
 }
