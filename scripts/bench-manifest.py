@@ -15,7 +15,7 @@ Usage: scripts/bench-manifest.py [--dmirr .build/release/dmirr] [--packages 2000
 Needs: rsync, rpm, createrepo-c (scripts/setup-debian.sh), and a release build: swift build -c release.
 """
 import argparse, os, random, re, shutil, subprocess, sys, tempfile, time
-from benchlib import free_port, run
+from benchlib import add_repo_args, free_port, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAKE_REPO = os.path.join(ROOT, "Sources/DmirrFixtures/make-yum-repo.sh")
@@ -65,14 +65,11 @@ def row(label, elapsed, f, manifest_bytes):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dmirr", default=os.path.join(ROOT, ".build/release/dmirr"))
-    ap.add_argument("--packages", type=int, default=2000)
-    ap.add_argument("--kb", type=int, default=256)
+    add_repo_args(ap)
     ap.add_argument("--delta-add", type=int, default=20)
     ap.add_argument("--delta-remove", type=int, default=10)
     ap.add_argument("--files", type=int, default=100_000)
     ap.add_argument("--delta-files", type=int, default=200)
-    ap.add_argument("--work", default=None)
     a = ap.parse_args()
     if not os.access(a.dmirr, os.X_OK):
         sys.exit(f"{a.dmirr} not found; build it with: swift build -c release")

@@ -12,7 +12,7 @@ Usage: scripts/bench-sync.py [--dmirr .build/release/dmirr] [--packages 2000] [-
 Needs: rsync, rpm, createrepo-c (scripts/setup-debian.sh), and a release build: swift build -c release.
 """
 import argparse, os, shutil, socket, statistics, subprocess, sys, tempfile, time
-from benchlib import free_port
+from benchlib import add_repo_args, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAKE_REPO = os.path.join(ROOT, "Sources/DmirrFixtures/make-yum-repo.sh")
@@ -69,12 +69,9 @@ def config(path, url, mirror, state, verify, bwlimit):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dmirr", default=os.path.join(ROOT, ".build/release/dmirr"))
-    ap.add_argument("--packages", type=int, default=2000)
-    ap.add_argument("--kb", type=int, default=256)
+    add_repo_args(ap)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--noop-runs", type=int, default=20)
-    ap.add_argument("--work", default=None)
     ap.add_argument("--bwlimit", type=int, default=0, help="KiB/s for every transfer (rsync --bwlimit), 0 = none")
     a = ap.parse_args()
     if not os.access(a.dmirr, os.X_OK):

@@ -1,5 +1,5 @@
 """Helpers the benchmark scripts share (imported from the scripts' own directory)."""
-import socket, subprocess, sys
+import os, socket, subprocess, sys
 
 
 def free_port():
@@ -9,6 +9,15 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def add_repo_args(ap, packages=2000):
+    """The arguments every benchmark of a built yum repo takes: the dmirr binary, the repo's size, a work directory."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("--dmirr", default=os.path.join(root, ".build/release/dmirr"))
+    ap.add_argument("--packages", type=int, default=packages)
+    ap.add_argument("--kb", type=int, default=256)
+    ap.add_argument("--work", default=None)
 
 
 def run(argv, **kw):

@@ -192,12 +192,19 @@ extension Membership {
         #expect(fleet.members["a"]!.entries["c"]!.record.heartbeat >= 6)
     }
 
-    @Test func silentMembersBecomeSuspectThenDownOnTime() {
+    /// Eight members on a ring with chords, suspect after 5 s and down after 12 s.
+    static func quickRing() -> (names: [String], fleet: MiniFleet, config: Membership.Configuration) {
         var config = Membership.Configuration()
         config.suspectAfter = .seconds(5)
         config.downAfter = .seconds(12)
-        let (names, links) = Self.ring(8)
-        var fleet = MiniFleet(names, links: links, configuration: config)
+        let (names, links) = ring(8)
+        return (names, MiniFleet(names, links: links, configuration: config), config)
+    }
+
+    @Test func silentMembersBecomeSuspectThenDownOnTime() {
+        let ring = Self.quickRing()
+        let config = ring.config
+        var fleet = ring.fleet
         for _ in 0..<5 { fleet.round() }
         #expect(fleet.everyoneKnowsEveryone)
         fleet.down = ["m3"]
@@ -550,11 +557,9 @@ extension Membership {
     }
 
     @Test func aSuspicionAboveEveryVersionIsIgnoredAndItsAuthorNamed() {
-        var config = Membership.Configuration()
-        config.suspectAfter = .seconds(5)
-        config.downAfter = .seconds(12)
-        let (names, links) = Self.ring(8)
-        var fleet = MiniFleet(names, links: links, configuration: config)
+        let ring = Self.quickRing()
+        let names = ring.names
+        var fleet = ring.fleet
         for _ in 0..<8 { fleet.round() }
         #expect(fleet.converged)
         // m7 (a member with a valid certificate) signs a record suspecting the healthy m3 at a version no refutation
