@@ -57,7 +57,8 @@ struct DemoCommand: AsyncParsableCommand {
         }
         print("== dmirr demo: one upstream and a fleet of \(mirrors) mirrors, on this machine")
         try fleet.setUp()
-        print("\n-- waiting for the fleet to form and take push-1 (upstream slots = 1: one mirror pulls from upstream at a time)")
+        print("\n-- waiting for the fleet to form and take push-1 (upstream slots = 1: one mirror pulls from upstream at a time;")
+        print("   peers serve a token once 2 mirrors attest it from their own upstream pulls, [peers] attestations = 2)")
         guard try await fleet.follow(token: "push-1", seconds: 120) else {
             print("!! the fleet did not converge on push-1; agent logs: \(root)/logs")
             throw ExitCode(1)
