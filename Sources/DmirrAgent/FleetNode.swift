@@ -59,8 +59,9 @@ public actor FleetNode {
         guard let stored = try? store.members() else { return }
         for member in stored {
             guard let signed = try? WireSignedRecord(serializedBytes: member.signedRecord),
-                case .success(let verified) = signer.verify(signed, cache: &authors)
-            else { continue }
+                case .success(let verified) = signer.verify(signed, cache: &authors),
+                RecordPolicy.problem(with: verified.record, nowMillis: Self.wallMillis) == nil
+            else { continue }  // expired while we were down, or from an older protocol: forgotten
             let record = verified.record
             membership.restore(record, signed: member.signedRecord, now: now)
         }
@@ -244,6 +245,11 @@ public actor FleetNode {
             switch directive {
             case .signOwnRecord(let record):
                 do {
+                    // Valid for two refreshes plus down_after: renewed long before, and gone soon after we stop.
+                    var record = record
+                    let refresh = membership.configuration.refresh(members: membership.entries.count)
+                    let lifetime = refresh * 2 + membership.configuration.downAfter
+                    record.expiresMillis = Self.wallMillis + lifetime.components.seconds * 1000
                     let bytes: [UInt8] = try signer.sign(record).serializedBytes()
                     await perform(membership.onOwnRecordSigned(record, signed: bytes, now: now))
                 } catch {

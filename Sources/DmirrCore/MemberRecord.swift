@@ -38,6 +38,9 @@ public struct MemberRecord: Sendable, Equatable {
     /// none): an attestation others count before they trust a peer's copy (``TreeManifest``).
     public var attestToken: String = ""
     public var attestRoot: String = ""
+    /// Unix milliseconds after which nobody may believe or relay this record (protocol 2). Its author re-signs long
+    /// before: a record that outlives it is one its author stopped renewing. 0: none given (refused at receipt).
+    public var expiresMillis: Int64 = 0
     /// Members this node has lost direct contact with, at the version it last held of each (see ``Membership``).
     public var suspects: [Suspicion] = []
 

@@ -15,6 +15,8 @@ public enum RecordPolicy {
         public static let serveSlots = 1024
         /// Allowed clock difference for timestamps a member puts in its record.
         public static let skewMillis: Int64 = 60_000
+        /// The furthest in the future a record may say it expires.
+        public static let lifetimeMillis: Int64 = 7 * 24 * 3_600_000
     }
 
     /// Why `record` must be refused, or nil. `nowMillis` is the receiver's wall clock (Unix ms).
@@ -58,6 +60,13 @@ public enum RecordPolicy {
         }
         if let last = record.lastSyncMillis, last > latest {
             return "last_sync is \((last - nowMillis) / 1000) s in the future"
+        }
+        if record.expiresMillis == 0 { return "the record has no expiry" }
+        if record.expiresMillis < nowMillis - Limit.skewMillis {  // (subtracting: a hostile Int64.max must not overflow)
+            return "the record expired \((nowMillis - record.expiresMillis) / 1000) s ago"
+        }
+        if record.expiresMillis > nowMillis + Limit.lifetimeMillis + Limit.skewMillis {
+            return "the record claims to be valid for more than \(Limit.lifetimeMillis / 86_400_000) days"
         }
         return nil
     }

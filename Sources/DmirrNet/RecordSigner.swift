@@ -35,10 +35,14 @@ public struct RecordSigner: Sendable {
         try PEMDocument.parseMultiple(pemString: pem).map { try Certificate(pemDocument: $0) }
     }
 
+    /// What a record signature covers besides the record: a fixed context, so that a member's key signing anything
+    /// else (now or in a later protocol) can never produce something that verifies as a member record.
+    public static let signatureContext = Array("dmirr member record, protocol 2\u{0}".utf8)
+
     /// Our record, signed, ready to gossip.
     public func sign(_ record: MemberRecord) throws -> WireSignedRecord {
         let bytes: [UInt8] = try WireRecords.wire(record).serializedBytes()
-        let signature = try key.signature(for: bytes)
+        let signature = try key.signature(for: Self.signatureContext + bytes)
         return .with {
             $0.record = Data(bytes)
             $0.signature = signature.derRepresentation
@@ -119,7 +123,7 @@ public struct RecordSigner: Sendable {
         }
         guard author.notBefore <= now, now <= author.notAfter else { return .failure(.expiredCertificate) }
         guard let signature = try? P256.Signing.ECDSASignature(derRepresentation: signed.signature),
-            author.key.isValidSignature(signature, for: Array(signed.record))
+            author.key.isValidSignature(signature, for: Self.signatureContext + Array(signed.record))
         else { return .failure(.badSignature) }
         return .success(Verified(record: WireRecords.core(wire), certificateDER: author.der))
     }
@@ -171,6 +175,7 @@ public enum WireRecords {
             $0.planDigest = r.planDigest
             $0.attestToken = r.attestToken
             $0.attestRoot = r.attestRoot
+            $0.expiresUnixMs = r.expiresMillis
             $0.suspects = r.suspects.map { suspicion in
                 .with {
                     $0.node = suspicion.node
@@ -206,6 +211,7 @@ public enum WireRecords {
         r.planDigest = w.planDigest
         r.attestToken = w.attestToken
         r.attestRoot = w.attestRoot
+        r.expiresMillis = w.expiresUnixMs
         r.suspects = w.suspects.map { Suspicion(node: $0.node, version: RecordVersion(generation: $0.generation, heartbeat: $0.heartbeat)) }
         return r
     }

@@ -3,9 +3,9 @@ import SwiftProtobuf
 
 /// The protocol's version (proto/PROTOCOL.md). A peer with another major version is refused.
 public enum WireVersion {
-    public static let major: UInt32 = 1
+    public static let major: UInt32 = 2
     /// 1: announcements and bucketed summaries (proto/PROTOCOL.md, "Versioning").
-    public static let minor: UInt32 = 2
+    public static let minor: UInt32 = 0
 }
 
 /// Encoding and decoding of ``WireEnvelope`` payloads (one per frame).

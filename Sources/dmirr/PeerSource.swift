@@ -3,6 +3,7 @@ import DmirrNet
 import DmirrStore
 import DmirrSync
 import DmirrWire
+import Foundation
 import Logging
 
 /// `dmirr sync --source NODE` without asking an agent: where NODE serves its tree, from the newest signed record of it
@@ -58,8 +59,9 @@ enum PeerSource {
         var claims: [Attestations.Claim] = []
         for other in stored where other.node != config.node {
             guard let bytes = try? WireSignedRecord(serializedBytes: other.signedRecord),
-                case .success(let verified) = signer.verify(bytes), verified.node == other.node
-            else { continue }
+                case .success(let verified) = signer.verify(bytes), verified.node == other.node,
+                RecordPolicy.problem(with: verified, nowMillis: Int64(Date().timeIntervalSince1970 * 1000)) == nil
+            else { continue }  // an expired record attests nothing
             claims.append(.init(node: verified.node, token: verified.attestToken, root: verified.attestRoot))
         }
         if let own = try? StateStore(directory: config.state.dir).attestation() {

@@ -18,6 +18,7 @@ import Testing
         r.attestToken = "push-1"
         r.attestRoot = String(repeating: "0a", count: 32)
         r.progress = 0.5
+        r.expiresMillis = now + 120_000
         return r
     }
 
@@ -44,6 +45,9 @@ import Testing
         case "root without token": r.attestToken = ""
         case "bad source": r.source = "rsync://elsewhere"
         case "bad progress": r.progress = 7
+        case "no expiry": r.expiresMillis = 0
+        case "expired": r.expiresMillis = now - 61_000
+        case "forever": r.expiresMillis = .max
         default: Issue.record("unknown rule \(rule)")
         }
         return r
@@ -54,6 +58,7 @@ import Testing
         ("long error", "last_error"), ("bad name", "not a valid name"), ("many suspects", "300 suspicions"),
         ("bad suspect", "suspicion names"), ("many avoided", "100 avoided"), ("bad root", "attest_root"),
         ("root without token", "come together"), ("bad source", "source"), ("bad progress", "progress"),
+        ("no expiry", "no expiry"), ("expired", "expired 61 s ago"), ("forever", "more than 7 days"),
     ])
     func eachRuleRefusesWithItsReason(rule: String, expected: String) {
         let problem = RecordPolicy.problem(with: Self.broken(rule), nowMillis: Self.now)

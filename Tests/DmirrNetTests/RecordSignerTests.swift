@@ -23,9 +23,22 @@ import Testing
         record.progress = 0.5
         record.serving = 3
         record.lastSyncMillis = 1_800_000_000_123
+        record.expiresMillis = 1_800_000_060_000
         let signed = try server.sign(record)
         // Any member verifies it, including one relaying it.
         #expect(try signer(fleet, "good").verify(signed) == .success(record))
+    }
+
+    @Test func aSignatureWithoutTheRecordContextDoesNotVerify() throws {
+        let fleet = try TestFleet()
+        defer { fleet.dir.remove() }
+        let server = try signer(fleet, "server")
+        var signed = try server.sign(MemberRecord(node: "server", generation: 1))
+        #expect(try signer(fleet, "good").verify(signed).map(\.node) == .success("server"))
+        // The same key's signature over the bare record bytes (what protocol 1 signed, or anything else the key might
+        // sign) is not a record signature.
+        signed.signature = try server.key.signature(for: Array(signed.record)).derRepresentation
+        #expect(try signer(fleet, "good").verify(signed) == .failure(.badSignature))
     }
 
     @Test func forgedTamperedAndForeignRecordsAreRejected() throws {

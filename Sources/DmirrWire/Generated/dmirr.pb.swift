@@ -405,6 +405,12 @@ public nonisolated struct WireMemberRecord: @unchecked Sendable {
     set {_uniqueStorage()._attestRoot = newValue}
   }
 
+  /// protocol 2: nobody believes or relays the record after this (0: refused)
+  public var expiresUnixMs: Int64 {
+    get {_storage._expiresUnixMs}
+    set {_uniqueStorage()._expiresUnixMs = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -906,7 +912,7 @@ nonisolated extension WireErrorFrame.Code: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MemberRecord"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}peer_address\0\u{3}rsync_url\0\u{1}generation\0\u{1}heartbeat\0\u{3}sync_state\0\u{3}published_token\0\u{3}target_token\0\u{1}source\0\u{1}progress\0\u{1}serving\0\u{3}last_error\0\u{3}last_sync_unix_ms\0\u{1}suspects\0\u{3}target_seen_unix_ms\0\u{3}serve_slots\0\u{1}avoid\0\u{3}plan_digest\0\u{3}attest_token\0\u{3}attest_root\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}peer_address\0\u{3}rsync_url\0\u{1}generation\0\u{1}heartbeat\0\u{3}sync_state\0\u{3}published_token\0\u{3}target_token\0\u{1}source\0\u{1}progress\0\u{1}serving\0\u{3}last_error\0\u{3}last_sync_unix_ms\0\u{1}suspects\0\u{3}target_seen_unix_ms\0\u{3}serve_slots\0\u{1}avoid\0\u{3}plan_digest\0\u{3}attest_token\0\u{3}attest_root\0\u{3}expires_unix_ms\0")
 
   fileprivate class _StorageClass {
     var _node: String = String()
@@ -929,6 +935,7 @@ nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
     var _planDigest: String = String()
     var _attestToken: String = String()
     var _attestRoot: String = String()
+    var _expiresUnixMs: Int64 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -959,6 +966,7 @@ nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
       _planDigest = source._planDigest
       _attestToken = source._attestToken
       _attestRoot = source._attestRoot
+      _expiresUnixMs = source._expiresUnixMs
     }
   }
 
@@ -997,6 +1005,7 @@ nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
         case 18: try { try decoder.decodeSingularStringField(value: &_storage._planDigest) }()
         case 19: try { try decoder.decodeSingularStringField(value: &_storage._attestToken) }()
         case 20: try { try decoder.decodeSingularStringField(value: &_storage._attestRoot) }()
+        case 21: try { try decoder.decodeSingularInt64Field(value: &_storage._expiresUnixMs) }()
         default: break
         }
       }
@@ -1065,6 +1074,9 @@ nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
       if !_storage._attestRoot.isEmpty {
         try visitor.visitSingularStringField(value: _storage._attestRoot, fieldNumber: 20)
       }
+      if _storage._expiresUnixMs != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._expiresUnixMs, fieldNumber: 21)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1094,6 +1106,7 @@ nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
         if _storage._planDigest != rhs_storage._planDigest {return false}
         if _storage._attestToken != rhs_storage._attestToken {return false}
         if _storage._attestRoot != rhs_storage._attestRoot {return false}
+        if _storage._expiresUnixMs != rhs_storage._expiresUnixMs {return false}
         return true
       }
       if !storagesAreEqual {return false}
