@@ -53,6 +53,10 @@ public actor FleetNode {
 
     var now: Duration { clock.now - started }
     static var wallMillis: Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+    /// The most records one `GossipRecords` may carry (proto/PROTOCOL.md); more closes the connection.
+    static let maxRecordsPerMessage = 1024
+    /// How many records we put in one message.
+    static let recordsPerMessage = 256
 
     /// Loads the members persisted before a restart (re-verifying each record).
     public func restore() {
@@ -192,6 +196,15 @@ public actor FleetNode {
                 session.reject(.forbidden, "operator certificates may not gossip")
                 throw NetError(.protocolViolation, "\(session.peer) tried to gossip")
             }
+            // Each record costs a signature check here, on the actor: one message may not ask for more than the cap.
+            guard records.records.count <= Self.maxRecordsPerMessage else {
+                let message = "\(records.records.count) records in one message, over the cap of \(Self.maxRecordsPerMessage)"
+                logger.warning("closed a peer that sent too many records at once", metadata: [
+                    "peer.identity": "\(session.peer)", "records": "\(records.records.count)",
+                ])
+                session.reject(.malformed, message)
+                throw NetError(.protocolViolation, "\(session.peer): \(message)")
+            }
             for var signed in records.records {
                 switch signer.verify(signed, cache: &authors) {
                 case .success(let verified):
@@ -299,9 +312,12 @@ public actor FleetNode {
                     records.append(signed)
                 }
                 certificatesSent[session.id] = sent
-                var envelope = WireEnvelope()
-                envelope.records = .with { $0.records = records }
-                await send(envelope, to: peer)
+                // In messages of at most `recordsPerMessage`, far under what a receiver accepts in one.
+                for start in stride(from: 0, to: records.count, by: Self.recordsPerMessage) {
+                    var envelope = WireEnvelope()
+                    envelope.records = .with { $0.records = Array(records[start..<min(start + Self.recordsPerMessage, records.count)]) }
+                    await send(envelope, to: peer)
+                }
             case .persist(let nodes):
                 let members = nodes.compactMap { node in
                     membership.entries[node].map {

@@ -561,6 +561,30 @@ import Testing
         try await Task.sleep(for: .seconds(1))
         #expect(fleet.view("m0")["m1"]?.token == "push-1")
         #expect(fleet.view("m1")["m1"]?.token == "push-1")
+
+        // m9 sends 2,000 records of its own in one message: each would cost m0 a signature check on its actor. m0
+        // refuses the message whole, says why, and closes the connection.
+        var flood = MemberRecord(node: "m9", generation: 1)
+        flood.expiresMillis = Int64(Date().timeIntervalSince1970 * 1000) + 60_000
+        // The certificate once, as the protocol allows, so that the message fits one frame.
+        let floodRecords: [WireSignedRecord] = try (0..<2_000).map { heartbeat in
+            flood.heartbeat = UInt64(heartbeat)
+            var signed = try signer.sign(flood)
+            if heartbeat > 0 { signed.authorCertificate = Data() }
+            return signed
+        }
+        let refusal = ManagedFlag()
+        try await PeerClient.connect(host: "127.0.0.1", port: fleet.ports["m0"]!, tls: tls) { session, messages in
+            var envelope = WireEnvelope()
+            envelope.records = .with { $0.records = floodRecords }
+            try await session.send(envelope)
+            for try await message in messages {
+                if case .error(let e) = message.body, e.code == .malformed, e.message.contains("2000 records in one message") { refusal.set() }
+            }
+        }
+        #expect(refusal.value, "no MALFORMED error frame for 2,000 records")
+        #expect(fleet.agents["m0"]!.stderr.contains("closed a peer that sent too many records at once"))
+        #expect(fleet.view("m0")["m9"] == nil, "a record of the flood was kept")
         let log = fleet.agents["m0"]!.stderr
         #expect(log.contains("dropped a member record relayed by a peer"), "\(log.suffix(2000))")
         #expect(log.contains("dmirr://test/node/m9"))

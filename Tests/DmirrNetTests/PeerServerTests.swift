@@ -343,10 +343,3 @@ enum RawPeer {
         }
     }
 }
-
-final class ManagedFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var flag = false
-    var value: Bool { lock.withLock { flag } }
-    func set() { lock.withLock { flag = true } }
-}

@@ -21,3 +21,12 @@ public func realPath(_ path: String) -> String {
     defer { free(resolved) }
     return String(cString: resolved)
 }
+
+/// A flag set from one task and read from another (a test's connection body and its assertions).
+public final class ManagedFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var flag = false
+    public init() {}
+    public var value: Bool { lock.withLock { flag } }
+    public func set() { lock.withLock { flag = true } }
+}
