@@ -2,7 +2,7 @@
 """Real fleet against the cron script it replaces (docs/benchmarks.md): one upstream push, taken by 8 real
 `dmirr agent`s and, in the same run, by 8 copies of today's cron job, on identical trees.
 
-The cron job is what OPERATORS.md describes, run as a loop: at the mirror's own minute and then every hour, take a
+The cron job is the one docs/design.md §1 describes, run as a loop: at the mirror's own minute and then every hour, take a
 lock (flock), fetch upstream's CURRENT, stop when it equals ours, else `sleep $RANDOM % 3000` and
 `rsync -aH --numeric-ids --delete --delete-after --delay-updates`. Time is scaled down by --scale (60: an hour becomes
 60 s and the sleep at most 50 s); dmirr's poll is scaled the same way (60 s becomes 1 s). Transfers are not scaled:

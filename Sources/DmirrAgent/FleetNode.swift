@@ -6,7 +6,7 @@ import Foundation
 import Logging
 
 /// The agent's membership shell: owns the core ``Membership`` state machine, the open peer sessions and the signer,
-/// and carries out the machine's directives (STYLE.md: shells only interpret, exhaustively).
+/// and carries out the machine's directives (docs/style.md §2: shells only interpret, exhaustively).
 public actor FleetNode {
     public let identity: PeerIdentity
     private var membership: Membership

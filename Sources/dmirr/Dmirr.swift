@@ -3,7 +3,7 @@ import DmirrCore
 import Foundation
 import Logging
 
-/// The `dmirr` command line: thin commands over the modules (STYLE.md §11).
+/// The `dmirr` command line: thin commands over the modules (docs/style.md §11).
 @main
 struct Dmirr: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
