@@ -58,8 +58,11 @@ public final class PeerOutbox: Sendable {
             do {
                 try await outbound.write(frame)
             } catch {
+                // The socket is gone (or the frame was refused): end the connection, so that its reader ends too and
+                // the session is detached, rather than keep a link nothing can be sent on.
                 machine.withLock { $0.closed() }
                 continuation.finish()
+                channel.close(promise: nil)
                 return
             }
             let now = self.now

@@ -31,7 +31,8 @@ enum ArrivalHasher {
                 var out: [String: StateStore.CachedDigest] = [:]
                 var buffer = [UInt8](repeating: 0, count: 1 << 20)
                 var next = 0
-                while true {
+                // A cancelled sync (shutdown, a newer token) does not stay to hash what it received.
+                while !Task.isCancelled {
                     let (name, ended): (String?, Bool) = queue.state.withLock { q in (next < q.names.count ? q.names[next] : nil, q.ended) }
                     guard let name else {
                         if ended { break }

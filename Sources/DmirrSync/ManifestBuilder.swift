@@ -19,7 +19,7 @@ struct ManifestBuilder {
     let tokenFile: String
     /// Where the fetched token file is: its content, mode and mtime go into the manifest.
     let tokenSource: String
-    var cache: [String: StateStore.CachedDigest]
+    let cache: [String: StateStore.CachedDigest]
 
     struct Result {
         var manifest: TreeManifest

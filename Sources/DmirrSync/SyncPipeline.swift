@@ -220,7 +220,11 @@ public struct SyncPipeline: Sendable {
         defer { run = syncRun }
         return try await withThrowingTaskGroup(of: [String: StateStore.CachedDigest].self) { group in
             group.addTask { await ArrivalHasher.consume(arrived, root: tree) }
-            defer { sink.finish() }
+            // A run that ends before the manifest step (up to date, refused, failed) has no use for the hashes.
+            defer {
+                sink.finish()
+                group.cancelAll()
+            }
             return try await syncPasses(options: options, run: &syncRun, store: store, snapshot: snapshot, arrived: sink,
                                         hashed: &group, logger: logger, onEvent: onEvent)
         }
@@ -370,12 +374,13 @@ public struct SyncPipeline: Sendable {
         let manifest: (bytes: [UInt8], root: String)
         do {
             let started = ContinuousClock.now
-            var builder = ManifestBuilder(root: tree, tokenFile: config.upstream.tokenFile, tokenSource: fetchedTokenPath, cache: [:])
             arrived.finish()
             let fresh = (try? await hashed.next()) ?? nil
             // What the database holds: saving compares against it (not against the fresh hashes merged in below).
             let stored = try store.digestCache()
-            builder.cache = stored.merging(fresh ?? [:]) { _, new in new }
+            let builder = ManifestBuilder(
+                root: tree, tokenFile: config.upstream.tokenFile, tokenSource: fetchedTokenPath,
+                cache: stored.merging(fresh ?? [:]) { _, new in new })
             var built = try builder.build(token: target.value)
             if let expected {
                 let problems = try reconcile(tree: tree, expected: expected.manifest, actual: &built, peer: options.peer!, logger: logger)

@@ -617,7 +617,8 @@ import Testing
             }
             return (states, slowest)
         }
-        try await PeerClient.connect(host: "127.0.0.1", port: fleet.ports["m0"]!, tls: tls) { session, _ in
+        // m0 closing the link under us is its defence, not a failure of the test.
+        do { try await PeerClient.connect(host: "127.0.0.1", port: fleet.ports["m0"]!, tls: tls) { session, _ in
             var request = WireEnvelope()
             request.statusRequest = .init()
             // Summaries between the requests and every 500 ms after them keep m9 "heard" on the link, so m0's
@@ -639,6 +640,9 @@ import Testing
                 print("aMemberThatStopsReadingCostsOnlyItsOwnLink: m0 closed the flooding link: \(error)")
                 try await Task.sleep(for: .seconds(8))
             }
+        } } catch {
+            print("aMemberThatStopsReadingCostsOnlyItsOwnLink: the connection ended: \(error)")
+            try await Task.sleep(for: .seconds(8))
         }
         let (states, slowest) = await observer.value
         let bad = states.filter { ["suspect", "down", "unknown"].contains($0) }
@@ -646,7 +650,11 @@ import Testing
         #expect(slowest < 5, "m0 took \(slowest) s to answer dmirr status during the flood")
         let log = fleet.agents["m0"]!.stderr
         for line in log.split(separator: "\n") where line.contains("m9") { print("aMemberThatStopsReadingCostsOnlyItsOwnLink: m0: \(line.prefix(300))") }
-        #expect(log.contains("the peer does not read") && log.contains("m9"), "\(log.suffix(3000))")
+        // m0 let go of the link: its outbound queue overflowed or stalled ("the peer does not read"), or, on a loaded
+        // machine where m9's summaries queue behind its requests, its silent-link rule fired first. Either way only
+        // that link paid.
+        let cut = log.contains("the peer does not read") || log.contains("closing a silent peer link")
+        #expect(cut && log.contains("m9"), "\(log.suffix(3000))")
         print("aMemberThatStopsReadingCostsOnlyItsOwnLink: \(states.count) samples of m1's view of m0, \(bad.count) not alive; slowest status answer from m0 \(String(format: "%.2f", slowest)) s")
     }
 
