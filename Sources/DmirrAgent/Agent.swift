@@ -33,7 +33,8 @@ public struct Agent: Sendable {
         guard tls.identity.name == config.node, tls.identity.fleet == config.fleet, tls.identity.role == .node else {
             throw AgentError("the certificate \(tlsConfig.cert) is for \(tls.identity), but the config says node '\(config.node)' of fleet '\(config.fleet)'")
         }
-        let signer = try RecordSigner(caPath: tlsConfig.ca, certPath: tlsConfig.cert, keyPath: tlsConfig.key)
+        // One verifier for handshakes and records, so a revocation list adopted from any source applies to both.
+        let signer = try RecordSigner(caPath: tlsConfig.ca, certPath: tlsConfig.cert, keyPath: tlsConfig.key, verifier: tls.verifier)
         try FileManager.default.createDirectory(atPath: config.state.dir, withIntermediateDirectories: true)
         let store = try StateStore(directory: config.state.dir)
         var membershipConfig = Membership.Configuration()
@@ -43,6 +44,7 @@ public struct Agent: Sendable {
         let generation = UInt64(Date().timeIntervalSince1970 * 1000)
         let node = FleetNode(identity: tls.identity, generation: generation, configuration: membershipConfig, signer: signer, store: store, logger: logger)
         await node.restore()
+        if let crl = tlsConfig.crl { try await node.watchRevocations(at: crl) }
         let published = try? store.published()
         let rsyncURL = config.mirror.rsyncURL ?? ""
         await node.updateOwn {
@@ -148,6 +150,10 @@ struct DialerService: Service {
                             ) { session, messages in
                                 try await node.serve(session, messages)
                             }
+                        } catch let error as NetError where error.code == .rejected {
+                            // The peer answered and refused us (another fleet or version, a revoked certificate):
+                            // the operator must hear of it.
+                            logger.warning("a peer refused our connection", metadata: ["peer.address": "\(address)", "error": "\(error)"])
                         } catch {
                             logger.debug("dial failed", metadata: ["peer.address": "\(address)", "error": "\(error)"])
                         }

@@ -19,6 +19,9 @@ public actor FleetNode {
     private var openedAt: [ObjectIdentifier: Duration] = [:]
     private var authors = RecordSigner.AuthorCache()
     private var plan = PlanStatus()
+    /// The revocation list in force, as signed by the CA (relayed as it is), and the file it may come from.
+    private var signedRevocations: WireSignedRevocationList?
+    private var revocationFile: (path: String, modified: Date?)?
 
     /// What the sync coordinator last decided, for `dmirr status`.
     public struct PlanStatus: Sendable {
@@ -58,18 +61,115 @@ public actor FleetNode {
     /// How many records we put in one message.
     static let recordsPerMessage = 256
 
-    /// Loads the members persisted before a restart (re-verifying each record).
-    public func restore() {
-        guard let stored = try? store.members() else { return }
-        for member in stored {
-            guard let signed = try? WireSignedRecord(serializedBytes: member.signedRecord),
-                case .success(let verified) = signer.verify(signed, cache: &authors),
-                RecordPolicy.problem(with: verified.record, nowMillis: Self.wallMillis) == nil
-            else { continue }  // expired while we were down, or from an older protocol: forgotten
-            let record = verified.record
-            membership.restore(record, signed: member.signedRecord, now: now)
+    /// Loads what was persisted before a restart: the revocation list, then the members (re-verifying each record
+    /// under that list).
+    public func restore() async {
+        if let bytes = try? store.revocations(), let signed = try? WireSignedRevocationList(serializedBytes: bytes) {
+            _ = adoptRevocations(signed, from: "the state database")
         }
-        logger.info("restored members", metadata: ["fleet.members": "\(stored.count)"])
+        guard let stored = try? store.members() else { return }
+        let batch = stored.compactMap { try? WireSignedRecord(serializedBytes: $0.signedRecord) }
+        let (results, cache) = await signer.verify(batch: batch, known: authors, now: Date())
+        authors.merge(cache)
+        var kept = 0
+        var forgotten: [String] = []
+        for (index, result) in results.enumerated() {
+            guard case .success(let verified) = result,
+                RecordPolicy.problem(with: verified.record, nowMillis: Self.wallMillis) == nil
+            else {
+                // Expired while we were down, revoked, or from an older protocol: forgotten.
+                (try? WireMemberRecord(serializedBytes: Array(batch[index].record))).map { forgotten.append($0.node) }
+                continue
+            }
+            membership.restore(verified.record, signed: (try? batch[index].serializedBytes()) ?? [], now: now)
+            kept += 1
+        }
+        try? store.deleteMembers(forgotten.filter { $0 != identity.name })
+        logger.info("restored members", metadata: ["fleet.members": "\(kept)", "fleet.forgotten": "\(forgotten.count)"])
+    }
+
+    // MARK: Revocations
+
+    /// Watches `[tls] crl`: read now, and again whenever its modification time changes (checked every round), so an
+    /// operator revokes a member by replacing the file on any one agent.
+    public func watchRevocations(at path: String) throws(NetError) {
+        revocationFile = (path, nil)
+        if !FileManager.default.fileExists(atPath: path) {
+            // The CA has revoked nothing yet: the file appears with the first `dmirr cert revoke`.
+            logger.notice("no revocation list yet; watching for it", metadata: ["tls.crl": "\(path)"])
+        }
+        try reloadRevocationFile()
+    }
+
+    private func reloadRevocationFile() throws(NetError) {
+        guard let file = revocationFile else { return }
+        let modified = (try? FileManager.default.attributesOfItem(atPath: file.path))?[.modificationDate] as? Date
+        guard modified != file.modified else { return }
+        revocationFile = (file.path, modified)
+        let text: String
+        do { text = try String(contentsOfFile: file.path, encoding: .utf8) } catch {
+            throw NetError(.tls, "cannot read the revocation list \(file.path) ([tls] crl)", underlying: error)
+        }
+        let signed: WireSignedRevocationList
+        do { signed = try FleetVerifier.signedRevocations(pem: text) } catch {
+            throw NetError(.tls, "\(file.path) ([tls] crl) is not a dmirr revocation list", underlying: error)
+        }
+        if case .failure(let rejection) = signer.verifier.openRevocations(signed) {
+            throw NetError(.tls, "\(file.path) ([tls] crl): \(rejection)")
+        }
+        _ = adoptRevocations(signed, from: file.path)
+    }
+
+    /// Puts a CA-signed list in force if it is newer than ours: persists it, closes the links of revoked members,
+    /// forgets their records and passes the list on to every other peer. Returns whether it was newer.
+    private func adoptRevocations(_ signed: WireSignedRevocationList, from source: String, except sender: String? = nil) -> Bool {
+        let list: RevocationList
+        switch signer.verifier.openRevocations(signed) {
+        case .success(let l): list = l
+        case .failure(let rejection):
+            logger.warning("refused a revocation list", metadata: ["source": "\(source)", "error": "\(rejection)"])
+            return false
+        }
+        guard signer.verifier.adopt(list) else { return false }
+        signedRevocations = signed
+        if let bytes = try? signed.serializedBytes() as [UInt8] {
+            do { try store.saveRevocations(number: list.number, signed: bytes) } catch {
+                logger.error("cannot persist the revocation list", metadata: ["error": "\(error)"])
+            }
+        }
+        logger.notice("a revocation list is in force", metadata: [
+            "source": "\(source)", "revocations.number": "\(list.number)", "revocations.entries": "\(list.entries.count)",
+        ])
+        for (peer, session) in sessions {
+            guard let entry = signer.verifier.revocation(of: session) else { continue }
+            logger.warning("closing the link to a revoked member", metadata: ["peer.node": "\(peer)", "revocation": "\(entry)"])
+            session.reject(.revoked, "your certificate is revoked: \(entry)")
+            detach(session)
+            session.close()
+        }
+        var revoked: [String] = []
+        for node in membership.nodes where node != identity.name {
+            guard signer.revocation(ofAuthor: node, in: authors) != nil else { continue }
+            revoked.append(node)
+        }
+        forget(revoked, why: "its certificate is revoked")
+        var envelope = WireEnvelope()
+        envelope.revocations = signed
+        for peer in sessions.keys where peer != sender { send(envelope, to: peer) }
+        return true
+    }
+
+    /// Forgets members in memory and in SQLite.
+    private func forget(_ nodes: [String], why: String) {
+        guard !nodes.isEmpty else { return }
+        for node in nodes {
+            membership.forget(node)
+            authors.forget(node)
+            logger.notice("forgot a member", metadata: ["member.node": "\(node)", "reason": "\(why)"])
+        }
+        do { try store.deleteMembers(nodes) } catch {
+            logger.error("cannot forget member records", metadata: ["error": "\(error)"])
+        }
     }
 
     public func updateOwn(_ change: @Sendable (inout MemberRecord) -> Void) {
@@ -140,6 +240,12 @@ public actor FleetNode {
         certificatesSent[session.id] = [:]
         openedAt[session.id] = now
         membership.onConnected(session.peer.name, now: now)
+        if let signedRevocations {
+            // Every new link learns the list in force, so a revocation reaches members that were away.
+            var envelope = WireEnvelope()
+            envelope.revocations = signedRevocations
+            send(envelope, to: session.peer.name)
+        }
     }
 
     public func detach(_ session: PeerSession) {
@@ -205,8 +311,14 @@ public actor FleetNode {
                 session.reject(.malformed, message)
                 throw NetError(.protocolViolation, "\(session.peer): \(message)")
             }
-            for var signed in records.records {
-                switch signer.verify(signed, cache: &authors) {
+            // Verified off the actor (a batch of up to the cap costs tens of milliseconds of signature checks); other
+            // peers' messages are handled meanwhile, and this session's next message waits for this one.
+            let batch = records.records
+            let (results, cache) = await signer.verify(batch: batch, known: authors, now: Date())
+            authors.merge(cache)
+            for (index, result) in results.enumerated() {
+                var signed = batch[index]
+                switch result {
                 case .success(let verified):
                     if let problem = RecordPolicy.problem(with: verified.record, nowMillis: Self.wallMillis) {
                         logger.warning("dropped a member record that breaks the protocol's limits", metadata: [
@@ -237,7 +349,13 @@ public actor FleetNode {
             var response = WireEnvelope()
             response.statusResponse = status()
             guard session.enqueue(response) else { throw NetError(.connection, session.outbox.closeReason.map { "\($0)" } ?? "the peer does not read its answers") }
-        case .hello, .statusResponse, .announceAck, .error, nil:
+        case .revocations(let signed):
+            _ = adoptRevocations(signed, from: "peer \(session.peer.name)", except: session.peer.name)
+        case .error(let error):
+            logger.warning("a peer reported an error on our link", metadata: [
+                "peer.node": "\(session.peer.name)", "error.code": "\(error.code)", "error": "\(error.message.prefix(500))",
+            ])
+        case .hello, .statusResponse, .announceAck, nil:
             break
         }
     }
@@ -250,6 +368,12 @@ public actor FleetNode {
                 detach(session)
             }
         }
+        do { try reloadRevocationFile() } catch {
+            logger.error("kept the revocation list in force", metadata: ["error": "\(error)"])
+        }
+        // A record past its expiry can no longer be relayed or believed: its member is forgotten (it has been judged
+        // down for a while by then, see docs/security.md).
+        forget(membership.expired(atWallMillis: Self.wallMillis), why: "its record expired (down since before the expiry)")
         await perform(membership.onTick(now: now))
     }
 
@@ -287,7 +411,7 @@ public actor FleetNode {
                         }
                     }
                 }
-                await send(envelope, to: peer)
+                send(envelope, to: peer)
             case .sendSummary(let peer, let summary):
                 var envelope = WireEnvelope()
                 envelope.summary = .with {
@@ -296,7 +420,7 @@ public actor FleetNode {
                     $0.first = UInt32(summary.first)
                     $0.buckets = UInt32(summary.buckets)
                 }
-                await send(envelope, to: peer)
+                send(envelope, to: peer)
             case .sendRecords(let peer, let nodes):
                 guard let session = sessions[peer] else { break }
                 var sent = certificatesSent[session.id] ?? [:]
@@ -306,6 +430,7 @@ public actor FleetNode {
                     let certificate = Array(signed.authorCertificate)
                     if sent[node] == certificate {
                         signed.authorCertificate = Data()
+                        signed.authorIntermediates = []
                     } else {
                         sent[node] = certificate
                     }
@@ -316,7 +441,7 @@ public actor FleetNode {
                 for start in stride(from: 0, to: records.count, by: Self.recordsPerMessage) {
                     var envelope = WireEnvelope()
                     envelope.records = .with { $0.records = Array(records[start..<min(start + Self.recordsPerMessage, records.count)]) }
-                    await send(envelope, to: peer)
+                    send(envelope, to: peer)
                 }
             case .persist(let nodes):
                 let members = nodes.compactMap { node in
@@ -344,7 +469,7 @@ public actor FleetNode {
     }
 
     /// Queues a message for a linked peer; never waits for its socket. A peer that does not read loses its link.
-    private func send(_ envelope: WireEnvelope, to peer: String) async {
+    private func send(_ envelope: WireEnvelope, to peer: String) {
         guard let session = sessions[peer] else { return }
         if !session.enqueue(envelope) {
             // Closed, now or a moment ago: let go of the link at once rather than queue more for it.

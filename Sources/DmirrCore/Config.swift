@@ -78,6 +78,15 @@ public struct Config: Sendable, Equatable {
         public var ca: String
         public var cert: String
         public var key: String
+        /// The fleet's revocation list (`dmirr cert revoke`), re-read whenever it changes; nil: only what peers relay.
+        public var crl: String?
+
+        public init(ca: String, cert: String, key: String, crl: String? = nil) {
+            self.ca = ca
+            self.cert = cert
+            self.key = key
+            self.crl = crl
+        }
     }
 
     public struct Peers: Sendable, Equatable {

@@ -70,7 +70,7 @@ private struct Reader {
             "keep_snapshots", "max_passes",
         ],
         "listen": ["peer", "advertise", "control", "metrics"],
-        "tls": ["ca", "cert", "key"],
+        "tls": ["ca", "cert", "key", "crl"],
         "peers": ["seeds", "gossip", "suspect_after", "down_after", "attestations"],
         "state": ["dir"],
     ]
@@ -284,7 +284,8 @@ private struct Reader {
             let ca = absolutePath("tls", "ca", required: true)
             let cert = absolutePath("tls", "cert", required: true)
             let key = absolutePath("tls", "key", required: true)
-            if let ca, let cert, let key { tls = .init(ca: ca, cert: cert, key: key) }
+            let crl = absolutePath("tls", "crl")
+            if let ca, let cert, let key { tls = .init(ca: ca, cert: cert, key: key, crl: crl) }
         }
 
         let seeds = stringArray("peers", "seeds")?.0 ?? []

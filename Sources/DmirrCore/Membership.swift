@@ -622,6 +622,49 @@ public struct Membership: Sendable {
         return out
     }
 
+    /// Forgets a member entirely: its record, its verdict, its suspicions of others and theirs of it. For a member
+    /// whose certificate was revoked, or whose record expired (nobody may relay it any more, so keeping it would only
+    /// make digests differ for ever). Returns whether it was known. Its link, if any, is the shell's to close.
+    @discardableResult
+    public mutating func forget(_ node: String) -> Bool {
+        guard node != me, entries.removeValue(forKey: node) != nil else { return false }
+        versions[node] = nil
+        revision &+= 1
+        if let index = nodes.firstIndex(of: node) { nodes.remove(at: index) }
+        for (count, index) in bucketIndex {
+            let b = Self.bucket(of: node, count: count)
+            var members = index.members
+            members[b].removeAll { $0 == node }
+            var hashes = index.hashes
+            hashes[b] = nil
+            bucketIndex[count] = (members, hashes)
+        }
+        suspectedBy[node] = nil
+        for suspect in Array(suspectedBy.keys) where suspectedBy[suspect]?[node] != nil {
+            suspectedBy[suspect]?[node] = nil
+            if suspectedBy[suspect]?.isEmpty == true { suspectedBy[suspect] = nil }
+            dirty.insert(suspect)
+        }
+        dueAt[node] = nil
+        dirty.remove(node)
+        unwell.remove(node)
+        rumourSince[node] = nil
+        watching.remove(node)
+        connected.remove(node)
+        heardAt[node] = nil
+        lastSentTo[node] = nil
+        summaryTurn[node] = nil
+        greet.remove(node)
+        pendingAnnounce[node] = nil
+        requested[node] = nil
+        return true
+    }
+
+    /// Members whose signed record expired before `wallMillis` (the shell's wall clock), ours excluded.
+    public func expired(atWallMillis wallMillis: Int64) -> [String] {
+        nodes.filter { $0 != me && entries[$0]!.record.expiresMillis > 0 && entries[$0]!.record.expiresMillis < wallMillis }
+    }
+
     private mutating func heard(_ peer: String, now: Duration) {
         if connected.contains(peer) { heardAt[peer] = now }
     }

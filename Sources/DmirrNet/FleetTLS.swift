@@ -13,8 +13,12 @@ public struct FleetTLS: Sendable {
     public let identity: PeerIdentity
     public let serverContext: NIOSSLContext
     public let clientContext: NIOSSLContext
+    /// Checks each peer's certificate after the handshake (the fleet's rules and its revocation list), on top of the
+    /// chain check BoringSSL made during it.
+    public let verifier: FleetVerifier
 
     public init(caPath: String, certPath: String, keyPath: String) throws(NetError) {
+        verifier = try FleetVerifier(caPath: caPath)
         let cas: [NIOSSLCertificate]
         let chain: [NIOSSLCertificate]
         let key: NIOSSLPrivateKey
@@ -56,6 +60,14 @@ public struct FleetTLS: Sendable {
         config.additionalTrustRoots = []
         config.certificateVerification = .noHostnameVerification
         config.minimumTLSVersion = .tlsv13
+    }
+
+    /// Checks the certificate a peer presented in the handshake: nil identity when it presented none.
+    func check(peer certificate: NIOSSLCertificate?) async -> Result<FleetVerifier.Checked?, FleetVerifier.Rejection> {
+        guard let certificate else { return .success(nil) }
+        let parsed: Certificate
+        do { parsed = try Certificate(derEncoded: certificate.toDERBytes()) } catch { return .failure(.malformed("\(error)")) }
+        return await verifier.check(parsed, role: nil).map { $0 }
     }
 
     /// The dmirr identity in a certificate's URI SAN, or nil.

@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import NIOSSL
+import X509
 
 /// Builds the channel pipeline both ends use and runs the `Hello` exchange (proto/PROTOCOL.md).
 enum PeerChannel {
@@ -42,8 +43,8 @@ enum PeerChannel {
     /// On any violation sends the error frame and throws.
     static func receiveHello(
         frames: inout NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator, channel: any Channel,
-        outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, fleet: String
-    ) async throws -> (PeerIdentity, WireHello) {
+        outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, tls: FleetTLS
+    ) async throws -> (PeerIdentity, WireHello, Certificate?) {
         func reject(_ code: WireErrorFrame.Code, _ message: String) async -> NetError {
             if let payload = try? WireMessages.encode(WireMessages.error(code, message)) {
                 try? await outbound.write(payload)
@@ -65,12 +66,17 @@ enum PeerChannel {
         guard case .hello(let hello) = envelope.body else {
             throw await reject(.helloRequired, "the first message must be a Hello")
         }
-        let certificate = try await channel.nioSSL_peerCertificate().get()
-        let identity = certificate.flatMap(FleetTLS.identity(of:))
+        let checked: FleetVerifier.Checked?
+        switch await tls.check(peer: try await channel.nioSSL_peerCertificate().get()) {
+        case .success(let c): checked = c
+        case .failure(let rejection):
+            if case .revoked = rejection { throw await reject(.revoked, "\(rejection)") }
+            throw await reject(.forbidden, "\(rejection)")
+        }
         let claim = HelloPolicy.Claim(protocolMajor: hello.protocolMajor, fleet: hello.fleet, node: hello.node)
-        switch HelloPolicy.check(claim, certificate: identity, fleet: fleet, major: WireVersion.major) {
+        switch HelloPolicy.check(claim, certificate: checked?.identity, fleet: tls.identity.fleet, major: WireVersion.major) {
         case .success(let peer):
-            return (peer, hello)
+            return (peer, hello, checked?.certificate)
         case .failure(let rejection):
             let code: WireErrorFrame.Code
             switch rejection {

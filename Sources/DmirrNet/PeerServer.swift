@@ -73,10 +73,10 @@ public struct PeerServer: Sendable {
         do {
             try await connection.executeThenClose { inbound, outbound in
                 var frames = inbound.makeAsyncIterator()
-                let (peer, hello) = try await PeerChannel.receiveHello(
-                    frames: &frames, channel: connection.channel, outbound: outbound, fleet: configuration.tls.identity.fleet)
+                let (peer, hello, certificate) = try await PeerChannel.receiveHello(
+                    frames: &frames, channel: connection.channel, outbound: outbound, tls: configuration.tls)
                 logger[metadataKey: "peer.identity"] = "\(peer)"
-                let session = PeerSession(peer: peer, peerHello: hello, channel: connection.channel, outbound: outbound,
+                let session = PeerSession(peer: peer, peerHello: hello, certificate: certificate, channel: connection.channel, outbound: outbound,
                                           outbox: PeerOutbox(channel: connection.channel, limits: configuration.outbound))
                 try await session.send(PeerChannel.hello(for: configuration.tls.identity, rsyncURL: configuration.rsyncURL))
                 logger.debug("peer connected")
@@ -131,14 +131,18 @@ public enum PeerClient {
             guard case .hello(let peerHello) = envelope.body else {
                 throw NetError(.protocolViolation, "\(host):\(port) did not answer with a Hello")
             }
-            let certificate = try await connection.channel.nioSSL_peerCertificate().get()
+            let checked: FleetVerifier.Checked?
+            switch await tls.check(peer: try await connection.channel.nioSSL_peerCertificate().get()) {
+            case .success(let c): checked = c
+            case .failure(let rejection): throw NetError(.protocolViolation, "\(host):\(port): \(rejection)")
+            }
             let claim = HelloPolicy.Claim(protocolMajor: peerHello.protocolMajor, fleet: peerHello.fleet, node: peerHello.node)
             let peer: PeerIdentity
-            switch HelloPolicy.check(claim, certificate: certificate.flatMap(FleetTLS.identity(of:)), fleet: tls.identity.fleet, major: WireVersion.major) {
+            switch HelloPolicy.check(claim, certificate: checked?.identity, fleet: tls.identity.fleet, major: WireVersion.major) {
             case .success(let p): peer = p
             case .failure(let rejection): throw NetError(.protocolViolation, "\(host):\(port): \(rejection)")
             }
-            let session = PeerSession(peer: peer, peerHello: peerHello, channel: connection.channel, outbound: outbound,
+            let session = PeerSession(peer: peer, peerHello: peerHello, certificate: checked?.certificate, channel: connection.channel, outbound: outbound,
                                       outbox: PeerOutbox(channel: connection.channel, limits: outboundLimits))
             try await PeerSession.withWriter(session, messages: PeerMessages(frames: frames, session: session), body)
         }

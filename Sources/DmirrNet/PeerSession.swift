@@ -1,12 +1,15 @@
 import DmirrCore
 import DmirrWire
 import NIOCore
+import X509
 
 /// One authenticated connection after both `Hello`s: who the peer is, and its messages in both directions.
 public struct PeerSession: Sendable {
     /// The peer's identity, from its certificate and confirmed by its `Hello`.
     public let peer: PeerIdentity
     public let peerHello: WireHello
+    /// The certificate the peer presented, as checked after the handshake (revocation lists are matched against it).
+    public let certificate: Certificate?
     let channel: any Channel
     let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
     /// Where messages to the peer queue up; see ``PeerOutbox``.

@@ -10,18 +10,20 @@ import X509
 public struct RecordSigner: Sendable {
     let key: P256.Signing.PrivateKey
     let certificateDER: [UInt8]
-    let caKeys: [Certificate.PublicKey]
+    /// Checks authors' certificates, and holds the fleet's revocation list.
+    public let verifier: FleetVerifier
     let fleet: String
 
-    public init(caPath: String, certPath: String, keyPath: String) throws(NetError) {
+    /// - Parameter verifier: the agent's shared verifier (so a revocation list adopted anywhere applies to records
+    ///   too); nil makes one from `caPath`.
+    public init(caPath: String, certPath: String, keyPath: String, verifier: FleetVerifier? = nil) throws(NetError) {
+        if let verifier { self.verifier = verifier } else { self.verifier = try FleetVerifier(caPath: caPath) }
         do {
-            let cas = try Self.certificates(pem: String(contentsOfFile: caPath, encoding: .utf8))
             let leaf = try Certificate(pemEncoded: String(contentsOfFile: certPath, encoding: .utf8))
             key = try P256.Signing.PrivateKey(pemRepresentation: String(contentsOfFile: keyPath, encoding: .utf8))
             var serializer = DER.Serializer()
             try serializer.serialize(leaf)
             certificateDER = serializer.serializedBytes
-            caKeys = cas.map(\.publicKey)
             guard let identity = FleetPKI.identity(of: leaf) else { throw NetError(.tls, "\(certPath) has no dmirr identity") }
             fleet = identity.fleet
         } catch let error as NetError {
@@ -31,13 +33,12 @@ public struct RecordSigner: Sendable {
         }
     }
 
-    static func certificates(pem: String) throws -> [Certificate] {
-        try PEMDocument.parseMultiple(pemString: pem).map { try Certificate(pemDocument: $0) }
-    }
-
     /// What a record signature covers besides the record: a fixed context, so that a member's key signing anything
     /// else (now or in a later protocol) can never produce something that verifies as a member record.
     public static let signatureContext = Array("dmirr member record, protocol 2\u{0}".utf8)
+
+    /// The most intermediates a record may carry (proto/PROTOCOL.md).
+    public static let maxIntermediates = 4
 
     /// Our record, signed, ready to gossip.
     public func sign(_ record: MemberRecord) throws -> WireSignedRecord {
@@ -53,7 +54,8 @@ public struct RecordSigner: Sendable {
     /// Why a relayed record was dropped.
     public enum Rejection: Error, Sendable, Equatable, CustomStringConvertible {
         case malformed(String)
-        case untrustedCertificate
+        /// The chain, the fleet's certificate rules or the revocation list refused the author's certificate.
+        case certificate(FleetVerifier.Rejection)
         case expiredCertificate
         case authorMismatch(record: String, certificate: String)
         case badSignature
@@ -62,7 +64,7 @@ public struct RecordSigner: Sendable {
         public var description: String {
             switch self {
             case .malformed(let why): "malformed record: \(why)"
-            case .untrustedCertificate: "the author certificate is not signed by the fleet CA"
+            case .certificate(let rejection): "author \(rejection)"
             case .expiredCertificate: "the author certificate is not valid now"
             case .authorMismatch(let r, let c): "record for '\(r)' carries the certificate of '\(c)'"
             case .badSignature: "the signature does not match the record"
@@ -75,15 +77,23 @@ public struct RecordSigner: Sendable {
     public struct AuthorCache: Sendable {
         struct Author: Sendable {
             var der: [UInt8]
+            var certificate: Certificate
+            var identity: PeerIdentity
             var key: P256.Signing.PublicKey
-            var notBefore: Date
-            var notAfter: Date
         }
         var authors: [String: Author] = [:]
         public init() {}
 
         /// The certificate (DER) last verified for `node`.
         public func certificate(of node: String) -> [UInt8]? { authors[node]?.der }
+
+        /// Takes the certificates `other` checked (a batch verified while this cache was in use elsewhere).
+        public mutating func merge(_ other: AuthorCache) {
+            authors.merge(other.authors) { mine, theirs in theirs }
+        }
+
+        /// Forgets a node's certificate (its member was forgotten, or revoked).
+        public mutating func forget(_ node: String) { authors[node] = nil }
     }
 
     /// A verified record and its author's certificate (DER).
@@ -92,16 +102,35 @@ public struct RecordSigner: Sendable {
         public var certificateDER: [UInt8]
     }
 
-    /// Checks a signed record on its own (it must carry its certificate).
-    public func verify(_ signed: WireSignedRecord, now: Date = Date()) -> Result<MemberRecord, Rejection> {
-        var cache = AuthorCache()
-        return verify(signed, cache: &cache, now: now).map(\.record)
+    /// The revocation that covers the certificate last checked for `node`'s records, if any.
+    public func revocation(ofAuthor node: String, in cache: AuthorCache) -> RevocationList.Entry? {
+        cache.authors[node].flatMap { verifier.revocation(of: $0.certificate, identity: $0.identity) }
     }
 
-    /// Checks a signed record: its certificate, or the one cached for its node when it carries none, chains to the
-    /// fleet CA, is valid now and names the record's node, and the signature verifies. A newly checked certificate is
-    /// cached; checking a known certificate again costs a byte comparison, not a chain validation.
-    public func verify(_ signed: WireSignedRecord, cache: inout AuthorCache, now: Date = Date()) -> Result<Verified, Rejection> {
+    /// Checks a signed record on its own (it must carry its certificate).
+    public func verify(_ signed: WireSignedRecord, now: Date = Date()) async -> Result<MemberRecord, Rejection> {
+        await verify(batch: [signed], known: AuthorCache(), now: now).results[0].map(\.record)
+    }
+
+    /// Checks signed records: each one's certificate, or the one cached for its node when it carries none, chains to
+    /// the fleet CA under the fleet's rules, is valid now, is not revoked and names the record's node, and the
+    /// signature verifies. Certificates newly checked come back in the cache; a known certificate costs a byte
+    /// comparison, not a chain validation. Runs off the caller's executor: an actor hands over a batch and is free to
+    /// handle other peers meanwhile.
+    @concurrent
+    public func verify(batch: [WireSignedRecord], known: AuthorCache, now: Date = Date()) async
+        -> (results: [Result<Verified, Rejection>], cache: AuthorCache)
+    {
+        var cache = known
+        var results: [Result<Verified, Rejection>] = []
+        results.reserveCapacity(batch.count)
+        for signed in batch {
+            results.append(await verify(signed, cache: &cache, now: now))
+        }
+        return (results, cache)
+    }
+
+    private func verify(_ signed: WireSignedRecord, cache: inout AuthorCache, now: Date) async -> Result<Verified, Rejection> {
         let wire: WireMemberRecord
         do { wire = try WireMemberRecord(serializedBytes: Array(signed.record)) } catch {
             return .failure(.malformed("record: \(error)"))
@@ -113,7 +142,7 @@ public struct RecordSigner: Sendable {
         } else if let known = cache.authors[wire.node], known.der.elementsEqual(signed.authorCertificate) {
             author = known
         } else {
-            switch checkCertificate(Array(signed.authorCertificate), node: wire.node, now: now) {
+            switch await checkCertificate(signed, node: wire.node, now: now) {
             case .success(let checked):
                 author = checked
                 cache.authors[wire.node] = checked
@@ -121,28 +150,42 @@ public struct RecordSigner: Sendable {
                 return .failure(rejection)
             }
         }
-        guard author.notBefore <= now, now <= author.notAfter else { return .failure(.expiredCertificate) }
+        guard author.certificate.notValidBefore <= now, now <= author.certificate.notValidAfter else {
+            return .failure(.expiredCertificate)
+        }
+        // A list adopted after the author was cached applies to its next record.
+        if let entry = verifier.revocation(of: author.certificate, identity: author.identity) {
+            return .failure(.certificate(.revoked("\(entry)")))
+        }
         guard let signature = try? P256.Signing.ECDSASignature(derRepresentation: signed.signature),
             author.key.isValidSignature(signature, for: Self.signatureContext + Array(signed.record))
         else { return .failure(.badSignature) }
         return .success(Verified(record: WireRecords.core(wire), certificateDER: author.der))
     }
 
-    private func checkCertificate(_ der: [UInt8], node: String, now: Date) -> Result<AuthorCache.Author, Rejection> {
+    private func checkCertificate(_ signed: WireSignedRecord, node: String, now: Date) async -> Result<AuthorCache.Author, Rejection> {
+        guard signed.authorIntermediates.count <= Self.maxIntermediates else {
+            return .failure(.malformed("\(signed.authorIntermediates.count) intermediates, over the cap of \(Self.maxIntermediates)"))
+        }
+        let der = Array(signed.authorCertificate)
         let certificate: Certificate
-        do { certificate = try Certificate(derEncoded: der) } catch {
+        let intermediates: [Certificate]
+        do {
+            certificate = try Certificate(derEncoded: der)
+            intermediates = try signed.authorIntermediates.map { try Certificate(derEncoded: Array($0)) }
+        } catch {
             return .failure(.malformed("author certificate: \(error)"))
         }
-        guard caKeys.contains(where: { $0.isValidSignature(certificate.signature, for: certificate) }) else {
-            return .failure(.untrustedCertificate)
+        let checked: FleetVerifier.Checked
+        switch await verifier.check(certificate, intermediates: intermediates, role: .node, now: now) {
+        case .success(let c): checked = c
+        case .failure(let rejection): return .failure(.certificate(rejection))
         }
-        guard certificate.notValidBefore <= now, now <= certificate.notValidAfter else { return .failure(.expiredCertificate) }
-        guard let identity = FleetPKI.identity(of: certificate), identity.fleet == fleet, identity.role == .node else {
-            return .failure(.untrustedCertificate)
+        guard checked.identity.name == node else { return .failure(.authorMismatch(record: node, certificate: checked.identity.name)) }
+        guard let key = P256.Signing.PublicKey(certificate.publicKey) else {
+            return .failure(.certificate(.untrusted("the author key is not P-256")))
         }
-        guard identity.name == node else { return .failure(.authorMismatch(record: node, certificate: identity.name)) }
-        guard let key = P256.Signing.PublicKey(certificate.publicKey) else { return .failure(.untrustedCertificate) }
-        return .success(.init(der: der, key: key, notBefore: certificate.notValidBefore, notAfter: certificate.notValidAfter))
+        return .success(.init(der: der, certificate: certificate, identity: checked.identity, key: key))
     }
 }
 

@@ -79,7 +79,43 @@ public final class StateStore: Sendable {
                 t.column("since", .datetime).notNull()
             }
         }
+        migrator.registerMigration("v4: the fleet's revocation list") { db in
+            // The newest CA-signed revocation list seen (from `[tls] crl` or a peer), so a restarted agent keeps
+            // refusing revoked members even before the file or a peer tells it again.
+            try db.create(table: "revocation_list") { t in
+                t.column("id", .integer).primaryKey().check { $0 == 1 }
+                t.column("number", .integer).notNull()
+                t.column("signed", .blob).notNull()
+            }
+        }
         return migrator
+    }
+
+    /// Keeps a revocation list if it is newer than the one stored (numbers only grow).
+    public func saveRevocations(number: UInt64, signed: [UInt8]) throws(StoreError) {
+        try write("save the revocation list") { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO revocation_list (id, number, signed) VALUES (1, ?, ?)
+                    ON CONFLICT(id) DO UPDATE SET number = excluded.number, signed = excluded.signed
+                    WHERE excluded.number > revocation_list.number
+                    """, arguments: [Int64(bitPattern: number), Data(signed)])
+        }
+    }
+
+    /// The stored revocation list (signed bytes), if any.
+    public func revocations() throws(StoreError) -> [UInt8]? {
+        try read("read the revocation list") { db in
+            try Row.fetchOne(db, sql: "SELECT signed FROM revocation_list WHERE id = 1").map { Array($0["signed"] as Data) }
+        }
+    }
+
+    /// Forgets members (revoked, or expired while down).
+    public func deleteMembers(_ nodes: [String]) throws(StoreError) {
+        guard !nodes.isEmpty else { return }
+        try write("forget member records") { db in
+            for node in nodes { try db.execute(sql: "DELETE FROM member WHERE node = ?", arguments: [node]) }
+        }
     }
 
     /// One stored member record: the signed bytes as received, with its version.

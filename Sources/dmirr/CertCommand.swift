@@ -7,7 +7,7 @@ struct CertCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cert",
         abstract: "Make the fleet's CA and issue node and operator certificates (see certs/README.md).",
-        subcommands: [CA.self, Issue.self]
+        subcommands: [CA.self, Issue.self, Revoke.self]
     )
 
     struct CA: ParsableCommand {
@@ -82,7 +82,8 @@ struct CertCommand: ParsableCommand {
                 try makeDirectory(out)
                 try FleetPKI.write(issued.privateKeyPEM, to: "\(out)/\(node).key", secret: true, force: force)
                 try FleetPKI.write(issued.certificatePEM, to: "\(out)/\(node).pem", secret: false, force: force)
-                print("wrote \(out)/\(node).pem and \(out)/\(node).key (0600) for \(identity), valid \(days) days")
+                let serial = (try? Certificate(pemEncoded: issued.certificatePEM)).map { RevocationList.hex(Array($0.serialNumber.bytes)) } ?? "?"
+                print("wrote \(out)/\(node).pem and \(out)/\(node).key (0600) for \(identity), valid \(days) days, serial \(serial)")
             }
         }
 
@@ -93,6 +94,84 @@ struct CertCommand: ParsableCommand {
                 throw PKIError(.io, "cannot read \(path): missing, unreadable or not text (is --ca the directory `dmirr cert ca --out` wrote?)")
             }
             return text
+        }
+    }
+}
+
+extension CertCommand {
+    struct Revoke: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Revoke a member's certificates: adds NAME (or --serial) to the fleet's CA-signed revocation list.",
+            discussion: """
+                Writes DIR/crl.pem (or --out), keeping every earlier revocation and numbering the new list one higher. \
+                Give the file to any one agent as [tls] crl: agents pass it on to each other, close the revoked \
+                member's links and drop its records. Revoking NAME covers every certificate of that name issued until \
+                now, so a certificate issued for it later works again.
+                """)
+
+        @Option(help: "Directory holding the fleet's ca.pem and ca.key.")
+        var ca: String
+
+        @Argument(help: "The node (or, with --operator, operator) whose certificates to revoke.")
+        var name: String?
+
+        @Option(help: "Revoke one certificate by serial number instead (hex, as `dmirr cert issue` printed it).")
+        var serial: String?
+
+        @Flag(help: "NAME is an operator, not a node.")
+        var `operator` = false
+
+        @Option(help: "Where to write the list (default: DIR/crl.pem, updated in place).")
+        var out: String?
+
+        func validate() throws {
+            guard (name == nil) != (serial == nil) else { throw ValidationError("give either NAME or --serial, not both or neither") }
+        }
+
+        func run() throws {
+            try runReportingErrors {
+                let caPath = ca + "/ca.pem"
+                let verifier: FleetVerifier
+                do { verifier = try FleetVerifier(caPath: caPath) } catch { throw PKIError(.badInput, "\(error)") }
+                let keyPEM: String
+                do { keyPEM = try String(contentsOfFile: ca + "/ca.key", encoding: .utf8) } catch {
+                    throw PKIError(.io, "cannot read \(ca)/ca.key (is --ca the directory `dmirr cert ca --out` wrote?)")
+                }
+                let path = out ?? ca + "/crl.pem"
+                var list = RevocationList(fleet: verifier.fleet, number: 0, issuedMillis: 0, entries: [])
+                if FileManager.default.fileExists(atPath: path) {
+                    // Never lose an earlier revocation: the new list extends the old one, which must be the CA's.
+                    do { list = try verifier.load(revocationsAt: path) } catch {
+                        throw PKIError(.badInput, "\(error); move it away to start a new list")
+                    }
+                }
+                let now = Int64(Date().timeIntervalSince1970 * 1000)
+                let entry: RevocationList.Entry
+                if let serial {
+                    guard let bytes = RevocationList.serial(hex: serial) else {
+                        throw PKIError(.badInput, "'\(serial)' is not a serial number (hex digits, colons allowed)")
+                    }
+                    entry = .init(target: .serial(bytes), revokedMillis: now)
+                } else {
+                    let name = name ?? ""
+                    guard PeerIdentity.isValidName(name) else {
+                        throw PKIError(.invalidName, "'\(name)' is not a valid name: use letters, digits, '-', '.', '_'")
+                    }
+                    entry = .init(target: .identity(role: `operator` ? .operator : .node, name: name), revokedMillis: now)
+                }
+                guard list.entries.count < RevocationList.maxEntries else {
+                    throw PKIError(.badInput, "\(path) already holds \(RevocationList.maxEntries) revocations, the most a list may hold")
+                }
+                list.add(entry)
+                list.number += 1
+                list.issuedMillis = now
+                let signed: String
+                do { signed = try FleetVerifier.pem(FleetVerifier.signRevocations(list, caKeyPEM: keyPEM)) } catch {
+                    throw PKIError(.crypto, "cannot sign the revocation list with \(ca)/ca.key", underlying: error)
+                }
+                try FleetPKI.write(signed, to: path, secret: false, force: true)
+                print("wrote \(path): revocation list \(list.number) of fleet \(list.fleet), \(list.entries.count) revocation(s); revoked \(entry)")
+            }
         }
     }
 }

@@ -18,7 +18,7 @@ enum PeerSource {
 
     /// NODE's rsync URL, from its stored record, and the attestations of every stored record that still verifies
     /// (this mirror's own attestation included).
-    static func resolve(node: String, config: Config) throws(Failure) -> (url: RsyncLocation, claims: [Attestations.Claim]) {
+    static func resolve(node: String, config: Config) async throws(Failure) -> (url: RsyncLocation, claims: [Attestations.Claim]) {
         guard node != config.node else {
             throw Failure(exitCode: 2, message: "--source \(node): that is this mirror (node in the config); name a peer or 'upstream'")
         }
@@ -33,9 +33,19 @@ enum PeerSource {
         }
         let stored: [StateStore.StoredMember]
         do {
-            stored = try StateStore(directory: config.state.dir).members()
+            let store = try StateStore(directory: config.state.dir)
+            stored = try store.members()
+            // Revoked members are no source and attest nothing: the list the agent stored, and the configured file.
+            if let bytes = try store.revocations(), let list = try? WireSignedRevocationList(serializedBytes: bytes),
+                case .success(let opened) = signer.verifier.openRevocations(list)
+            {
+                signer.verifier.adopt(opened)
+            }
         } catch {
             throw Failure(exitCode: 2, message: "--source \(node): cannot read the fleet's records in \(config.state.dir)/\(StateStore.fileName): \(error)")
+        }
+        if let crl = tls.crl {
+            do { try signer.verifier.load(revocationsAt: crl) } catch { throw Failure(exitCode: 2, message: "--source \(node): \(error)") }
         }
         guard let member = stored.first(where: { $0.node == node }) else {
             let known = stored.map(\.node).filter { $0 != config.node }
@@ -50,7 +60,7 @@ enum PeerSource {
             throw Failure(exitCode: 1, message: "--source \(node): its stored record cannot be read: \(error)")
         }
         let record: MemberRecord
-        switch signer.verify(signed) {
+        switch await signer.verify(signed) {
         case .success(let verified) where verified.node == node: record = verified
         case .success: throw Failure(exitCode: 1, message: "--source \(node): the stored record is signed for another member")
         case .failure(let rejection): throw Failure(exitCode: 1, message: "--source \(node): its stored record does not verify: \(rejection)")
@@ -59,7 +69,7 @@ enum PeerSource {
         var claims: [Attestations.Claim] = []
         for other in stored where other.node != config.node {
             guard let bytes = try? WireSignedRecord(serializedBytes: other.signedRecord),
-                case .success(let verified) = signer.verify(bytes), verified.node == other.node,
+                case .success(let verified) = await signer.verify(bytes), verified.node == other.node,
                 RecordPolicy.problem(with: verified, nowMillis: Int64(Date().timeIntervalSince1970 * 1000)) == nil
             else { continue }  // an expired record attests nothing
             claims.append(.init(node: verified.node, token: verified.attestToken, root: verified.attestRoot))

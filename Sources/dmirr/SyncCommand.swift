@@ -47,7 +47,7 @@ struct SyncCommand: AsyncParsableCommand {
         runOptions.allowRollback = allowRollback
         if source != "upstream" {
             do {
-                let (url, claims) = try PeerSource.resolve(node: source, config: config)
+                let (url, claims) = try await PeerSource.resolve(node: source, config: config)
                 let token = try await PeerSource.token(of: source, at: url, config: config, logger: logger)
                 let roots = Attestations.acceptedRoots(for: token, claims: claims, needed: config.peers.attestations)
                 runOptions.peer = .init(node: source, url: url, token: token, acceptedRoots: roots,

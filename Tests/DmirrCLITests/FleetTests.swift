@@ -37,6 +37,8 @@ import Testing
         var upstreamURLs: [String: String] = [:]
         /// Extra lines for every member's `[peers]` table.
         let peersExtra: String
+        /// Extra lines for one member's `[tls]` table.
+        var tlsExtra: [String: String] = [:]
 
         /// - Parameters:
         ///   - upstreamMaxConnections: the upstream daemon's own `max connections` (0: none).
@@ -98,6 +100,7 @@ import Testing
             ca = "\(dir.sub("ca/ca.pem"))"
             cert = "\(dir.sub("certs/\(name).pem"))"
             key = "\(dir.sub("certs/\(name).key"))"
+            \(tlsExtra[name] ?? "")
             [peers]
             seeds = [\(seeds.map { "\"\($0)\"" }.joined(separator: ", "))]
             gossip = "200ms"
@@ -589,6 +592,57 @@ import Testing
         #expect(log.contains("dropped a member record relayed by a peer"), "\(log.suffix(2000))")
         #expect(log.contains("dmirr://test/node/m9"))
         #expect(log.contains("record for 'm1' carries the certificate of 'm9'"))
+    }
+
+    /// The CA revokes m3 and the new list is dropped on m0 alone (its `[tls] crl`). Every other member learns it from
+    /// the fleet, closes its link to m3, forgets m3's record and refuses m3's handshakes from then on.
+    @Test func aRevokedMemberIsCutOffFleetWideOnceTheListReachesOneAgent() throws {
+        let fleet = try Fleet(size: 4)
+        defer { fleet.stop(); fleet.dir.remove() }
+        let crl = fleet.dir.sub("m0-crl.pem")
+        // The file does not exist yet: the agent starts and watches for it.
+        fleet.tlsExtra["m0"] = "crl = \"\(crl)\""
+        try fleet.config("m0", seeds: ["127.0.0.1:\(fleet.ports["m3"]!)"]).write(toFile: fleet.configPath("m0"), atomically: true, encoding: .utf8)
+        for name in fleet.names { try fleet.start(name) }
+        #expect(fleet.waitUntil(seconds: 30) { fleet.allInSync("push-1", among: fleet.names) }, "\(fleet.logs())")
+        let honest = ["m0", "m1", "m2"]
+        #expect(honest.allSatisfy { fleet.view($0)["m3"] != nil })
+
+        let revoke = try CLI.dmirr(["cert", "revoke", "--ca", fleet.dir.sub("ca"), "m3", "--out", crl])
+        #expect(revoke.exitCode == 0, "\(revoke.stderr)")
+        #expect(revoke.stdout.contains("revocation list 1 of fleet test, 1 revocation(s)"), "\(revoke.stdout)")
+        let written = Date()
+        // The bound: m0 reads the file within a gossip round (200 ms here) and passes the list to its links at once;
+        // each hop costs one message. 10 s leaves room for a loaded CI machine.
+        let cutOff = fleet.waitUntil(seconds: 10) { honest.allSatisfy { fleet.view($0)["m3"] == nil } }
+        let took = Date().timeIntervalSince(written)
+        #expect(cutOff, "m3 still known: \(honest.map { "\($0): \(fleet.view($0).keys.sorted())" })\n\(fleet.logs())")
+        print("aRevokedMemberIsCutOffFleetWideOnceTheListReachesOneAgent: m3 forgotten by every honest member \(String(format: "%.1f", took)) s after the list was written")
+
+        // m3 keeps dialing for a while: it stays out, and the honest members stay in sync with each other.
+        usleep(3_000_000)
+        for name in honest {
+            let view = fleet.view(name)
+            #expect(view["m3"] == nil, "\(name) took m3 back")
+            #expect(honest.allSatisfy { view[$0]?.state == "in_sync" }, "\(name): \(view)")
+        }
+        let logs = honest.map { fleet.agents[$0]!.stderr }
+        #expect(logs[0].contains("a revocation list is in force") && logs[0].contains(crl))
+        #expect(logs[1].contains("a revocation list is in force") && logs[2].contains("a revocation list is in force"))
+        #expect(logs.contains { $0.contains("certificate revoked by the fleet CA") || $0.contains("closing the link to a revoked member") })
+        #expect(fleet.agents["m3"]!.stderr.contains("revoked"), "\(fleet.agents["m3"]!.stderr.suffix(2000))")
+
+        // A restarted honest member keeps refusing m3 from its stored list, before anyone tells it again.
+        fleet.agents["m1"]!.killGroup()
+        try fleet.start("m1")
+        #expect(fleet.waitUntil(seconds: 15) { fleet.view("m1")["m0"]?.state == "in_sync" })
+        usleep(2_000_000)
+        #expect(fleet.view("m1")["m3"] == nil)
+
+        // A list signed by anything but the CA is refused, named, and the list in force stays.
+        try "-----BEGIN DMIRR REVOCATION LIST-----\nAAAA\n-----END DMIRR REVOCATION LIST-----\n".write(toFile: crl, atomically: true, encoding: .utf8)
+        #expect(fleet.waitUntil(seconds: 5) { fleet.agents["m0"]!.stderr.contains("kept the revocation list in force") })
+        #expect(fleet.view("m0")["m3"] == nil)
     }
 
     @Test func aMemberThatStopsReadingCostsOnlyItsOwnLink() async throws {

@@ -581,6 +581,55 @@ extension Membership {
         #expect(fleet.members["m0"]!.entries["m7"]!.record.suspects.isEmpty)
     }
 
+    @Test func aForgottenMemberLeavesNoTraceInDigestsBucketsOrSuspicions() {
+        let ring = Self.quickRing()
+        var fleet = ring.fleet
+        for _ in 0..<8 { fleet.round() }
+        #expect(fleet.converged)
+        var m0 = fleet.members["m0"]!
+        // m5 suspects m2, so forgetting m5 must also withdraw that suspicion.
+        var suspicious = fleet.members["m5"]!.own
+        suspicious.heartbeat += 100
+        suspicious.suspects = [Suspicion(node: "m2", version: m0.entries["m2"]!.record.version)]
+        _ = m0.onRecord(suspicious, signed: [1], from: "m5", now: fleet.now)
+        _ = m0.onTick(now: fleet.now)
+        #expect(m0.entries["m2"]?.liveness == .suspect)
+
+        let forgot = m0.forget("m5")
+        let again = m0.forget("m5"), ourselves = m0.forget("m0")
+        #expect(forgot && !again && !ourselves, "forgetting twice, or ourselves, does nothing")
+        #expect(m0.entries["m5"] == nil && m0.versions["m5"] == nil && !m0.nodes.contains("m5"))
+        #expect(!m0.digest().contains { $0.node == "m5" })
+        // The bucket hashes are exactly those of a member that never knew m5, so anti-entropy does not ask for it.
+        var fresh = Membership(me: "m0", generation: 1)
+        for node in m0.nodes where node != "m0" {
+            let entry = m0.entries[node]!
+            _ = fresh.onRecord(entry.record, signed: entry.signed, from: node, now: fleet.now)
+        }
+        let own = m0.entries["m0"]!
+        _ = fresh.onOwnRecordSigned(own.record, signed: own.signed, now: fleet.now)
+        for count in [1, 4, 16] {
+            let (mine, theirs) = (m0.bucketHashes(count: count), fresh.bucketHashes(count: count))
+            #expect(mine == theirs, "\(count) buckets")
+        }
+        // The suspicion went with its author: m2 is alive again at the next round.
+        _ = m0.onTick(now: fleet.now + .milliseconds(1))
+        #expect(m0.entries["m2"]?.liveness == .alive)
+    }
+
+    @Test func membersWhoseRecordsExpiredAreListed() {
+        var m = Membership(me: "a", generation: 1)
+        var b = MemberRecord(node: "b", generation: 1)
+        b.expiresMillis = 1_000
+        var c = MemberRecord(node: "c", generation: 1)
+        c.expiresMillis = 5_000
+        _ = m.onRecord(b, signed: [1], from: "b", now: .zero)
+        _ = m.onRecord(c, signed: [2], from: "c", now: .zero)
+        #expect(m.expired(atWallMillis: 999) == [])
+        #expect(m.expired(atWallMillis: 1_001) == ["b"])
+        #expect(m.expired(atWallMillis: 6_000) == ["b", "c"])
+    }
+
     @Test func aDigestNamingAHundredThousandUnknownMembersCostsABoundedReply() {
         var a = Membership(me: "a", generation: 1)
         _ = a.onOwnRecordSigned(MemberRecord(node: "a", generation: 1), signed: [1], now: .zero)

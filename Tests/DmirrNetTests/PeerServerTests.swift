@@ -138,10 +138,10 @@ enum RawPeer {
     /// A server whose handler answers status requests. Deadlines are generous by default: the whole suite runs in
     /// parallel on two cores (live agent fleets included), and these tests are about behaviour, not timing; only the
     /// slowloris test sets a short one. A server whose handler answers status requests and refuses gossip from operators, as the agent will.
-    static func withServer(_ fleet: TestFleet, helloDeadline: TimeAmount = .seconds(60), _ body: @Sendable (Int) async throws -> Void) async throws {
+    static func withServer(_ fleet: TestFleet, helloDeadline: TimeAmount = .seconds(60), tls: FleetTLS? = nil, _ body: @Sendable (Int) async throws -> Void) async throws {
         var logger = Logger(label: "test.server")
         logger.logLevel = .critical
-        var config = PeerServer.Configuration(host: "127.0.0.1", port: 0, tls: try fleet.tls("server"), rsyncURL: "rsync://127.0.0.1/ius")
+        var config = PeerServer.Configuration(host: "127.0.0.1", port: 0, tls: try tls ?? fleet.tls("server"), rsyncURL: "rsync://127.0.0.1/ius")
         config.helloDeadline = helloDeadline
         let server = PeerServer(configuration: config, logger: logger)
         let port = AsyncStream<Int>.makeStream()
@@ -244,6 +244,37 @@ enum RawPeer {
             let asNode = try await Self.statusWorks(fleet, port: port, as: "good")
             let asOperator = try await Self.statusWorks(fleet, port: port, as: "alice")
             #expect(asNode && asOperator)
+        }
+    }
+
+    @Test func aRevokedCertificateIsRefusedAfterTheHandshakeOnBothSides() async throws {
+        let fleet = try TestFleet()
+        defer { fleet.dir.remove() }
+        let caKey = try String(contentsOfFile: fleet.dir.sub("ca.key"), encoding: .utf8)
+        let tls = try fleet.tls("server")
+        let list = RevocationList(fleet: "ius", number: 1, issuedMillis: 0, entries: [
+            .init(target: .identity(role: .node, name: "good"), revokedMillis: Int64(Date().timeIntervalSince1970 * 1000) + 1000),
+        ])
+        #expect(tls.verifier.adopt(try tls.verifier.openRevocations(FleetVerifier.signRevocations(list, caKeyPEM: caKey)).get()))
+        try await Self.withServer(fleet, tls: tls) { port in
+            // The handshake itself succeeds (the chain is fine); the Hello is answered with REVOKED and the link closed.
+            let result = try await RawPeer.exchange(port: port, tls: try fleet.rawClientContext(cert: "good"), send: [try RawPeer.frame(RawPeer.hello(node: "good"))])
+            #expect(result.errorCodes == [.revoked], "got \(result.errorCodes)")
+            #expect(result.closedByServer && !result.sawHello)
+            // Others still get in.
+            #expect(try await Self.statusWorks(fleet, port: port, as: "alice"))
+            // And a dialer whose list revokes the server it reaches refuses that server.
+            let dialer = try fleet.tls("alice")
+            let revokesServer = RevocationList(fleet: "ius", number: 1, issuedMillis: 0, entries: [
+                .init(target: .identity(role: .node, name: "server"), revokedMillis: Int64(Date().timeIntervalSince1970 * 1000) + 1000),
+            ])
+            dialer.verifier.adopt(try dialer.verifier.openRevocations(FleetVerifier.signRevocations(revokesServer, caKeyPEM: caKey)).get())
+            do {
+                try await PeerClient.connect(host: "127.0.0.1", port: port, tls: dialer) { _, _ in }
+                Issue.record("connected to a revoked server")
+            } catch {
+                #expect("\(error)".contains("revoked"), "\(error)")
+            }
         }
     }
 

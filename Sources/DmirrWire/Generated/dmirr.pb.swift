@@ -158,6 +158,15 @@ public nonisolated struct WireEnvelope: Sendable {
     set {body = .announceAck(newValue)}
   }
 
+  /// protocol 2.1
+  public var revocations: WireSignedRevocationList {
+    get {
+      if case .revocations(let v)? = body {return v}
+      return WireSignedRevocationList()
+    }
+    set {body = .revocations(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -170,6 +179,8 @@ public nonisolated struct WireEnvelope: Sendable {
     case summary(WireGossipSummary)
     case announce(WireAnnounce)
     case announceAck(WireAnnounceAck)
+    /// protocol 2.1
+    case revocations(WireSignedRevocationList)
 
   }
 
@@ -228,6 +239,9 @@ public nonisolated struct WireErrorFrame: Sendable {
     case helloRequired // = 7
     case helloTimeout // = 8
     case forbidden // = 9
+
+    /// protocol 2.1: the sender's certificate is on the fleet's revocation list
+    case revoked // = 10
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -246,6 +260,7 @@ public nonisolated struct WireErrorFrame: Sendable {
       case 7: self = .helloRequired
       case 8: self = .helloTimeout
       case 9: self = .forbidden
+      case 10: self = .revoked
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -262,6 +277,7 @@ public nonisolated struct WireErrorFrame: Sendable {
       case .helloRequired: return 7
       case .helloTimeout: return 8
       case .forbidden: return 9
+      case .revoked: return 10
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -278,6 +294,7 @@ public nonisolated struct WireErrorFrame: Sendable {
       .helloRequired,
       .helloTimeout,
       .forbidden,
+      .revoked,
     ]
 
   }
@@ -431,6 +448,67 @@ public nonisolated struct WireSignedRecord: Sendable {
 
   /// DER; must chain to the fleet CA and name record.node. Empty when this connection
   public var authorCertificate: Data = Data()
+
+  /// already carried this author's certificate (the receiver keeps it by node).
+  public var authorIntermediates: [Data] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Protocol 2.1. The fleet's revocation list, issued by the fleet CA (`dmirr cert revoke`). Anyone may relay it: it is
+/// checked against the CA, and a receiver keeps the one with the highest `number`.
+public nonisolated struct WireRevocationList: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var fleet: String = String()
+
+  /// increases with every list the CA issues
+  public var number: UInt64 = 0
+
+  public var issuedUnixMs: Int64 = 0
+
+  public var revoked: [WireRevocation] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct WireRevocation: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// one certificate, by serial number (big-endian bytes); empty: by name
+  public var serial: Data = Data()
+
+  /// "node" or "operator"; with `name`: every certificate of that identity issued
+  public var role: String = String()
+
+  ///   (notBefore) before `revoked_unix_ms`, so a re-issued one works again
+  public var name: String = String()
+
+  public var revokedUnixMs: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct WireSignedRevocationList: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// a serialized RevocationList, exactly as signed
+  public var list: Data = Data()
+
+  /// ECDSA P-256 by the fleet CA's key over "dmirr revocation list, protocol 2\0" + list, DER
+  public var signature: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -632,7 +710,7 @@ nonisolated extension WireSyncState: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension WireEnvelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}hello\0\u{1}error\0\u{1}digest\0\u{1}records\0\u{3}status_request\0\u{3}status_response\0\u{1}summary\0\u{1}announce\0\u{3}announce_ack\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}hello\0\u{1}error\0\u{1}digest\0\u{1}records\0\u{3}status_request\0\u{3}status_response\0\u{1}summary\0\u{1}announce\0\u{3}announce_ack\0\u{1}revocations\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -757,6 +835,19 @@ nonisolated extension WireEnvelope: SwiftProtobuf.Message, SwiftProtobuf._Messag
           self.body = .announceAck(v)
         }
       }()
+      case 10: try {
+        var v: WireSignedRevocationList?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .revocations(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .revocations(v)
+        }
+      }()
       default: break
       }
     }
@@ -803,6 +894,10 @@ nonisolated extension WireEnvelope: SwiftProtobuf.Message, SwiftProtobuf._Messag
     case .announceAck?: try {
       guard case .announceAck(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+    }()
+    case .revocations?: try {
+      guard case .revocations(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
     }()
     case nil: break
     }
@@ -907,7 +1002,7 @@ nonisolated extension WireErrorFrame: SwiftProtobuf.Message, SwiftProtobuf._Mess
 }
 
 nonisolated extension WireErrorFrame.Code: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0UNSPECIFIED\0\u{1}FRAME_TOO_LARGE\0\u{1}EMPTY_FRAME\0\u{1}MALFORMED\0\u{1}UNSUPPORTED_VERSION\0\u{1}WRONG_FLEET\0\u{1}IDENTITY_MISMATCH\0\u{1}HELLO_REQUIRED\0\u{1}HELLO_TIMEOUT\0\u{1}FORBIDDEN\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0UNSPECIFIED\0\u{1}FRAME_TOO_LARGE\0\u{1}EMPTY_FRAME\0\u{1}MALFORMED\0\u{1}UNSUPPORTED_VERSION\0\u{1}WRONG_FLEET\0\u{1}IDENTITY_MISMATCH\0\u{1}HELLO_REQUIRED\0\u{1}HELLO_TIMEOUT\0\u{1}FORBIDDEN\0\u{1}REVOKED\0")
 }
 
 nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -1118,7 +1213,7 @@ nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension WireSignedRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SignedRecord"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}record\0\u{1}signature\0\u{3}author_certificate\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}record\0\u{1}signature\0\u{3}author_certificate\0\u{3}author_intermediates\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1129,6 +1224,7 @@ nonisolated extension WireSignedRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
       case 1: try { try decoder.decodeSingularBytesField(value: &self.record) }()
       case 2: try { try decoder.decodeSingularBytesField(value: &self.signature) }()
       case 3: try { try decoder.decodeSingularBytesField(value: &self.authorCertificate) }()
+      case 4: try { try decoder.decodeRepeatedBytesField(value: &self.authorIntermediates) }()
       default: break
       }
     }
@@ -1144,6 +1240,9 @@ nonisolated extension WireSignedRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
     if !self.authorCertificate.isEmpty {
       try visitor.visitSingularBytesField(value: self.authorCertificate, fieldNumber: 3)
     }
+    if !self.authorIntermediates.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.authorIntermediates, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1151,6 +1250,132 @@ nonisolated extension WireSignedRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
     if lhs.record != rhs.record {return false}
     if lhs.signature != rhs.signature {return false}
     if lhs.authorCertificate != rhs.authorCertificate {return false}
+    if lhs.authorIntermediates != rhs.authorIntermediates {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireRevocationList: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RevocationList"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}fleet\0\u{1}number\0\u{3}issued_unix_ms\0\u{1}revoked\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.fleet) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.number) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.issuedUnixMs) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.revoked) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.fleet.isEmpty {
+      try visitor.visitSingularStringField(value: self.fleet, fieldNumber: 1)
+    }
+    if self.number != 0 {
+      try visitor.visitSingularUInt64Field(value: self.number, fieldNumber: 2)
+    }
+    if self.issuedUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.issuedUnixMs, fieldNumber: 3)
+    }
+    if !self.revoked.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.revoked, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireRevocationList, rhs: WireRevocationList) -> Bool {
+    if lhs.fleet != rhs.fleet {return false}
+    if lhs.number != rhs.number {return false}
+    if lhs.issuedUnixMs != rhs.issuedUnixMs {return false}
+    if lhs.revoked != rhs.revoked {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireRevocation: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Revocation"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}serial\0\u{1}role\0\u{1}name\0\u{3}revoked_unix_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.serial) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.role) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.revokedUnixMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.serial.isEmpty {
+      try visitor.visitSingularBytesField(value: self.serial, fieldNumber: 1)
+    }
+    if !self.role.isEmpty {
+      try visitor.visitSingularStringField(value: self.role, fieldNumber: 2)
+    }
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 3)
+    }
+    if self.revokedUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.revokedUnixMs, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireRevocation, rhs: WireRevocation) -> Bool {
+    if lhs.serial != rhs.serial {return false}
+    if lhs.role != rhs.role {return false}
+    if lhs.name != rhs.name {return false}
+    if lhs.revokedUnixMs != rhs.revokedUnixMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireSignedRevocationList: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SignedRevocationList"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}list\0\u{1}signature\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.list) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.signature) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.list.isEmpty {
+      try visitor.visitSingularBytesField(value: self.list, fieldNumber: 1)
+    }
+    if !self.signature.isEmpty {
+      try visitor.visitSingularBytesField(value: self.signature, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireSignedRevocationList, rhs: WireSignedRevocationList) -> Bool {
+    if lhs.list != rhs.list {return false}
+    if lhs.signature != rhs.signature {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
