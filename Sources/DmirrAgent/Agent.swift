@@ -87,6 +87,9 @@ struct PeerListenerService: Service {
         var serverConfig = PeerServer.Configuration(host: listen.host, port: listen.port, tls: tls, rsyncURL: config.mirror.rsyncURL ?? "")
         // A peer that stops reading loses its link once a write has waited suspect_after (or its queue overflows).
         serverConfig.outbound.stallAfter = config.peers.suspectAfter
+        // Node links carry a frame every suspect_after / 3; this only ends sessions that stopped talking.
+        let suspectAfter = config.peers.suspectAfter.components.seconds
+        serverConfig.idleDeadline = .seconds(max(300, suspectAfter * 3))
         let server = PeerServer(configuration: serverConfig, logger: logger)
         let advertise = config.listen.advertise
         let listenHost = listen.host

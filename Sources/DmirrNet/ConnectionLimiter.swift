@@ -50,6 +50,16 @@ public final class ConnectionLimiter: Sendable {
         }
     }
 
+    private let refusals = Mutex(0)
+
+    /// Counts a refusal; true for the first and then every 1,000th (what is worth a log line).
+    func noteRefusal() -> Bool {
+        refusals.withLock { count in
+            count += 1
+            return count == 1 || count % 1000 == 0
+        }
+    }
+
     /// Open connections now (for tests and status).
     public var open: Int { counts.withLock { $0.total } }
 

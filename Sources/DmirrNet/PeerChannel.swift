@@ -11,9 +11,10 @@ enum PeerChannel {
     typealias Async = NIOAsyncChannel<ByteBuffer, ByteBuffer>
 
     /// TLS, the `Hello` deadline, framing, and the async bridge. Inbound: TLS → frames → deadline → async.
-    static func configure(_ channel: any Channel, tls: NIOSSLContext, server: Bool, frameLimit: Int, helloDeadline: TimeAmount)
-        throws -> Async
-    {
+    static func configure(
+        _ channel: any Channel, tls: NIOSSLContext, server: Bool, frameLimit: Int, helloDeadline: TimeAmount,
+        idleDeadline: TimeAmount? = nil
+    ) throws -> Async {
         let ops = channel.pipeline.syncOperations
         if server {
             try ops.addHandler(NIOSSLServerHandler(context: tls))
@@ -22,6 +23,10 @@ enum PeerChannel {
         }
         try ops.addHandler(ByteToMessageHandler(FrameDecoder(limit: frameLimit)))
         try ops.addHandler(MessageToByteHandler(FrameEncoder(limit: frameLimit)))
+        if let idleDeadline {
+            try ops.addHandler(IdleStateHandler(readTimeout: idleDeadline))
+            try ops.addHandler(IdleCloser(deadline: idleDeadline))
+        }
         try ops.addHandler(HelloDeadlineHandler(deadline: helloDeadline))
         return try Async(wrappingChannelSynchronously: channel)
     }
@@ -85,6 +90,29 @@ enum PeerChannel {
             case .identityMismatch, .noIdentity: code = .identityMismatch
             }
             throw await reject(code, rejection.description)
+        }
+    }
+}
+
+/// Closes a connection that has sent nothing for its idle deadline (the `IdleStateHandler` before it says when), after
+/// an error frame saying why.
+final class IdleCloser: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    private let deadline: TimeAmount
+
+    init(deadline: TimeAmount) { self.deadline = deadline }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
+            let message = "nothing received for \(deadline.nanoseconds / 1_000_000_000) s"
+            if let payload = try? WireMessages.encode(WireMessages.error(.helloTimeout, message)) {
+                context.writeAndFlush(NIOAny(payload), promise: nil)
+            }
+            context.close(promise: nil)
+        } else {
+            context.fireUserInboundEventTriggered(event)
         }
     }
 }

@@ -19,6 +19,11 @@ public struct PeerServer: Sendable {
         public var helloDeadline: TimeAmount = .seconds(10)
         /// Each session's outbound queue (``PeerOutbox``).
         public var outbound = OutboundQueueStateMachine<ByteBuffer>.Limits()
+        /// Connections open at once, per remote address and in total; more are closed at accept, before TLS.
+        public var connections = ConnectionLimiter.Limits()
+        /// A connection that sends nothing for this long is closed (node links carry a frame at least every
+        /// `suspect_after / 3`; an operator session or a member that stopped talking does not keep a slot).
+        public var idleDeadline: TimeAmount = .minutes(5)
 
         public init(host: String, port: Int, tls: FleetTLS, rsyncURL: String) {
             self.host = host
@@ -44,15 +49,30 @@ public struct PeerServer: Sendable {
     /// Binds, calls `onBound` with the bound address (port 0 picks a free one), then serves until the task is cancelled.
     public func run(onBound: @Sendable (SocketAddress) -> Void = { _ in }, handler: @escaping Handler) async throws {
         let config = configuration
+        let limiter = ConnectionLimiter(config.connections)
+        let logger = self.logger
         let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .bind(host: config.host, port: config.port) { channel in
-                channel.eventLoop.makeCompletedFuture {
+                let address = ConnectionLimiter.key(of: channel)
+                if let refusal = limiter.admit(address) {
+                    // Closed before any TLS work. (Failing the initializer instead would surface on the listening
+                    // channel.) Logged once per burst, so a flood cannot flood the log too.
+                    if limiter.noteRefusal() { logger.warning("refused connections over the cap", metadata: ["peer.remote": "\(address)", "reason": "\(refusal)"]) }
+                    return channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(RefusedAtAccept())
+                        let wrapped = try PeerChannel.Async(wrappingChannelSynchronously: channel)
+                        channel.eventLoop.execute { channel.close(promise: nil) }
+                        return wrapped
+                    }
+                }
+                channel.closeFuture.whenComplete { _ in limiter.release(address) }
+                return channel.eventLoop.makeCompletedFuture {
                     try PeerChannel.configure(
                         channel, tls: config.tls.serverContext, server: true, frameLimit: config.frameLimit,
-                        helloDeadline: config.helloDeadline)
+                        helloDeadline: config.helloDeadline, idleDeadline: config.idleDeadline)
                 }
             }
         if let address = server.channel.localAddress { onBound(address) }
@@ -67,6 +87,13 @@ public struct PeerServer: Sendable {
     }
 
     func serve(_ connection: PeerChannel.Async, handler: @escaping Handler) async {
+        // Refused at accept (over a cap): already closed or closing, and already logged.
+        let refused = (try? await connection.channel.pipeline.handler(type: RefusedAtAccept.self).get()) != nil
+        guard connection.channel.isActive, !refused else {
+            // The async wrapper must still be finished, or NIO traps on its writer.
+            try? await connection.executeThenClose { _, _ in }
+            return
+        }
         let remote = connection.channel.remoteAddress.map { "\($0)" } ?? "?"
         var logger = self.logger
         logger[metadataKey: "peer.remote"] = "\(remote)"
@@ -147,4 +174,9 @@ public enum PeerClient {
             try await PeerSession.withWriter(session, messages: PeerMessages(frames: frames, session: session), body)
         }
     }
+}
+
+/// Marks a connection the listener refused at accept (over a cap): it is closed without TLS and not served.
+final class RefusedAtAccept: ChannelInboundHandler, RemovableChannelHandler, Sendable {
+    typealias InboundIn = ByteBuffer
 }

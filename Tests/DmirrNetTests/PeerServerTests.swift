@@ -98,11 +98,14 @@ enum RawPeer {
         }
     }
 
-    static func exchange(port: Int, tls: NIOSSLContext?, send: [ByteBuffer], timeout: TimeAmount = .seconds(5)) async throws -> Result {
+    /// - Parameter source: the local address to connect from (any 127.x address is this host), or the system's choice.
+    static func exchange(port: Int, tls: NIOSSLContext?, send: [ByteBuffer], timeout: TimeAmount = .seconds(5), from source: String? = nil) async throws -> Result {
         let group = MultiThreadedEventLoopGroup.singleton
         let promise = group.next().makePromise(of: Void.self)
         let collector = Collector(closed: promise)
-        let channel = try await ClientBootstrap(group: group).channelInitializer { channel in
+        var bootstrap = ClientBootstrap(group: group)
+        if let source { bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: source, port: 0)) }
+        let channel = try await bootstrap.channelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
                 if let tls { try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: nil)) }
                 try channel.pipeline.syncOperations.addHandler(collector)
@@ -138,11 +141,15 @@ enum RawPeer {
     /// A server whose handler answers status requests. Deadlines are generous by default: the whole suite runs in
     /// parallel on two cores (live agent fleets included), and these tests are about behaviour, not timing; only the
     /// slowloris test sets a short one. A server whose handler answers status requests and refuses gossip from operators, as the agent will.
-    static func withServer(_ fleet: TestFleet, helloDeadline: TimeAmount = .seconds(60), tls: FleetTLS? = nil, _ body: @Sendable (Int) async throws -> Void) async throws {
+    static func withServer(
+        _ fleet: TestFleet, helloDeadline: TimeAmount = .seconds(60), tls: FleetTLS? = nil,
+        configure: (inout PeerServer.Configuration) -> Void = { _ in }, _ body: @Sendable (Int) async throws -> Void
+    ) async throws {
         var logger = Logger(label: "test.server")
         logger.logLevel = .critical
         var config = PeerServer.Configuration(host: "127.0.0.1", port: 0, tls: try tls ?? fleet.tls("server"), rsyncURL: "rsync://127.0.0.1/ius")
         config.helloDeadline = helloDeadline
+        configure(&config)
         let server = PeerServer(configuration: config, logger: logger)
         let port = AsyncStream<Int>.makeStream()
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -278,6 +285,84 @@ enum RawPeer {
         }
     }
 
+    /// A plain TCP connection from `source` (any 127.x address is this host) to the listener; -1 on failure.
+    static func tcp(from source: String, to port: Int) -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return -1 }
+        var local = sockaddr_in()
+        local.sin_family = sa_family_t(AF_INET)
+        inet_pton(AF_INET, source, &local.sin_addr)
+        var remote = sockaddr_in()
+        remote.sin_family = sa_family_t(AF_INET)
+        remote.sin_port = in_port_t(UInt16(port).bigEndian)
+        inet_pton(AF_INET, "127.0.0.1", &remote.sin_addr)
+        let ok = withUnsafePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
+            && withUnsafePointer(to: &remote) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
+        if !ok { close(fd); return -1 }
+        return fd
+    }
+
+    /// Whether the server closed `fd` within `seconds` (end of stream or a reset).
+    static func closedByServer(_ fd: Int32, within seconds: Double) -> Bool {
+        var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&poller, 1, Int32(seconds * 1000)) == 1 else { return false }
+        var byte: UInt8 = 0
+        return recv(fd, &byte, 1, 0) <= 0
+    }
+
+    @Test func connectionsOverTheCapsAreClosedAtAcceptAndOthersStillServed() async throws {
+        let fleet = try TestFleet()
+        defer { fleet.dir.remove() }
+        try await Self.withServer(fleet, configure: { $0.connections = .init(perAddress: 3, total: 5) }) { port in
+            var open: [Int32] = []
+            defer { for fd in open { close(fd) } }
+            for _ in 0..<3 { open.append(Self.tcp(from: "127.0.0.1", to: port)) }
+            #expect(open.allSatisfy { $0 >= 0 })
+            #expect(!open.contains { Self.closedByServer($0, within: 0.3) }, "the first three from one address are served")
+            let fourth = Self.tcp(from: "127.0.0.1", to: port)
+            #expect(Self.closedByServer(fourth, within: 2), "a fourth from the same address is closed at accept")
+            close(fourth)
+            // Another address still gets in, up to the total.
+            open.append(Self.tcp(from: "127.0.0.2", to: port))
+            open.append(Self.tcp(from: "127.0.0.3", to: port))
+            #expect(!Self.closedByServer(open[3], within: 0.3) && !Self.closedByServer(open[4], within: 0.3))
+            let overTotal = Self.tcp(from: "127.0.0.4", to: port)
+            #expect(Self.closedByServer(overTotal, within: 2), "a sixth connection is over the total")
+            close(overTotal)
+            // Closing connections frees their slots: a real session from 127.0.0.1 is served again.
+            for fd in open { close(fd) }
+            open = []
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(try await Self.statusWorks(fleet, port: port, as: "alice"))
+        }
+    }
+
+    @Test func aSessionThatSendsNothingIsClosedAtItsIdleDeadline() async throws {
+        let fleet = try TestFleet()
+        defer { fleet.dir.remove() }
+        try await Self.withServer(fleet, configure: { $0.idleDeadline = .seconds(1) }) { port in
+            let said = ManagedFlag()
+            let started = ContinuousClock.now
+            // An operator that says Hello and then nothing. Bounded: without the deadline the server would wait for ever.
+            let tls = try fleet.tls("alice")
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    try await PeerClient.connect(host: "127.0.0.1", port: port, tls: tls) { _, messages in
+                        for try await message in messages {
+                            if case .error(let e) = message.body, e.message.contains("nothing received for 1 s") { said.set() }
+                        }
+                    }
+                }
+                group.addTask { try await Task.sleep(for: .seconds(10)) }
+                try await group.next()
+                group.cancelAll()
+            }
+            let took = ContinuousClock.now - started
+            #expect(said.value, "no error frame naming the idle deadline")
+            #expect(took < .seconds(5), "closed after \(took)")
+        }
+    }
+
     @Test(arguments: Target.allCases) func tlsLevelRejections(_ target: Target) async throws {
         let fleet = try TestFleet()
         defer { fleet.dir.remove() }
@@ -355,11 +440,11 @@ enum RawPeer {
             let took = ContinuousClock.now - started
             #expect(took >= deadline && took < deadline + .seconds(4), "cut after \(took)")
 
-            // 200 idle TCP connections (not even TLS) at once: status still works while they are open, and all are
-            // closed by the deadline.
+            // 200 idle TCP connections (not even TLS) at once, from eight addresses so that each stays under the cap
+            // per address (32): status still works while they are open, and all are closed by the deadline.
             let idle = try await withThrowingTaskGroup(of: RawPeer.Result.self) { group in
-                for _ in 0..<200 {
-                    group.addTask { try await RawPeer.exchange(port: port, tls: nil, send: [], timeout: wait) }
+                for i in 0..<200 {
+                    group.addTask { try await RawPeer.exchange(port: port, tls: nil, send: [], timeout: wait, from: "127.0.0.\(2 + i % 8)") }
                 }
                 let servingMeanwhile = try await Self.statusWorks(fleet, port: port)
                 #expect(servingMeanwhile)
