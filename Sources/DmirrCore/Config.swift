@@ -25,6 +25,9 @@ public struct Config: Sendable, Equatable {
         public var connectTimeout: Duration
         /// Optional `--password-file` for daemons with `auth users`.
         public var passwordFile: String?
+        /// Upstream's OpenPGP public key (armored or binary). When set, every `repodata/repomd.xml` must carry a
+        /// `repomd.xml.asc` that `gpgv` accepts under this key before anything is published, from upstream or a peer.
+        public var signingKey: String? = nil
     }
 
     public enum PublishMode: String, Sendable, Equatable, CaseIterable {

@@ -64,7 +64,7 @@ private struct Reader {
 
     static let knownKeys: [String: Set<String>] = [
         "": ["node", "fleet"],
-        "upstream": ["url", "token_file", "poll", "slots", "timeout", "connect_timeout", "password_file"],
+        "upstream": ["url", "token_file", "poll", "slots", "timeout", "connect_timeout", "password_file", "signing_key"],
         "mirror": [
             "path", "rsync_url", "serve_slots", "exclude_from", "metadata", "publish", "verify", "rsync_args",
             "keep_snapshots", "max_passes",
@@ -229,7 +229,8 @@ private struct Reader {
             slots: integer("upstream", "slots", default: 2, range: 1...1000),
             timeout: duration("upstream", "timeout", default: .seconds(300)),
             connectTimeout: duration("upstream", "connect_timeout", default: .seconds(30)),
-            passwordFile: absolutePath("upstream", "password_file")
+            passwordFile: absolutePath("upstream", "password_file"),
+            signingKey: absolutePath("upstream", "signing_key")
         )
 
         let path = absolutePath("mirror", "path", required: mirrorKeysRequired)

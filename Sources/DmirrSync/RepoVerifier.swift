@@ -22,6 +22,8 @@ public struct VerificationReport: Sendable {
     public var repositories = 0
     public var metadataFiles = 0
     public var packages = 0
+    /// `repomd.xml` signatures checked (`[upstream] signing_key`).
+    public var signatures = 0
     public var problems: [VerificationProblem] = []
     public var isClean: Bool { problems.isEmpty }
 }
@@ -31,6 +33,9 @@ public struct VerificationReport: Sendable {
 /// `metadata`: every `repodata/repomd.xml` in the tree → each file it references exists with the listed size and
 /// checksum. `packages`: also each given package (the ones this run changed) against `primary.xml`.
 public struct RepoVerifier: Sendable {
+    /// When set, every `repomd.xml` must carry a good signature by upstream's key, whatever the level.
+    public var signature: MetadataSignature?
+
     public init() {}
 
     /// - Parameters:
@@ -40,10 +45,18 @@ public struct RepoVerifier: Sendable {
         -> VerificationReport
     {
         var report = VerificationReport()
-        guard level != .none else { return report }
         // Deepest repositories first: a package under a nested repository (`x86_64/Packages/…` beside a root one) is
         // checked against the nested one's metadata, the one that lists it, not against the first prefix that matches.
         let repomdPaths = Self.findRepomd(root: root).sorted { ($0.count, $1) > ($1.count, $0) }
+        if let signature {
+            for repomd in repomdPaths {
+                if let problem = await signature.check(repomd: root + "/" + repomd) {
+                    report.problems.append(.init(path: repomd, message: problem))
+                }
+            }
+            report.signatures = repomdPaths.count
+        }
+        guard level != .none else { return report }
         var changed = Set(changedPackages)
         for repomdRelative in repomdPaths {
             report.repositories += 1

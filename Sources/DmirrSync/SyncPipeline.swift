@@ -146,6 +146,12 @@ public struct SyncPipeline: Sendable {
             return SyncReport(outcome: .failed, exitCode: 2, message: "cannot create the state directory \(config.state.dir): \(error)")
         }
         defer { withExtendedLifetime(lock) {} }
+        // An unreadable signing key is the operator's to fix before anything is transferred.
+        if let key = config.upstream.signingKey {
+            do { _ = try MetadataSignature.prepare(key: key, in: config.state.dir) } catch {
+                return SyncReport(outcome: .failed, exitCode: 2, message: error.message)
+            }
+        }
 
         let store: StateStore
         do {
@@ -329,7 +335,7 @@ public struct SyncPipeline: Sendable {
         _ = rmdir(tree + "/" + RsyncCommand.tempDirName)
 
         // 5. Verify.
-        if config.mirror.verify != .none {
+        if config.mirror.verify != .none || config.upstream.signingKey != nil {
             var verification = await verify(tree: tree, packages: packages, logger: logger, onEvent: onEvent)
             if !verification.isClean {
                 // rsync's quick check (size + mtime) can keep a stale metadata file whose replacement has the same
@@ -434,11 +440,19 @@ public struct SyncPipeline: Sendable {
     {
         onEvent(.verifying)
         let started = ContinuousClock.now
+        var verifier = self.verifier
+        if let key = config.upstream.signingKey {
+            do { verifier.signature = try MetadataSignature.prepare(key: key, in: config.state.dir) } catch {
+                var report = VerificationReport()
+                report.problems.append(.init(path: config.upstream.tokenFile, message: error.message))
+                return report
+            }
+        }
         let verification = await verifier.verify(
             root: tree, level: config.mirror.verify, changedPackages: packages.sorted(), logger: logger)
         logger.info(verification.isClean ? "verified" : "verification found problems", metadata: [
             "verify.repositories": "\(verification.repositories)", "verify.metadata": "\(verification.metadataFiles)",
-            "verify.packages": "\(verification.packages)", "verify.problems": "\(verification.problems.count)",
+            "verify.packages": "\(verification.packages)", "verify.signatures": "\(verification.signatures)", "verify.problems": "\(verification.problems.count)",
             "verify.seconds": "\(Self.seconds(ContinuousClock.now - started))",
         ])
         return verification

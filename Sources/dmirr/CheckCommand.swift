@@ -1,5 +1,6 @@
 import ArgumentParser
 import DmirrCore
+import DmirrNet
 import DmirrSync
 import Foundation
 import Logging
@@ -56,6 +57,15 @@ struct CheckCommand: AsyncParsableCommand {
             for (key, file) in [("tls.ca", tls.ca), ("tls.cert", tls.cert), ("tls.key", tls.key)] {
                 need(fm.isReadableFile(atPath: file), "\(key): cannot read \(file)")
             }
+            // A missing list is fine (nothing revoked yet); one that is there must be the CA's.
+            if let crl = tls.crl, fm.fileExists(atPath: crl), fm.isReadableFile(atPath: tls.ca) {
+                do { try FleetVerifier(caPath: tls.ca).load(revocationsAt: crl) } catch { problems.append("tls.crl: \(error)") }
+            }
+        }
+        if let key = config.upstream.signingKey {
+            let scratch = FileManager.default.temporaryDirectory.path + "/dmirr-check-\(getpid())"
+            defer { try? FileManager.default.removeItem(atPath: scratch) }
+            do { _ = try MetadataSignature.prepare(key: key, in: scratch) } catch { problems.append("upstream.signing_key: \(error.message)") }
         }
         if !offline {
             var logger = Logger(label: "dmirr.check")
@@ -89,6 +99,7 @@ enum ConfigPrinter {
         out += "poll            = \(d(c.upstream.poll))\nslots           = \(c.upstream.slots)\n"
         out += "timeout         = \(d(c.upstream.timeout))\nconnect_timeout = \(d(c.upstream.connectTimeout))\n"
         if let p = c.upstream.passwordFile { out += "password_file   = \(q(p))\n" }
+        if let k = c.upstream.signingKey { out += "signing_key     = \(q(k))\n" }
         out += "\n[mirror]\npath           = \(q(c.mirror.path))\n"
         if let u = c.mirror.rsyncURL { out += "rsync_url      = \(q(u))\n" }
         out += "serve_slots    = \(c.mirror.serveSlots)\n"
@@ -102,7 +113,10 @@ enum ConfigPrinter {
             if let v = c.listen.control { out += "control = \(q(v))\n" }
             if let v = c.listen.metrics { out += "metrics = \(q(v))\n" }
         }
-        if let t = c.tls { out += "\n[tls]\nca   = \(q(t.ca))\ncert = \(q(t.cert))\nkey  = \(q(t.key))\n" }
+        if let t = c.tls {
+            out += "\n[tls]\nca   = \(q(t.ca))\ncert = \(q(t.cert))\nkey  = \(q(t.key))\n"
+            if let crl = t.crl { out += "crl  = \(q(crl))\n" }
+        }
         out += "\n[peers]\nseeds         = \(list(c.peers.seeds))\ngossip        = \(d(c.peers.gossip))\n"
         out += "suspect_after = \(d(c.peers.suspectAfter))\ndown_after    = \(d(c.peers.downAfter))\n"
         out += "\n[state]\ndir = \(q(c.state.dir))\n"

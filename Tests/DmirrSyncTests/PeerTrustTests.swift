@@ -175,6 +175,63 @@ import Testing
         #expect(rig.publishedToken() == nil)
     }
 
+    /// `[upstream] signing_key`: every `repomd.xml` needs a good signature by upstream's key before its token is
+    /// published, at every verify level. Real keys and signatures from gpg, checked by gpgv.
+    @Test func aRepomdWithoutAGoodUpstreamSignatureIsNeverPublished() async throws {
+        let rig = try Rig(label: "signed", verify: "metadata")
+        defer { rig.cleanup() }
+        let key = try GPGKey(in: rig.dir.path)
+        defer { key.remove() }
+        let stranger = try GPGKey(in: rig.dir.path, name: "someone else")
+        defer { stranger.remove() }
+        let repomd = rig.upstream.tree + "/repodata/repomd.xml"
+        try key.sign(repomd)
+        var config = rig.config
+        config.upstream.signingKey = key.publicKey
+        func sync(_ config: Config) async -> SyncReport { await SyncPipeline(config: config).run(options: .init(), logger: Self.logger) }
+
+        let good = await sync(config)
+        #expect(good.outcome == .synced, "\(good.message)")
+        #expect(rig.publishedToken() == "push-1")
+
+        // Upstream's metadata is regenerated (a new push) but the old signature stays: BAD signature, nothing published.
+        let oldSignature = try Data(contentsOf: URL(fileURLWithPath: repomd + ".asc"))
+        try rig.upstream.push(add: [.init("delta", "1.0")], token: "push-2")
+        try oldSignature.write(to: URL(fileURLWithPath: repomd + ".asc"))
+        let stale = await sync(config)
+        #expect(stale.outcome == .verifyFailed, "\(stale.message)")
+        #expect(stale.problems.map(\.path) == ["repodata/repomd.xml"])
+        #expect(stale.message.contains("BAD signature"), "\(stale.message)")
+        #expect(rig.publishedToken() == "push-1")
+
+        // Signed by a key the operator did not name; then no signature at all.
+        try stranger.sign(repomd)
+        let foreign = await sync(config)
+        #expect(foreign.outcome == .verifyFailed && foreign.message.contains("No public key"), "\(foreign.message)")
+        try FileManager.default.removeItem(atPath: repomd + ".asc")
+        let unsigned = await sync(config)
+        #expect(unsigned.outcome == .verifyFailed && unsigned.message.contains("no repomd.xml.asc"), "\(unsigned.message)")
+        // verify = "none" skips the checksums, never the signature the operator asked for.
+        var unchecked = config
+        unchecked.mirror.verify = .none
+        let none = await sync(unchecked)
+        #expect(none.outcome == .verifyFailed && none.message.contains("no repomd.xml.asc"), "\(none.message)")
+        #expect(rig.publishedToken() == "push-1")
+
+        // Upstream signs the new metadata: published.
+        try key.sign(repomd)
+        let signed = await sync(config)
+        #expect(signed.outcome == .synced, "\(signed.message)")
+        #expect(rig.publishedToken() == "push-2")
+
+        // A key file that is not a key: exit 2 before anything is transferred, naming the key and the file.
+        try "not a key".write(toFile: rig.dir.sub("bad.asc"), atomically: true, encoding: .utf8)
+        var misconfigured = config
+        misconfigured.upstream.signingKey = rig.dir.sub("bad.asc")
+        let refused = await sync(misconfigured)
+        #expect(refused.exitCode == 2 && refused.message.contains("[upstream] signing_key") && refused.message.contains("bad.asc"), "\(refused.message)")
+    }
+
     @Test func aRunThatFailedVerificationLeavesTheTreeMarkedAndTheNextRunChecksItAgain() async throws {
         let rig = try Rig(label: "marked", verify: "packages")
         defer { rig.cleanup() }
