@@ -34,8 +34,9 @@ public enum YumRepo {
     }
 
     /// (Re)writes `directory/repodata/` with createrepo_c.
-    public static func createrepo(_ directory: String) throws {
-        try runScript(["createrepo", directory])
+    /// - Parameter options: more createrepo_c options (`--zck`, `-s sha512`, `--baseurl URL`, …).
+    public static func createrepo(_ directory: String, options: [String] = []) throws {
+        try runScript(["createrepo", directory] + options)
     }
 
     /// Builds a complete repo: packages under `directory/Packages/`, metadata, and a token file.

@@ -9,7 +9,7 @@
 #       NAME-VERSION-1.noarch.rpm.  Each package contains exactly one file,
 #       /usr/share/dmirr-test/NAME, holding SIZE_KB (default 1, 0 allowed)
 #       kilobytes of pseudo-random bytes.
-#   make-yum-repo.sh createrepo REPODIR
+#   make-yum-repo.sh createrepo REPODIR [CREATEREPO_C OPTION...]
 #       Run createrepo_c on REPODIR (writes REPODIR/repodata/: repomd.xml,
 #       gzip-compressed primary/filelists/other XML, sqlite DBs (bz2 with
 #       createrepo_c 0.x), sha256 checksums, checksum-prefixed file names).
@@ -46,7 +46,7 @@ PROG=${0##*/}
 usage() {
     cat >&2 <<EOF
 usage: $PROG build-rpms OUTDIR NAME:VERSION[:SIZE_KB] ...
-       $PROG createrepo REPODIR
+       $PROG createrepo REPODIR [CREATEREPO_C OPTION...]
 EOF
     exit 2
 }
@@ -195,9 +195,10 @@ cmd_build_rpms() {
 }
 
 cmd_createrepo() {
-    (($# == 1)) || usage
+    (($# >= 1)) || usage
     need createrepo_c
     local repo=$1
+    shift
     [[ -d $repo ]] || die "REPODIR '$repo' is not a directory"
     # createrepo_c 0.x (0.17.3 on Debian 12) defaults to gzip for
     # primary/filelists/other.xml and bzip2 for the *.sqlite DBs — exactly
@@ -210,7 +211,9 @@ cmd_createrepo() {
     if [[ -z $ver || $ver -ge 1 ]]; then
         opts+=(--general-compress-type=gz)
     fi
-    createrepo_c "${opts[@]}" "$repo" >/dev/null ||
+    # Further arguments go to createrepo_c as they are (--zck, -s sha512, --baseurl URL, …): repodata in the forms
+    # other tools write.
+    createrepo_c "${opts[@]}" "$@" "$repo" >/dev/null ||
         die "createrepo_c failed on '$repo'"
 }
 

@@ -27,14 +27,26 @@ enum RepoMetadata {
 
     /// The `<package>` entries of a `primary.xml`.
     static func parsePrimary(_ data: Data) throws -> [ExpectedFile] {
-        try parse(data, entryElement: "package", sizeElement: "size", sizeAttribute: "package")
+        try parse(XMLParser(data: data), entryElement: "package", sizeElement: "size", sizeAttribute: "package")
+    }
+
+    /// The `<package>` entries of a `primary.xml` file, parsed in chunks as it is read (memory does not grow with the
+    /// file, only with the entries kept).
+    static func parsePrimary(fileAt path: String) throws -> [ExpectedFile] {
+        guard let stream = InputStream(fileAtPath: path) else { throw MetadataError(message: "cannot open \(path)") }
+        return try parse(XMLParser(stream: stream), entryElement: "package", sizeElement: "size", sizeAttribute: "package")
     }
 
     private static func parse(_ data: Data, entryElement: String, sizeElement: String, sizeAttribute: String?) throws
         -> [ExpectedFile]
     {
+        try parse(XMLParser(data: data), entryElement: entryElement, sizeElement: sizeElement, sizeAttribute: sizeAttribute)
+    }
+
+    private static func parse(_ parser: XMLParser, entryElement: String, sizeElement: String, sizeAttribute: String?) throws
+        -> [ExpectedFile]
+    {
         let delegate = Collector(entryElement: entryElement, sizeElement: sizeElement, sizeAttribute: sizeAttribute)
-        let parser = XMLParser(data: data)
         parser.delegate = delegate
         guard parser.parse() else {
             throw MetadataError(message: parser.parserError.map { "\($0)" } ?? "not well-formed XML")

@@ -35,6 +35,15 @@ public struct VerificationReport: Sendable {
 public struct RepoVerifier: Sendable {
     /// When set, every `repomd.xml` must carry a good signature by upstream's key, whatever the level.
     public var signature: MetadataSignature?
+    /// Where compressed metadata is decompressed to while it is parsed (the state directory; default: the system's
+    /// temporary directory).
+    public var scratch: String?
+
+    /// The most a `repomd.xml` may weigh (real ones are a few KiB).
+    static let repomdLimit = 16 << 20
+    /// The most compressed metadata may decompress to (Fedora's largest `primary.xml` is a few hundred MiB): a
+    /// decompression bomb stops there, on disk, not in memory.
+    static let decompressedLimit = 1 << 30
 
     public init() {}
 
@@ -64,7 +73,12 @@ public struct RepoVerifier: Sendable {
             let repoRoot = root + "/" + repoRelative
             let entries: [ExpectedFile]
             do {
-                entries = try RepoMetadata.parseRepomd(Data(contentsOf: URL(fileURLWithPath: root + "/" + repomdRelative)))
+                let path = root + "/" + repomdRelative
+                let size = (try FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue ?? 0
+                guard size <= Self.repomdLimit else {
+                    throw RepoMetadata.MetadataError(message: "\(size) bytes, over the \(Self.repomdLimit >> 20) MiB a repomd.xml may have")
+                }
+                entries = try RepoMetadata.parseRepomd(Data(contentsOf: URL(fileURLWithPath: path)))
             } catch {
                 report.problems.append(.init(path: repomdRelative, message: "cannot parse: \(error)"))
                 continue
@@ -88,7 +102,9 @@ public struct RepoVerifier: Sendable {
             }
             let packages: [ExpectedFile]
             do {
-                packages = try RepoMetadata.parsePrimary(try await Self.decompress(repoRoot + primary.href))
+                packages = try await Self.withDecompressed(repoRoot + primary.href, scratch: scratch ?? NSTemporaryDirectory()) {
+                    try RepoMetadata.parsePrimary(fileAt: $0)
+                }
             } catch {
                 report.problems.append(.init(path: repoRelative + primary.href, message: "cannot read: \(error)"))
                 continue
@@ -153,17 +169,26 @@ public struct RepoVerifier: Sendable {
         return nil
     }
 
-    /// The content of a metadata file, decompressed by the matching standard tool (gzip, zstd, xz, bzip2).
-    static func decompress(_ path: String) async throws -> Data {
+    /// Runs `body` on the uncompressed form of a metadata file: the file itself, or its content decompressed by the
+    /// matching standard tool (gzip, zstd, xz, bzip2) into a scratch file of at most `limit` bytes, removed after.
+    static func withDecompressed<T>(
+        _ path: String, scratch: String, limit: Int = decompressedLimit, _ body: (String) throws -> T
+    ) async throws -> T {
         let tools: [(suffix: String, tool: String)] = [(".gz", "gzip"), (".zst", "zstd"), (".xz", "xz"), (".bz2", "bzip2")]
-        guard let (_, tool) = tools.first(where: { path.hasSuffix($0.suffix) }) else {
-            return try Data(contentsOf: URL(fileURLWithPath: path))
-        }
+        guard let (_, tool) = tools.first(where: { path.hasSuffix($0.suffix) }) else { return try body(path) }
+        let out = scratch + "/.dmirr-metadata-\(UUID().uuidString)"
+        defer { unlink(out) }
+        // `head` stops the stream one byte past the limit, so a bomb costs at most that much disk and no memory.
+        let script = "set -o pipefail; \"$1\" -dc -- \"$2\" | head -c \(limit + 1) > \"$3\""
         let result = try await Subprocess.run(
-            .name(tool), arguments: ["-dc", path], output: .bytes(limit: 2 << 30), error: .string(limit: 4096))
-        guard result.terminationStatus.isSuccess else {
-            throw RepoMetadata.MetadataError(message: "\(tool) -dc failed: \(result.standardError)")
+            .path("/bin/bash"), arguments: ["-c", script, "bash", tool, path, out], output: .discarded, error: .string(limit: 4096))
+        let size = (try? FileManager.default.attributesOfItem(atPath: out)[.size] as? NSNumber)?.intValue ?? 0
+        if size > limit {
+            throw RepoMetadata.MetadataError(message: "decompresses to more than \(limit >> 20) MiB, the most metadata may")
         }
-        return Data(result.standardOutput)
+        guard result.terminationStatus.isSuccess else {
+            throw RepoMetadata.MetadataError(message: "\(tool) -dc failed: \(result.standardError ?? "")")
+        }
+        return try body(out)
     }
 }

@@ -441,6 +441,7 @@ public struct SyncPipeline: Sendable {
         onEvent(.verifying)
         let started = ContinuousClock.now
         var verifier = self.verifier
+        verifier.scratch = config.state.dir
         if let key = config.upstream.signingKey {
             do { verifier.signature = try MetadataSignature.prepare(key: key, in: config.state.dir) } catch {
                 var report = VerificationReport()

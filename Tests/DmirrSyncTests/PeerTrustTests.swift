@@ -232,6 +232,84 @@ import Testing
         #expect(refused.exitCode == 2 && refused.message.contains("[upstream] signing_key") && refused.message.contains("bad.asc"), "\(refused.message)")
     }
 
+    /// Repodata in the forms other tools write, made with createrepo_c's and modifyrepo_c's own options: each syncs
+    /// clean at the `packages` level, and a corrupt package is still caught (except where `xml:base` says the listed
+    /// package lives elsewhere, so the file here is not the one the metadata describes).
+    @Test(arguments: [
+        ["--zck"], ["-s", "sha512"], ["-s", "sha1"], ["--compress-type", "xz"], ["--simple-md-filenames"],
+        ["--baseurl", "http://elsewhere.example.org/pub/"], ["updateinfo"],
+    ])
+    func repodataWrittenByOtherToolsVerifies(_ variant: [String]) async throws {
+        let rig = try Rig(label: "variant", verify: "packages")
+        defer { rig.cleanup() }
+        if variant == ["updateinfo"] {
+            // An extra metadata type added afterwards, as Fedora's and EPEL's errata tooling does.
+            let updateinfo = rig.dir.sub("updateinfo.xml")
+            try "<?xml version=\"1.0\"?>\n<updates><update type=\"security\"><id>TEST-1</id></update></updates>\n"
+                .write(toFile: updateinfo, atomically: true, encoding: .utf8)
+            let modify = try CLI.run("modifyrepo_c", ["--mdtype=updateinfo", updateinfo, rig.upstream.tree + "/repodata"])
+            #expect(modify.exitCode == 0, "\(modify.stderr)")
+        } else {
+            try YumRepo.createrepo(rig.upstream.tree, options: variant)
+        }
+        let repomd = try String(contentsOfFile: rig.upstream.tree + "/repodata/repomd.xml", encoding: .utf8)
+        switch variant.first {
+        case "--zck": #expect(repomd.contains("primary_zck"))
+        case "-s": #expect(repomd.contains("type=\"\(variant[1])\""))
+        case "--baseurl": #expect(try CLI.run("bash", ["-c", "zcat \(rig.upstream.tree)/repodata/*primary.xml.gz"]).stdout.contains("xml:base"))
+        case "updateinfo": #expect(repomd.contains("updateinfo"))
+        default: break
+        }
+        let first = await rig.sync()
+        #expect(first.outcome == .synced, "\(variant): \(first.message)")
+        #expect(TreeComparison.differences(rig.upstream.tree, rig.mirror) == [])
+
+        // A package corrupted upstream (same size, new mtime) under a new token.
+        let rpm = rig.upstream.tree + "/Packages/beta-1.0-1.noarch.rpm"
+        try SyncPipelineTests.flipByte(rpm)
+        try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSinceNow: 10)], ofItemAtPath: rpm)
+        try rig.upstream.setToken("push-2")
+        let second = await rig.sync()
+        if variant.first == "--baseurl" {
+            #expect(second.outcome == .synced, "\(variant): \(second.message)")
+        } else {
+            #expect(second.outcome == .verifyFailed, "\(variant): \(second.message)")
+            #expect(second.problems.map(\.path) == ["Packages/beta-1.0-1.noarch.rpm"], "\(variant): \(second.message)")
+            #expect(rig.publishedToken() == "push-1")
+        }
+    }
+
+    /// Compressed metadata is decompressed to a scratch file capped at a limit, never into memory: a decompression
+    /// bomb stops one byte past the cap with a clear error, and the scratch file is gone afterwards.
+    @Test func compressedMetadataIsDecompressedToACappedScratchFile() async throws {
+        let dir = try TestDirectory("bomb")
+        defer { dir.remove() }
+        // 3 MiB of zeros compress to a few KiB, as a bomb does.
+        let zeros = try CLI.run("bash", ["-c", "head -c \(3 << 20) /dev/zero | gzip -c > \(dir.sub("primary.xml.gz"))"])
+        #expect(zeros.exitCode == 0)
+        await #expect(throws: (any Error).self) {
+            try await RepoVerifier.withDecompressed(dir.sub("primary.xml.gz"), scratch: dir.path, limit: 1 << 20) { _ in }
+        }
+        do {
+            try await RepoVerifier.withDecompressed(dir.sub("primary.xml.gz"), scratch: dir.path, limit: 1 << 20) { _ in }
+        } catch {
+            #expect("\(error)".contains("decompresses to more than 1 MiB"), "\(error)")
+        }
+        // Under the cap, the body sees the whole content; a corrupt file names the tool.
+        let size = try await RepoVerifier.withDecompressed(dir.sub("primary.xml.gz"), scratch: dir.path, limit: 4 << 20) {
+            (try FileManager.default.attributesOfItem(atPath: $0)[.size] as? NSNumber)?.intValue
+        }
+        #expect(size == 3 << 20)
+        try Data("not gzip".utf8).write(to: URL(fileURLWithPath: dir.sub("broken.xml.gz")))
+        do {
+            try await RepoVerifier.withDecompressed(dir.sub("broken.xml.gz"), scratch: dir.path) { _ in }
+            Issue.record("a corrupt gzip file decompressed")
+        } catch {
+            #expect("\(error)".contains("gzip -dc failed"), "\(error)")
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasPrefix(".dmirr-metadata-") } == [])
+    }
+
     @Test func aRunThatFailedVerificationLeavesTheTreeMarkedAndTheNextRunChecksItAgain() async throws {
         let rig = try Rig(label: "marked", verify: "packages")
         defer { rig.cleanup() }
