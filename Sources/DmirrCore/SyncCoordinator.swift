@@ -148,6 +148,8 @@ public struct SyncCoordinator: Sendable {
     private var overtaken = 0
     /// Tokens gossip offered that our own fetch then contradicted (the newest 64).
     private var refuted: [String] = []
+    /// The newest target we advertise: confirmed by our own fetch or attested (see `advertise`).
+    private var shownTarget: (token: String, seenMillis: Int64)?
     /// Our last fetch of upstream's token failed (busy or unreachable); cleared by the next one that answers.
     private var ownPollFailed = false
     /// The members whose attestations stood in for our own fetch, when they did ("a, b").
@@ -504,8 +506,14 @@ public struct SyncCoordinator: Sendable {
 
     private mutating func advertise() -> [Directive] {
         var a = Advertised()
-        a.targetToken = target?.token ?? ""
-        a.targetSeenMillis = target?.seenMillis ?? 0
+        // Our signed record names a target only once we know it: our own fetch confirmed it, or `attestations` members
+        // attest a tree of it. A rumour (one member's word) stays ours alone, so a liar's made-up token is never
+        // repeated under honest members' signatures, and never shows them waiting on it.
+        if let target, target.confirmed || !attestedRoots(for: target.token).isEmpty {
+            shownTarget = (target.token, target.seenMillis)
+        }
+        a.targetToken = shownTarget?.token ?? ""
+        a.targetSeenMillis = shownTarget?.seenMillis ?? 0
         a.source = running?.source.recordValue ?? ""
         a.avoid = avoiding.map(\.recordValue).sorted()
         a.planDigest = plan?.digest ?? ""

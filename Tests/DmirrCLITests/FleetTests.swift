@@ -645,6 +645,98 @@ import Testing
         #expect(fleet.view("m0")["m3"] == nil)
     }
 
+    /// A member with a valid certificate lies over the real wire: a record with oversized strings, a record with a
+    /// fake target token stamped 59 s ahead and a suspicion of a healthy member at `UInt64.max`, and digests naming
+    /// 100,000 members nobody knows. Meanwhile a sampler measures how m1 sees m0 and m2, how fast m0 answers its
+    /// operator, and m0's memory. The honest members' view, target and pace do not change; m0 names the liar.
+    @Test func aLyingMemberOverTheWireCostsTheHonestOnesNothing() async throws {
+        let fleet = try Fleet(size: 3)
+        defer { fleet.stop(); fleet.dir.remove() }
+        for name in fleet.names { try fleet.start(name) }
+        #expect(fleet.waitUntil(seconds: 30) { fleet.allInSync("push-1", among: fleet.names) }, "\(fleet.logs())")
+        let issued = try CLI.dmirr(["cert", "issue", "--ca", fleet.dir.sub("ca"), "--node", "m9", "--out", fleet.dir.sub("certs")])
+        #expect(issued.exitCode == 0)
+        let paths = (ca: fleet.dir.sub("ca/ca.pem"), cert: fleet.dir.sub("certs/m9.pem"), key: fleet.dir.sub("certs/m9.key"))
+        let tls = try FleetTLS(caPath: paths.ca, certPath: paths.cert, keyPath: paths.key)
+        let signer = try RecordSigner(caPath: paths.ca, certPath: paths.cert, keyPath: paths.key)
+        let m0 = fleet.agents["m0"]!.process.processIdentifier
+        func rssKB() -> Int {
+            let status = (try? String(contentsOfFile: "/proc/\(m0)/status", encoding: .utf8)) ?? ""
+            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+            return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+        }
+        let rssBefore = rssKB()
+        let m2Version = fleet.status("m0").flatMap { ($0["members"] as? [[String: Any]])?.first { $0["node"] as? String == "m2" } }
+
+        let observer = Task.detached { () -> (states: [String], slowest: Double, samples: Int) in
+            var states: [String] = []
+            var slowest = 0.0
+            var samples = 0
+            let end = Date().addingTimeInterval(12)
+            while Date() < end {
+                let started = Date()
+                let answered = fleet.status("m0") != nil
+                slowest = max(slowest, answered ? Date().timeIntervalSince(started) : 10)
+                let view = fleet.view("m1")
+                states.append(view["m0"]?.state ?? "unknown")
+                states.append(view["m2"]?.state ?? "unknown")
+                samples += 1
+                usleep(250_000)
+            }
+            return (states, slowest, samples)
+        }
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        var oversized = MemberRecord(node: "m9", generation: 1)
+        oversized.publishedToken = String(repeating: "x", count: 100_000)
+        oversized.lastError = String(repeating: "e", count: 200_000)
+        oversized.expiresMillis = now + 60_000
+        var liar = MemberRecord(node: "m9", generation: 2)
+        liar.targetToken = "push-from-nowhere"
+        liar.targetSeenMillis = now + 59_000
+        liar.suspects = [Suspicion(node: "m2", version: RecordVersion(generation: .max, heartbeat: .max))]
+        liar.expiresMillis = now + 60_000
+        let records = [try signer.sign(oversized), try signer.sign(liar)]
+        do {
+            try await PeerClient.connect(host: "127.0.0.1", port: fleet.ports["m0"]!, tls: tls) { session, _ in
+                for signed in records {
+                    var envelope = WireEnvelope()
+                    envelope.records = .with { $0.records = [signed] }
+                    try await session.send(envelope)
+                }
+                for batch in 0..<5 {
+                    var digest = WireEnvelope()
+                    digest.digest = .with { d in
+                        d.entries = (0..<20_000).map { i in .with { $0.node = "ghost-\(batch)-\(i)"; $0.generation = 1; $0.heartbeat = 1 } }
+                    }
+                    try await session.send(digest)
+                }
+                try await Task.sleep(for: .seconds(4))
+            }
+        } catch {
+            print("aLyingMemberOverTheWireCostsTheHonestOnesNothing: m0 closed the liar's link: \(error)")
+        }
+        let (states, slowest, samples) = await observer.value
+        // Every sample: alive, and still in sync (not waiting on, nor pulling, the fake token).
+        let bad = states.filter { $0 != "in_sync" }
+        #expect(bad.isEmpty, "m1 saw \(bad.count) of \(states.count) samples not in sync: \(bad)\n\(fleet.logs())")
+        #expect(samples >= 20, "only \(samples) samples in 12 s")
+        #expect(slowest < 2, "m0 took \(slowest) s to answer dmirr status")
+        // The fake target moved nobody, and no ghost became a member.
+        for name in fleet.names {
+            #expect((fleet.status(name)?["target"] as? [String: Any])?["token"] as? String == "push-1", "\(name)")
+            let view = fleet.view(name)
+            #expect(!view.keys.contains { $0.hasPrefix("ghost-") }, "\(name) took a ghost")
+            #expect(view["m9"]?.token != String(repeating: "x", count: 100_000))
+        }
+        #expect(fleet.allInSync("push-1", among: fleet.names))
+        let log = fleet.agents["m0"]!.stderr
+        #expect(log.contains("dropped a member record that breaks the protocol's limits") && log.contains("record.node=m9"), "\(log.suffix(3000))")
+        #expect(log.contains("ignored a claim a member cannot make") && log.contains("member.node=m9"), "\(log.suffix(3000))")
+        let rssAfter = rssKB()
+        print("aLyingMemberOverTheWireCostsTheHonestOnesNothing: \(samples) samples, \(bad.count) not in sync; slowest status answer from m0 \(String(format: "%.2f", slowest)) s; m0 RSS \(rssBefore / 1024) → \(rssAfter / 1024) MiB; m2 before: \(m2Version.map { "\($0["state"] ?? "?")" } ?? "?")")
+        #expect(rssAfter - rssBefore < 64 * 1024, "m0 grew by \((rssAfter - rssBefore) / 1024) MiB")
+    }
+
     @Test func aMemberThatStopsReadingCostsOnlyItsOwnLink() async throws {
         // Before, the victim's actor awaited each socket write: a peer that asked for thousands of status answers and
         // never read them stalled the victim's gossip, and the others saw it suspect, then down, within seconds.

@@ -307,6 +307,36 @@ import Testing
         #expect(moved.contains { if case .cancelPull = $0 { true } else { false } }, "\(moved)")
     }
 
+    @Test func aRumourIsNeverRepeatedInOurOwnRecordUntilConfirmedOrAttested() {
+        // Measured before: a member's made-up token, stamped 59 s ahead, was advertised by every honest member that
+        // heard it (under their own signatures), and showed them "waiting" on it for seconds.
+        var c = SyncCoordinator(me: "a", publishedToken: "T1", configuration: Self.config())
+        _ = c.onView([], wallMillis: 0, now: .zero)
+        _ = c.onUpstreamToken("T1", wallMillis: 1_000, now: .seconds(1))
+        #expect(c.advertised?.targetToken == "T1")
+        _ = c.onView([Self.record("liar", target: "FAKE", seen: 60_000)], wallMillis: 1_000, now: .seconds(2))
+        #expect(c.target?.token == "FAKE", "adopted inside, to be confirmed")
+        #expect(c.advertised?.targetToken == "T1", "but not advertised on one member's word")
+        // Our own fetch refutes it; the advertised target never moved.
+        _ = c.onUpstreamToken("T1", wallMillis: 3_000, now: .seconds(3))
+        #expect(c.advertised?.targetToken == "T1")
+        // A real push: advertised once confirmed by our fetch…
+        _ = c.onUpstreamToken("T2", wallMillis: 4_000, now: .seconds(4))
+        #expect(c.advertised?.targetToken == "T2")
+        // …or once enough members attest a tree of it, while our own fetch is refused.
+        var config = Self.config()
+        config.attestations = 2
+        var d = SyncCoordinator(me: "d", publishedToken: "T1", configuration: config)
+        var b = Self.record("b", published: "T2", target: "T2", seen: 5_000)
+        var e = Self.record("e", published: "T2", target: "T2", seen: 5_000)
+        _ = d.onView([b], wallMillis: 6_000, now: .zero)
+        #expect(d.advertised?.targetToken != "T2")
+        b.attestToken = "T2"; b.attestRoot = String(repeating: "a", count: 64)
+        e.attestToken = "T2"; e.attestRoot = String(repeating: "a", count: 64)
+        _ = d.onView([b, e], wallMillis: 6_000, now: .seconds(1))
+        #expect(d.advertised?.targetToken == "T2")
+    }
+
     @Test func aRestartedMirrorNeverAdoptsAnOlderTokenAPeerStillHolds() {
         // We published T2 at 5,000 ms and restart; b still holds T1, seen at upstream at 1,000 ms, and upstream refuses
         // our fetch. Before, the peer's token was followed and the mirror went back to T1.
