@@ -54,11 +54,23 @@ public enum FleetPKI {
         caCertificatePEM: String, caKeyPEM: String, identity: PeerIdentity, hosts: [String] = [], ips: [String] = [],
         days: Int = 90, now: Date = Date()
     ) throws(PKIError) -> Issued {
+        let (ca, caKey, fleet) = try loadCA(certificatePEM: caCertificatePEM, keyPEM: caKeyPEM)
+        guard fleet == identity.fleet else {
+            throw PKIError(.badInput, "the CA is for fleet '\(fleet)', not '\(identity.fleet)'")
+        }
+        let names = try subjectNames(identity: identity, hosts: hosts, ips: ips)
+        let key = P256.Signing.PrivateKey()
+        let certificate = try sign(
+            publicKey: Certificate.PublicKey(key.publicKey), identity: identity, names: names, ca: ca, caKey: caKey, days: days, now: now)
+        return Issued(certificatePEM: certificate, privateKeyPEM: key.pemRepresentation)
+    }
+
+    static func loadCA(certificatePEM: String, keyPEM: String) throws(PKIError) -> (Certificate, Certificate.PrivateKey, String) {
         let ca: Certificate
         let caKey: Certificate.PrivateKey
         do {
-            ca = try Certificate(pemEncoded: caCertificatePEM)
-            caKey = try Certificate.PrivateKey(pemEncoded: caKeyPEM)
+            ca = try Certificate(pemEncoded: certificatePEM)
+            caKey = try Certificate.PrivateKey(pemEncoded: keyPEM)
         } catch {
             throw PKIError(.badInput, "cannot read the CA certificate or key", underlying: error)
         }
@@ -68,18 +80,108 @@ public enum FleetPKI {
         guard let fleet = fleet(ofCA: ca) else {
             throw PKIError(.badInput, "the CA certificate is not a dmirr fleet CA (no \(PeerIdentity.caURI(fleet: "FLEET")) name)")
         }
-        guard fleet == identity.fleet else {
-            throw PKIError(.badInput, "the CA is for fleet '\(fleet)', not '\(identity.fleet)'")
+        return (ca, caKey, fleet)
+    }
+
+    // MARK: - Enrolment without moving keys
+
+    /// A new P-256 key and a certificate signing request for `identity` (`dmirr cert request`): the key stays on the
+    /// host that made it; only the request travels to the CA.
+    public static func request(identity: PeerIdentity, hosts: [String] = [], ips: [String] = []) throws(PKIError) -> (csrPEM: String, keyPEM: String) {
+        let names = try subjectNames(identity: identity, hosts: hosts, ips: ips)
+        let key = P256.Signing.PrivateKey()
+        do {
+            let subject = try DistinguishedName {
+                OrganizationName(identity.fleet)
+                CommonName("\(identity.role.rawValue) \(identity.name)")
+            }
+            let extensions = try Certificate.Extensions { SubjectAlternativeNames(names) }
+            let attributes = try CertificateSigningRequest.Attributes([.init(ExtensionRequest(extensions: extensions))])
+            let csr = try CertificateSigningRequest(
+                version: .v1, subject: subject, privateKey: .init(key), attributes: attributes, signatureAlgorithm: .ecdsaWithSHA256)
+            return (try csr.serializeAsPEM().pemString, key.pemRepresentation)
+        } catch {
+            throw PKIError(.crypto, "cannot make the signing request for \(identity)", underlying: error)
+        }
+    }
+
+    /// Checks a signing request and issues its certificate (`dmirr cert sign`): the request must be signed by its own
+    /// key, carry a P-256 key (members sign records with P-256) and exactly one `dmirr://` identity of this CA's fleet
+    /// with a valid name and the expected role; its DNS and IP names are kept.
+    public static func sign(
+        csrPEM: String, caCertificatePEM: String, caKeyPEM: String, role: PeerIdentity.Role, days: Int = 90, now: Date = Date()
+    ) throws(PKIError) -> (certificatePEM: String, identity: PeerIdentity) {
+        let (ca, caKey, fleet) = try loadCA(certificatePEM: caCertificatePEM, keyPEM: caKeyPEM)
+        let csr: CertificateSigningRequest
+        do { csr = try CertificateSigningRequest(pemEncoded: csrPEM) } catch {
+            throw PKIError(.badInput, "not a PEM certificate signing request", underlying: error)
+        }
+        guard csr.publicKey.isValidSignature(csr.signature, for: csr) else {
+            throw PKIError(.badInput, "the request's signature does not match its content (altered in transit?)")
+        }
+        guard P256.Signing.PublicKey(csr.publicKey) != nil else {
+            throw PKIError(.badInput, "the request's key is not ECDSA P-256; dmirr members sign their records with P-256 (make the request with `dmirr cert request`)")
+        }
+        let requested: [GeneralName]
+        do { requested = try csr.attributes.extensionRequest?.extensions.subjectAlternativeNames.map(Array.init) ?? [] } catch {
+            throw PKIError(.badInput, "the request's names cannot be read", underlying: error)
+        }
+        let uris = requested.compactMap { name -> String? in if case .uniformResourceIdentifier(let u) = name { u } else { nil } }
+        guard uris.count == 1, let identity = PeerIdentity(uri: uris[0]) else {
+            let shown = uris.map { "'\($0.prefix(100))'" }.joined(separator: ", ")
+            throw PKIError(.invalidName, "the request must name exactly one valid dmirr://FLEET/ROLE/NAME identity (names: letters, digits, '-', '.', '_'); it names \(shown.isEmpty ? "none" : shown)")
+        }
+        guard identity.fleet == fleet else { throw PKIError(.badInput, "the request is for fleet '\(identity.fleet)', this CA is for '\(fleet)'") }
+        guard identity.role == role else {
+            throw PKIError(.badInput, "the request is for \(identity), a \(identity.role.rawValue); pass \(role == .node ? "--operator to sign it" : "no --operator for a node")")
         }
         var names: [GeneralName] = [.uniformResourceIdentifier(identity.uri)]
-        names += hosts.map { .dnsName($0) }
+        for name in requested {
+            switch name {
+            case .dnsName(let host):
+                guard isValidHostName(host) else { throw PKIError(.badInput, "the request names '\(host.prefix(100))', not a DNS name") }
+                names.append(name)
+            case .ipAddress(let bytes):
+                guard bytes.bytes.count == 4 || bytes.bytes.count == 16 else { throw PKIError(.badInput, "the request names a malformed IP address") }
+                names.append(name)
+            case .uniformResourceIdentifier:
+                break
+            default:
+                throw PKIError(.badInput, "the request names \(name), which a dmirr certificate does not carry")
+            }
+        }
+        let pem = try sign(publicKey: csr.publicKey, identity: identity, names: names, ca: ca, caKey: caKey, days: days, now: now)
+        return (pem, identity)
+    }
+
+    /// The SANs of a leaf: its identity, then DNS names and IP addresses.
+    static func subjectNames(identity: PeerIdentity, hosts: [String], ips: [String]) throws(PKIError) -> [GeneralName] {
+        var names: [GeneralName] = [.uniformResourceIdentifier(identity.uri)]
+        for host in hosts {
+            guard isValidHostName(host) else { throw PKIError(.badInput, "'\(host)' is not a DNS name") }
+            names.append(.dnsName(host))
+        }
         for ip in ips {
             guard let bytes = ipBytes(ip) else { throw PKIError(.badInput, "'\(ip)' is not an IPv4 or IPv6 address") }
             names.append(.ipAddress(ASN1OctetString(contentBytes: bytes[...])))
         }
+        return names
+    }
+
+    static func isValidHostName(_ host: String) -> Bool {
+        let labels = host.split(separator: ".", omittingEmptySubsequences: false)
+        return !host.isEmpty && host.utf8.count <= 253 && labels.allSatisfy { label in
+            !label.isEmpty && label.count <= 63 && label.first != "-" && label.last != "-"
+                && label.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "*") }
+        }
+    }
+
+    /// Signs a leaf certificate for `publicKey` (a key made here, or one a CSR carried).
+    static func sign(
+        publicKey: Certificate.PublicKey, identity: PeerIdentity, names: [GeneralName], ca: Certificate,
+        caKey: Certificate.PrivateKey, days: Int, now: Date
+    ) throws(PKIError) -> String {
         do {
-            let key = P256.Signing.PrivateKey()
-            let certKey = Certificate.PrivateKey(key)
             let subject = try DistinguishedName {
                 OrganizationName(identity.fleet)
                 CommonName("\(identity.role.rawValue) \(identity.name)")
@@ -88,18 +190,18 @@ public enum FleetPKI {
                 Critical(BasicConstraints.notCertificateAuthority)
                 Critical(KeyUsage(digitalSignature: true))
                 try ExtendedKeyUsage([.serverAuth, .clientAuth])
-                SubjectKeyIdentifier(hash: certKey.publicKey)
+                SubjectKeyIdentifier(hash: publicKey)
                 if let ski = try? ca.extensions.subjectKeyIdentifier {
                     AuthorityKeyIdentifier(keyIdentifier: ski.keyIdentifier)
                 }
                 SubjectAlternativeNames(names)
             }
             let cert = try Certificate(
-                version: .v3, serialNumber: .init(), publicKey: certKey.publicKey,
+                version: .v3, serialNumber: .init(), publicKey: publicKey,
                 notValidBefore: now.addingTimeInterval(-backdate), notValidAfter: now.addingTimeInterval(Double(days) * 86400),
                 issuer: ca.subject, subject: subject, signatureAlgorithm: .ecdsaWithSHA256, extensions: extensions,
                 issuerPrivateKey: caKey)
-            return Issued(certificatePEM: try cert.serializeAsPEM().pemString, privateKeyPEM: key.pemRepresentation)
+            return try cert.serializeAsPEM().pemString
         } catch {
             throw PKIError(.crypto, "cannot issue the certificate for \(identity)", underlying: error)
         }

@@ -7,7 +7,7 @@ struct CertCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cert",
         abstract: "Make the fleet's CA and issue node and operator certificates (see certs/README.md).",
-        subcommands: [CA.self, Issue.self, Revoke.self]
+        subcommands: [CA.self, Request.self, Sign.self, Issue.self, Revoke.self]
     )
 
     struct CA: ParsableCommand {
@@ -99,6 +99,86 @@ struct CertCommand: ParsableCommand {
 }
 
 extension CertCommand {
+    struct Request: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "On the mirror host: make DIR/NAME.key (0600, never leaves the host) and DIR/NAME.csr for the CA to sign.")
+
+        @Option(help: "The fleet's name (as in the config's `fleet`).")
+        var fleet: String
+
+        @Option(help: "The node's (or operator's) name.")
+        var node: String
+
+        @Option(help: "A DNS name for the host (repeatable).")
+        var host: [String] = []
+
+        @Option(help: "An IP address for the host (repeatable).")
+        var ip: [String] = []
+
+        @Flag(help: "Request an operator certificate: may query status, never gossip.")
+        var `operator` = false
+
+        @Option(help: "Directory to write NAME.key and NAME.csr into (created if missing).")
+        var out: String
+
+        @Flag(help: "Replace existing files.")
+        var force = false
+
+        func run() throws {
+            try runReportingErrors {
+                for (what, name) in [("fleet", fleet), ("node", node)] where !PeerIdentity.isValidName(name) {
+                    throw PKIError(.invalidName, "'\(name)' is not a valid \(what) name: use letters, digits, '-', '.', '_'")
+                }
+                let identity = PeerIdentity(fleet: fleet, role: `operator` ? .operator : .node, name: node)
+                let (csr, key) = try FleetPKI.request(identity: identity, hosts: host, ips: ip)
+                try makeDirectory(out)
+                try FleetPKI.write(key, to: "\(out)/\(node).key", secret: true, force: force)
+                try FleetPKI.write(csr, to: "\(out)/\(node).csr", secret: false, force: force)
+                print("wrote \(out)/\(node).key (0600, keep it here) and \(out)/\(node).csr for \(identity); send the .csr to the CA holder")
+            }
+        }
+    }
+
+    struct Sign: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "On the CA's machine: check a signing request and issue DIR/NAME.pem for it (no private key moves).")
+
+        @Option(help: "Directory holding the fleet's ca.pem and ca.key.")
+        var ca: String
+
+        @Option(help: "The request (`dmirr cert request` wrote it).")
+        var csr: String
+
+        @Flag(help: "The request is for an operator (refused otherwise, and a node's without it).")
+        var `operator` = false
+
+        @Option(help: "Validity in days.")
+        var days = 90
+
+        @Option(help: "Directory to write NAME.pem into (created if missing).")
+        var out: String
+
+        @Flag(help: "Replace an existing certificate.")
+        var force = false
+
+        func run() throws {
+            try runReportingErrors {
+                let caPEM = try readPEM(ca + "/ca.pem", hint: "is --ca the directory `dmirr cert ca --out` wrote?")
+                let keyPEM = try readPEM(ca + "/ca.key", hint: "is --ca the directory `dmirr cert ca --out` wrote?")
+                let request = try readPEM(csr, hint: "the file `dmirr cert request` wrote")
+                let signed: (certificatePEM: String, identity: PeerIdentity)
+                do {
+                    signed = try FleetPKI.sign(csrPEM: request, caCertificatePEM: caPEM, caKeyPEM: keyPEM, role: `operator` ? .operator : .node, days: days)
+                } catch let error as PKIError { throw PKIError(error.code, "\(csr): \(error.message)", underlying: error.underlying) }
+                try makeDirectory(out)
+                let path = "\(out)/\(signed.identity.name).pem"
+                try FleetPKI.write(signed.certificatePEM, to: path, secret: false, force: force)
+                let serial = (try? Certificate(pemEncoded: signed.certificatePEM)).map { RevocationList.hex(Array($0.serialNumber.bytes)) } ?? "?"
+                print("wrote \(path) for \(signed.identity), valid \(days) days, serial \(serial); send it back with ca.pem")
+            }
+        }
+    }
+
     struct Revoke: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Revoke a member's certificates: adds NAME (or --serial) to the fleet's CA-signed revocation list.",
@@ -184,6 +264,13 @@ extension Certificate {
             throw PKIError(.badInput, "\(path) is not a PEM certificate", underlying: error)
         }
     }
+}
+
+private func readPEM(_ path: String, hint: String) throws -> String {
+    guard FileManager.default.isReadableFile(atPath: path), let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+        throw PKIError(.io, "cannot read \(path): missing, unreadable or not text (\(hint))")
+    }
+    return text
 }
 
 private func makeDirectory(_ path: String) throws {

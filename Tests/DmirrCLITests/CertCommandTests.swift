@@ -1,3 +1,5 @@
+import DmirrCore
+import DmirrNet
 import DmirrTestSupport
 import Foundation
 import Testing
@@ -80,5 +82,77 @@ import Testing
         #expect(foreign.exitCode == 2)
         #expect(foreign.stderr.contains("not signed by the fleet CA") && foreign.stderr.contains("move it away"), "\(foreign.stderr)")
         #expect(try String(contentsOfFile: dir.sub("ca/crl.pem"), encoding: .utf8) == before)
+    }
+
+    /// Enrolment without moving keys: the host makes its key and a request, the CA holder signs the request, and the
+    /// certificate works with the key that never left the host.
+    @Test func requestOnTheHostSignAtTheCAAndTheKeyNeverMoves() throws {
+        let dir = try TestDirectory("csr")
+        defer { dir.remove() }
+        #expect(try CLI.dmirr(["cert", "ca", "--fleet", "ius", "--out", dir.sub("ca")]).exitCode == 0)
+        let request = try CLI.dmirr(["cert", "request", "--fleet", "ius", "--node", "mirror-b", "--host", "mirror-b.example.org",
+                                     "--ip", "192.0.2.7", "--out", dir.sub("host")])
+        #expect(request.exitCode == 0, "\(request.stderr)")
+        #expect(try FileManager.default.attributesOfItem(atPath: dir.sub("host/mirror-b.key"))[.posixPermissions] as? Int == 0o600)
+        // The CA holder gets only the request.
+        try FileManager.default.createDirectory(atPath: dir.sub("inbox"), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: dir.sub("host/mirror-b.csr"), toPath: dir.sub("inbox/mirror-b.csr"))
+        let signed = try CLI.dmirr(["cert", "sign", "--ca", dir.sub("ca"), "--csr", dir.sub("inbox/mirror-b.csr"), "--out", dir.sub("issued")])
+        #expect(signed.exitCode == 0, "\(signed.stderr)")
+        #expect(signed.stdout.contains("dmirr://ius/node/mirror-b"), "\(signed.stdout)")
+        for place in ["ca", "inbox", "issued"] {
+            #expect(try !FileManager.default.contentsOfDirectory(atPath: dir.sub(place)).contains { $0.hasPrefix("mirror-b") && $0.hasSuffix(".key") },
+                    "a key for mirror-b appeared in \(place)")
+        }
+        // The certificate and the host's key work together: TLS loads them, and the fleet's verifier accepts the
+        // certificate as a node of fleet ius, with the names the host asked for.
+        try FileManager.default.copyItem(atPath: dir.sub("issued/mirror-b.pem"), toPath: dir.sub("host/mirror-b.pem"))
+        let tls = try FleetTLS(caPath: dir.sub("ca/ca.pem"), certPath: dir.sub("host/mirror-b.pem"), keyPath: dir.sub("host/mirror-b.key"))
+        #expect(tls.identity == PeerIdentity(fleet: "ius", role: .node, name: "mirror-b"))
+        let text = try CLI.run("openssl", ["x509", "-noout", "-text", "-in", dir.sub("host/mirror-b.pem")]).stdout
+        #expect(text.contains("DNS:mirror-b.example.org") && text.contains("IP Address:192.0.2.7") && text.contains("TLS Web Client Authentication"), "\(text)")
+        #expect(try CLI.run("openssl", ["verify", "-CAfile", dir.sub("ca/ca.pem"), dir.sub("host/mirror-b.pem")]).exitCode == 0)
+
+        // Refusals: each exits 2, says why, and writes nothing.
+        // The request altered in transit: its subject renamed (mirror-b → mirror-c), still well-formed DER.
+        let pem = try String(contentsOfFile: dir.sub("inbox/mirror-b.csr"), encoding: .utf8)
+        let body = pem.split(separator: "\n").filter { !$0.hasPrefix("-----") }.joined()
+        var der = try #require(Data(base64Encoded: body))
+        let at = try #require(der.firstRange(of: Data("node mirror-b".utf8)))
+        der[at.upperBound - 1] = UInt8(ascii: "c")
+        let tampered = "-----BEGIN CERTIFICATE REQUEST-----\n" + der.base64EncodedString(options: .lineLength64Characters)
+            + "\n-----END CERTIFICATE REQUEST-----\n"
+        try tampered.write(toFile: dir.sub("inbox/tampered.csr"), atomically: true, encoding: .utf8)
+        // Requests other tools make: an RSA key, a name no certificate may carry, another fleet, an operator signed as a node.
+        let openssl: [(String, [String])] = [
+            ("rsa", ["req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", dir.sub("inbox/rsa.key"), "-subj", "/CN=x",
+                     "-addext", "subjectAltName=URI:dmirr://ius/node/rsa", "-out", dir.sub("inbox/rsa.csr")]),
+            ("badname", ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", dir.sub("inbox/bad.key"),
+                         "-subj", "/CN=x", "-addext", "subjectAltName=URI:dmirr://ius/node/../evil", "-out", dir.sub("inbox/badname.csr")]),
+        ]
+        for (name, arguments) in openssl {
+            let made = try CLI.run("openssl", arguments)
+            #expect(made.exitCode == 0, "\(name): \(made.stderr)")
+        }
+        #expect(try CLI.dmirr(["cert", "request", "--fleet", "epel", "--node", "x", "--out", dir.sub("inbox")]).exitCode == 0)
+        #expect(try CLI.dmirr(["cert", "request", "--fleet", "ius", "--node", "alice", "--operator", "--out", dir.sub("inbox")]).exitCode == 0)
+        let cases: [(String, [String], String)] = [
+            ("tampered", [], "signature does not match"),
+            ("rsa", [], "not ECDSA P-256"),
+            ("badname", [], "exactly one valid dmirr://"),
+            ("x", [], "for fleet 'epel'"),
+            ("alice", [], "pass --operator"),
+            ("mirror-b", ["--operator"], "no --operator for a node"),
+        ]
+        for (name, extra, message) in cases {
+            let r = try CLI.dmirr(["cert", "sign", "--ca", dir.sub("ca"), "--csr", dir.sub("inbox/\(name).csr"), "--out", dir.sub("refused")] + extra)
+            #expect(r.exitCode == 2 && r.stderr.contains(message) && r.stderr.contains("\(name).csr"), "\(name): \(r.exitCode) \(r.stderr)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: dir.sub("refused")))
+        let badNode = try CLI.dmirr(["cert", "request", "--fleet", "ius", "--node", "../evil", "--out", dir.sub("nope")])
+        #expect(badNode.exitCode == 2 && badNode.stderr.contains("not a valid node name"))
+        #expect(!FileManager.default.fileExists(atPath: dir.sub("nope")))
+        let operatorSigned = try CLI.dmirr(["cert", "sign", "--ca", dir.sub("ca"), "--csr", dir.sub("inbox/alice.csr"), "--operator", "--out", dir.sub("issued")])
+        #expect(operatorSigned.exitCode == 0 && operatorSigned.stdout.contains("dmirr://ius/operator/alice"), "\(operatorSigned.stderr)")
     }
 }
