@@ -54,9 +54,11 @@ public struct Agent: Sendable {
             $0.syncState = .behind
         }
 
-        let listener = PeerListenerService(config: config, listen: listen, tls: tls, node: node, logger: logger)
+        let readiness = Readiness()
+        let listener = PeerListenerService(config: config, listen: listen, tls: tls, node: node, readiness: readiness, logger: logger)
         let services: [any Service] = [
             listener,
+            ReadinessService(readiness: readiness, node: node, notifier: SystemdNotifier(), gossipInterval: config.peers.gossip, logger: logger),
             DialerService(config: config, tls: tls, node: node, logger: logger),
             GossipService(interval: config.peers.gossip, node: node),
             SyncService(config: config, node: node, logger: logger),
@@ -81,6 +83,7 @@ struct PeerListenerService: Service {
     let listen: HostPort
     let tls: FleetTLS
     let node: FleetNode
+    let readiness: Readiness
     let logger: Logger
 
     func run() async throws {
@@ -94,10 +97,10 @@ struct PeerListenerService: Service {
         let advertise = config.listen.advertise
         let listenHost = listen.host
         let node = self.node
+        let readiness = self.readiness
         try await untilGracefulShutdown {
             try await server.run(onBound: { address in
-                let advertised = advertise ?? HostPort(host: listenHost, port: address.port ?? 0).description
-                Task { await node.updateOwn { $0.peerAddress = advertised } }
+                readiness.listening(at: advertise ?? HostPort(host: listenHost, port: address.port ?? 0).description)
             }) { session, messages in
                 try await node.serve(session, messages)
             }

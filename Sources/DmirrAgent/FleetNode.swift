@@ -360,8 +360,14 @@ public actor FleetNode {
         }
     }
 
+    private var lastTick: Duration?
+
+    /// How long ago the last gossip round ran (nil: none yet).
+    public func sinceLastTick() -> Duration? { lastTick.map { now - $0 } }
+
     /// A gossip round. First, links whose peer stopped reading (a write pending too long) are closed.
     public func tick() async {
+        lastTick = now
         for (peer, session) in sessions {
             if let reason = session.outbox.check() {
                 logger.warning("closed the link to a peer that does not read", metadata: ["peer.node": "\(peer)", "reason": "\(reason)"])

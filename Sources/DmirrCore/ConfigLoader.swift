@@ -27,6 +27,9 @@ public struct ConfigProblem: Sendable, Equatable, CustomStringConvertible {
 ///
 /// Pure: the caller reads the file. Every problem is collected, not just the first, so `dmirr check` can list all.
 public enum ConfigLoader {
+    /// Every key the loader knows, by table ("" is the top level): for docs and tests that must name them all.
+    public static var knownKeys: [String: Set<String>] { Reader.knownKeys }
+
     /// What a config is for. `dmirr sync` needs less than `dmirr agent`.
     public enum Purpose: Sendable {
         case sync

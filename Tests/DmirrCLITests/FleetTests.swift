@@ -112,8 +112,8 @@ import Testing
             """
         }
 
-        func start(_ name: String) throws {
-            agents[name] = try SpawnedDmirr(["agent", "-c", configPath(name)], logDirectory: dir.path)
+        func start(_ name: String, environment: [String: String] = [:]) throws {
+            agents[name] = try SpawnedDmirr(["agent", "-c", configPath(name)], environment: environment, logDirectory: dir.path)
         }
 
         func status(_ name: String) -> [String: Any]? {
@@ -735,6 +735,55 @@ import Testing
         let rssAfter = rssKB()
         print("aLyingMemberOverTheWireCostsTheHonestOnesNothing: \(samples) samples, \(bad.count) not in sync; slowest status answer from m0 \(String(format: "%.2f", slowest)) s; m0 RSS \(rssBefore / 1024) → \(rssAfter / 1024) MiB; m2 before: \(m2Version.map { "\($0["state"] ?? "?")" } ?? "?")")
         #expect(rssAfter - rssBefore < 64 * 1024, "m0 grew by \((rssAfter - rssBefore) / 1024) MiB")
+    }
+
+    /// systemd's notification protocol, with a datagram socket standing in for systemd (what `Type=notify` and
+    /// `WatchdogSec=` make it do): READY=1 once the agent listens, STATUS= lines, WATCHDOG=1 every half of
+    /// WATCHDOG_USEC, STOPPING=1 on SIGTERM.
+    @Test func theAgentTellsSystemdWhenItIsReadyAliveAndStopping() throws {
+        let fleet = try Fleet(size: 2)
+        defer { fleet.stop(); fleet.dir.remove() }
+        let socketPath = fleet.dir.sub("notify.sock")
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(socketPath.utf8) + [0]) }
+        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        #expect(bound == 0)
+        /// The datagrams that arrive within `seconds`.
+        func receive(for seconds: Double) -> [String] {
+            var out: [String] = []
+            let end = Date().addingTimeInterval(seconds)
+            while Date() < end {
+                var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                guard poll(&poller, 1, Int32(max(1, end.timeIntervalSinceNow * 1000))) == 1 else { continue }
+                var buffer = [UInt8](repeating: 0, count: 4096)
+                let n = recv(fd, &buffer, buffer.count, 0)
+                if n > 0 { out.append(String(decoding: buffer[..<n], as: UTF8.self)) }
+            }
+            return out
+        }
+        try fleet.start("m0", environment: ["NOTIFY_SOCKET": socketPath, "WATCHDOG_USEC": "1000000"])
+        try fleet.start("m1")
+        var messages = receive(for: 5)
+        var all = messages
+        #expect(messages.first?.hasPrefix("READY=1\nSTATUS=target ") == true, "\(messages)\n\(fleet.logs())")
+        #expect(fleet.waitUntil(seconds: 30) { fleet.allInSync("push-1", among: fleet.names) })
+        messages = receive(for: 3)
+        all += messages
+        let keepalives = messages.filter { $0 == "WATCHDOG=1" }.count
+        #expect(keepalives >= 4 && keepalives <= 8, "\(keepalives) keep-alives in 3 s at WATCHDOG_USEC = 1 s: \(messages)")
+        // The status line follows the mirror: the target and its state.
+        let statuses = all.filter { $0.hasPrefix("STATUS=") }
+        #expect(statuses.contains { $0.hasPrefix("STATUS=target push-1; in sync; 2 live member(s)") }, "\(all)")
+        print("theAgentTellsSystemdWhenItIsReadyAliveAndStopping: \(keepalives) keep-alives in 3 s; status lines \(statuses)")
+        fleet.agents["m0"]!.process.terminate()
+        messages = receive(for: 3)
+        #expect(messages.contains("STOPPING=1"), "\(messages)")
+        let log = fleet.agents["m0"]!.stderr
+        #expect(!log.contains("systemd notification failed"), "\(log.suffix(2000))")
     }
 
     @Test func aMemberThatStopsReadingCostsOnlyItsOwnLink() async throws {
