@@ -15,6 +15,6 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-    rsync rpm createrepo-c dnf libsqlite3-dev sqlite3 openssl gzip bzip2 ca-certificates protobuf-compiler procps gpg gpgv gpg-agent >/dev/null
+    rsync rpm createrepo-c dnf libsqlite3-dev sqlite3 openssl gzip bzip2 ca-certificates protobuf-compiler procps gpg gpgv gpg-agent systemd >/dev/null
 command -v swift >/dev/null || { echo "setup-debian.sh: swift is not on PATH; install Swift 6.2 or newer first" >&2; exit 1; }
 echo "setup-debian.sh: rsync $(rsync --version | head -1 | awk '{print $3}'), createrepo_c $(createrepo_c --version | awk '{print $2}'), dnf $(dnf --version | head -1) ready"

@@ -14,6 +14,13 @@ import Foundation
 /// connection limit), a fleet CA, and four `dmirr agent` processes, each serving its mirror through its own rsync
 /// daemon. It shows a push propagating (who pulls from whom) and cleans up.
 struct DemoCommand: AsyncParsableCommand {
+    /// Whether a status answer shows `members` members, every one alive and in sync on `token`.
+    static func showsConverged(_ status: WireStatusResponse, on token: String, members: Int) -> Bool {
+        status.members.count == members && status.members.allSatisfy {
+            $0.liveness == "alive" && $0.record.publishedToken == token && $0.record.syncState == .inSync
+        }
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "demo",
         abstract: "Run an upstream and a fleet of mirror agents on this machine and show a push propagate.",
@@ -73,7 +80,14 @@ struct DemoCommand: AsyncParsableCommand {
             throw ExitCode(1)
         }
         print("\n-- dmirr status -c \(fleet.configPath(fleet.names[0]))")
-        let status = try await ControlClient.status(path: fleet.controlPath(fleet.names[0]))
+        // Every mirror holds push-2 by its own word; the table is one member's view, which gossip brings up to date
+        // a round or two later. Print it once that view shows every member in sync on push-2.
+        var status = try await ControlClient.status(path: fleet.controlPath(fleet.names[0]))
+        let viewDeadline = ContinuousClock.now + .seconds(20)
+        while !Self.showsConverged(status, on: "push-2", members: fleet.names.count), ContinuousClock.now < viewDeadline {
+            try await Task.sleep(for: .milliseconds(200))
+            status = try await ControlClient.status(path: fleet.controlPath(fleet.names[0]))
+        }
         print(StatusView(status).table(color: false).split(separator: "\n").map { "   " + $0 }.joined(separator: "\n"))
         let sources = fleet.pulls.filter { $0.token == "push-2" }
         let fromUpstream = sources.filter { $0.source == "upstream" }.count

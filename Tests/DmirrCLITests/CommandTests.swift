@@ -58,6 +58,10 @@ import Testing
         #expect(demo.exitCode == 0, "\(demo.stdout)\n\(demo.stderr)")
         #expect(demo.stdout.contains("demo done: all 3 mirrors hold push-2"), "\(demo.stdout)")
         #expect(demo.stdout.contains("pulling push-2 from mirror-"), "no peer pull shown:\n\(demo.stdout)")
+        // The closing status table shows the fleet converged: every row in sync on push-2, none still syncing.
+        let table = demo.stdout.components(separatedBy: "-- dmirr status").last ?? ""
+        let rows = table.split(separator: "\n").filter { $0.contains("mirror-") && !$0.contains("/") && !$0.contains("fleet ") && !$0.contains("==") }
+        #expect(rows.count == 3 && rows.allSatisfy { $0.contains("in_sync") && $0.contains("push-2") }, "\(table)")
         for name in ["mirror-a", "mirror-b", "mirror-c"] {
             #expect(try String(contentsOfFile: work + "/mirror-\(name)/CURRENT", encoding: .utf8) == "push-2\n")
         }
