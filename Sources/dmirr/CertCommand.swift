@@ -45,17 +45,7 @@ struct CertCommand: ParsableCommand {
         @Option(help: "Directory holding the fleet's ca.pem and ca.key.")
         var ca: String
 
-        @Option(help: "The node's (or operator's) name.")
-        var node: String
-
-        @Option(help: "A DNS name for the host (repeatable).")
-        var host: [String] = []
-
-        @Option(help: "An IP address for the host (repeatable).")
-        var ip: [String] = []
-
-        @Flag(help: "Issue an operator certificate: may query status, never gossip.")
-        var `operator` = false
+        @OptionGroup var subject: SubjectOptions
 
         @Option(help: "Validity in days.")
         var days = 90
@@ -68,17 +58,18 @@ struct CertCommand: ParsableCommand {
 
         func run() throws {
             try runReportingErrors {
+                let node = subject.node
                 guard PeerIdentity.isValidName(node) else {
                     throw PKIError(.invalidName, "'\(node)' is not a valid name: use letters, digits, '-', '.', '_'")
                 }
-                let caPEM = try read(ca + "/ca.pem")
-                let keyPEM = try read(ca + "/ca.key")
+                let caPEM = try readPEM(ca + "/ca.pem", hint: caHint)
+                let keyPEM = try readPEM(ca + "/ca.key", hint: caHint)
                 guard let fleet = FleetPKI.fleet(ofCA: try Certificate(pemEncodedForCLI: caPEM, path: ca + "/ca.pem")) else {
                     throw PKIError(.badInput, "\(ca)/ca.pem is not a dmirr fleet CA")
                 }
-                let identity = PeerIdentity(fleet: fleet, role: `operator` ? .operator : .node, name: node)
+                let identity = PeerIdentity(fleet: fleet, role: subject.role, name: node)
                 let issued = try FleetPKI.issue(
-                    caCertificatePEM: caPEM, caKeyPEM: keyPEM, identity: identity, hosts: host, ips: ip, days: days)
+                    caCertificatePEM: caPEM, caKeyPEM: keyPEM, identity: identity, hosts: subject.host, ips: subject.ip, days: days)
                 try makeDirectory(out)
                 try FleetPKI.write(issued.privateKeyPEM, to: "\(out)/\(node).key", secret: true, force: force)
                 try FleetPKI.write(issued.certificatePEM, to: "\(out)/\(node).pem", secret: false, force: force)
@@ -86,16 +77,24 @@ struct CertCommand: ParsableCommand {
                 print("wrote \(out)/\(node).pem and \(out)/\(node).key (0600) for \(identity), valid \(days) days, serial \(serial)")
             }
         }
-
-        func read(_ path: String) throws -> String {
-            guard FileManager.default.isReadableFile(atPath: path),
-                let text = try? String(contentsOfFile: path, encoding: .utf8)
-            else {
-                throw PKIError(.io, "cannot read \(path): missing, unreadable or not text (is --ca the directory `dmirr cert ca --out` wrote?)")
-            }
-            return text
-        }
     }
+}
+
+/// Who a certificate is for, and the host names it carries (`cert issue`, `cert request`).
+struct SubjectOptions: ParsableArguments {
+    @Option(help: "The node's (or operator's) name.")
+    var node: String
+
+    @Option(help: "A DNS name for the host (repeatable).")
+    var host: [String] = []
+
+    @Option(help: "An IP address for the host (repeatable).")
+    var ip: [String] = []
+
+    @Flag(help: "An operator certificate: may query status, never gossip.")
+    var `operator` = false
+
+    var role: PeerIdentity.Role { `operator` ? .operator : .node }
 }
 
 extension CertCommand {
@@ -106,17 +105,7 @@ extension CertCommand {
         @Option(help: "The fleet's name (as in the config's `fleet`).")
         var fleet: String
 
-        @Option(help: "The node's (or operator's) name.")
-        var node: String
-
-        @Option(help: "A DNS name for the host (repeatable).")
-        var host: [String] = []
-
-        @Option(help: "An IP address for the host (repeatable).")
-        var ip: [String] = []
-
-        @Flag(help: "Request an operator certificate: may query status, never gossip.")
-        var `operator` = false
+        @OptionGroup var subject: SubjectOptions
 
         @Option(help: "Directory to write NAME.key and NAME.csr into (created if missing).")
         var out: String
@@ -126,11 +115,12 @@ extension CertCommand {
 
         func run() throws {
             try runReportingErrors {
+                let node = subject.node
                 for (what, name) in [("fleet", fleet), ("node", node)] where !PeerIdentity.isValidName(name) {
                     throw PKIError(.invalidName, "'\(name)' is not a valid \(what) name: use letters, digits, '-', '.', '_'")
                 }
-                let identity = PeerIdentity(fleet: fleet, role: `operator` ? .operator : .node, name: node)
-                let (csr, key) = try FleetPKI.request(identity: identity, hosts: host, ips: ip)
+                let identity = PeerIdentity(fleet: fleet, role: subject.role, name: node)
+                let (csr, key) = try FleetPKI.request(identity: identity, hosts: subject.host, ips: subject.ip)
                 try makeDirectory(out)
                 try FleetPKI.write(key, to: "\(out)/\(node).key", secret: true, force: force)
                 try FleetPKI.write(csr, to: "\(out)/\(node).csr", secret: false, force: force)
@@ -163,8 +153,8 @@ extension CertCommand {
 
         func run() throws {
             try runReportingErrors {
-                let caPEM = try readPEM(ca + "/ca.pem", hint: "is --ca the directory `dmirr cert ca --out` wrote?")
-                let keyPEM = try readPEM(ca + "/ca.key", hint: "is --ca the directory `dmirr cert ca --out` wrote?")
+                let caPEM = try readPEM(ca + "/ca.pem", hint: caHint)
+                let keyPEM = try readPEM(ca + "/ca.key", hint: caHint)
                 let request = try readPEM(csr, hint: "the file `dmirr cert request` wrote")
                 let signed: (certificatePEM: String, identity: PeerIdentity)
                 do {
@@ -265,6 +255,8 @@ extension Certificate {
         }
     }
 }
+
+private let caHint = "is --ca the directory `dmirr cert ca --out` wrote?"
 
 private func readPEM(_ path: String, hint: String) throws -> String {
     guard FileManager.default.isReadableFile(atPath: path), let text = try? String(contentsOfFile: path, encoding: .utf8) else {
