@@ -180,6 +180,15 @@ import Testing
         }
 
         func logs() -> String { agents.map { "--- \($0.key)\n\($0.value.stderr.suffix(3000))" }.joined(separator: "\n") }
+
+        /// A genuine member that runs no agent: a certificate of this fleet for `name`, and TLS and a record signer
+        /// made from it, for tests that play a hostile member over the real protocol.
+        func member(_ name: String) throws -> (tls: FleetTLS, signer: RecordSigner) {
+            let issued = try CLI.dmirr(["cert", "issue", "--ca", dir.sub("ca"), "--node", name, "--out", dir.sub("certs")])
+            guard issued.exitCode == 0 else { throw TestFailure(issued.stderr) }
+            let (ca, cert, key) = (dir.sub("ca/ca.pem"), dir.sub("certs/\(name).pem"), dir.sub("certs/\(name).key"))
+            return (try FleetTLS(caPath: ca, certPath: cert, keyPath: key), try RecordSigner(caPath: ca, certPath: cert, keyPath: key))
+        }
     }
 
     @Test func fiveAgentsConvergeAndFollowAPush() throws {
@@ -546,11 +555,7 @@ import Testing
         #expect(try FileManager.default.contentsOfDirectory(atPath: fleet.dir.sub("state-m0")).filter { $0.hasPrefix(".dmirr-control-") } == [])
 
         // m9 is a genuine fleet member, but it relays a record for m1 that it wrote and signed itself.
-        let issued = try CLI.dmirr(["cert", "issue", "--ca", fleet.dir.sub("ca"), "--node", "m9", "--out", fleet.dir.sub("certs")])
-        #expect(issued.exitCode == 0)
-        let paths = (ca: fleet.dir.sub("ca/ca.pem"), cert: fleet.dir.sub("certs/m9.pem"), key: fleet.dir.sub("certs/m9.key"))
-        let tls = try FleetTLS(caPath: paths.ca, certPath: paths.cert, keyPath: paths.key)
-        let signer = try RecordSigner(caPath: paths.ca, certPath: paths.cert, keyPath: paths.key)
+        let (tls, signer) = try fleet.member("m9")
         var forged = MemberRecord(node: "m1", generation: UInt64.max / 2)
         forged.publishedToken = "forged"
         forged.syncState = .inSync
@@ -654,11 +659,7 @@ import Testing
         defer { fleet.stop(); fleet.dir.remove() }
         for name in fleet.names { try fleet.start(name) }
         #expect(fleet.waitUntil(seconds: 30) { fleet.allInSync("push-1", among: fleet.names) }, "\(fleet.logs())")
-        let issued = try CLI.dmirr(["cert", "issue", "--ca", fleet.dir.sub("ca"), "--node", "m9", "--out", fleet.dir.sub("certs")])
-        #expect(issued.exitCode == 0)
-        let paths = (ca: fleet.dir.sub("ca/ca.pem"), cert: fleet.dir.sub("certs/m9.pem"), key: fleet.dir.sub("certs/m9.key"))
-        let tls = try FleetTLS(caPath: paths.ca, certPath: paths.cert, keyPath: paths.key)
-        let signer = try RecordSigner(caPath: paths.ca, certPath: paths.cert, keyPath: paths.key)
+        let (tls, signer) = try fleet.member("m9")
         let m0 = fleet.agents["m0"]!.process.processIdentifier
         func rssKB() -> Int {
             let status = (try? String(contentsOfFile: "/proc/\(m0)/status", encoding: .utf8)) ?? ""
@@ -794,9 +795,7 @@ import Testing
         for name in fleet.names { try fleet.start(name) }
         #expect(fleet.waitUntil(seconds: 30) { fleet.allInSync("push-1", among: fleet.names) }, "\(fleet.logs())")
 
-        let issued = try CLI.dmirr(["cert", "issue", "--ca", fleet.dir.sub("ca"), "--node", "m9", "--out", fleet.dir.sub("certs")])
-        #expect(issued.exitCode == 0)
-        let tls = try FleetTLS(caPath: fleet.dir.sub("ca/ca.pem"), certPath: fleet.dir.sub("certs/m9.pem"), keyPath: fleet.dir.sub("certs/m9.key"))
+        let tls = try fleet.member("m9").tls
 
         // While m9 floods m0 and stops reading, sample how m1 sees m0 and how long m0 takes to answer its operator.
         let observer = Task.detached { () -> (states: [String], slowest: Double) in
