@@ -54,7 +54,7 @@ public struct PeerServer: Sendable {
         let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .bind(host: config.host, port: config.port) { channel in
                 let address = ConnectionLimiter.key(of: channel)
                 if let refusal = limiter.admit(address) {
@@ -133,7 +133,7 @@ public enum PeerClient {
         do {
             connection = try await ClientBootstrap(group: group)
                 .connectTimeout(helloDeadline)
-                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .connect(host: host, port: port) { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try PeerChannel.configure(channel, tls: tls.clientContext, server: false, frameLimit: frameLimit, helloDeadline: helloDeadline)

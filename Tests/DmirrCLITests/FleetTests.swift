@@ -112,8 +112,8 @@ import Testing
             """
         }
 
-        func start(_ name: String, environment: [String: String] = [:]) throws {
-            agents[name] = try SpawnedDmirr(["agent", "-c", configPath(name)], environment: environment, logDirectory: dir.path)
+        func start(_ name: String, environment: [String: String] = [:], wrapper: [String] = []) throws {
+            agents[name] = try SpawnedDmirr(["agent", "-c", configPath(name)], environment: environment, wrapper: wrapper, logDirectory: dir.path)
         }
 
         func status(_ name: String) -> [String: Any]? {
@@ -785,6 +785,29 @@ import Testing
         #expect(messages.contains("STOPPING=1"), "\(messages)")
         let log = fleet.agents["m0"]!.stderr
         #expect(!log.contains("systemd notification failed"), "\(log.suffix(2000))")
+    }
+
+    /// The agent needs no privileges: run as `nobody`, owning only its tree, its state and its key, it joins the fleet
+    /// and syncs (what the unit's `User=dmirr` and `ProtectSystem=strict` give it in production).
+    @Test func theAgentRunsAsAnUnprivilegedUser() throws {
+        let fleet = try Fleet(size: 2)
+        defer { fleet.stop(); fleet.dir.remove() }
+        let nobody: uid_t = 65534
+        for path in [fleet.mirror("m0"), fleet.dir.sub("state-m0")] {
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+            #expect(chown(path, nobody, gid_t(nobody)) == 0)
+        }
+        #expect(chown(fleet.dir.sub("certs/m0.key"), nobody, gid_t(nobody)) == 0)
+        try fleet.start("m0", wrapper: ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        try fleet.start("m1")
+        #expect(fleet.waitUntil(seconds: 60) { fleet.allInSync("push-1", among: fleet.names) }, "\(fleet.logs())")
+        let pid = fleet.agents["m0"]!.process.processIdentifier
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        let uids = status.split(separator: "\n").first { $0.hasPrefix("Uid:") }.map { $0.split(separator: "\t").dropFirst().map(String.init) } ?? []
+        #expect(uids == ["65534", "65534", "65534", "65534"], "m0 runs with uids \(uids)")
+        var st = stat()
+        #expect(stat(fleet.mirror("m0") + "/CURRENT", &st) == 0 && st.st_uid == nobody, "the published tree belongs to the agent's user")
+        #expect(TreeComparison.differences(fleet.upstream.tree, fleet.mirror("m0")) == [])
     }
 
     @Test func aMemberThatStopsReadingCostsOnlyItsOwnLink() async throws {

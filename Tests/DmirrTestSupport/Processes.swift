@@ -74,12 +74,18 @@ public final class SpawnedDmirr: @unchecked Sendable {
     public let process: Process
     private let errLog: String
 
-    public init(_ arguments: [String], environment: [String: String] = [:], logDirectory: String) throws {
+    /// - Parameter wrapper: a command that execs dmirr in its place (`setpriv --reuid=…` to run it unprivileged).
+    public init(_ arguments: [String], environment: [String: String] = [:], wrapper: [String] = [], logDirectory: String) throws {
         errLog = logDirectory + "/dmirr-\(UUID().uuidString.prefix(6)).stderr"
         _ = FileManager.default.createFile(atPath: errLog, contents: nil)
         process = Process()
-        process.executableURL = URL(fileURLWithPath: CLI.dmirrPath)
-        process.arguments = arguments
+        if let launcher = wrapper.first {
+            process.executableURL = URL(fileURLWithPath: launcher)
+            process.arguments = Array(wrapper.dropFirst()) + [CLI.dmirrPath] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: CLI.dmirrPath)
+            process.arguments = arguments
+        }
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle(forWritingAtPath: errLog)
