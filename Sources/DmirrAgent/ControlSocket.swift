@@ -52,8 +52,17 @@ struct ControlSocketService: Service {
                             try? await connection.executeThenClose { frames, outbound in
                                 for try await frame in frames {
                                     let request = try WireMessages.decode(frame)
-                                    guard case .statusRequest = request.body else {
-                                        try await outbound.write(try WireMessages.encode(WireMessages.error(.forbidden, "the control socket answers StatusRequest only")))
+                                    switch request.body {
+                                    case .statusRequest:
+                                        break
+                                    case .syncRequest(let sync) where sync.source.isEmpty && !sync.force:
+                                        await node.requestSync()
+                                    case .syncRequest:
+                                        let message = "the agent cannot yet pull from a named peer or re-check its tree on request; stop the agent to run `dmirr sync --source/--force` by hand"
+                                        try await outbound.write(try WireMessages.encode(WireMessages.error(.forbidden, message)))
+                                        return
+                                    default:
+                                        try await outbound.write(try WireMessages.encode(WireMessages.error(.forbidden, "the control socket answers StatusRequest and SyncRequest only")))
                                         return
                                     }
                                     var response = WireEnvelope()
@@ -69,9 +78,22 @@ struct ControlSocketService: Service {
     }
 }
 
-/// Asks a control socket for the status, for `dmirr status`.
+/// Asks a control socket for the status (`dmirr status`), or to check upstream now (`dmirr sync` beside the agent).
 public enum ControlClient {
     public static func status(path: String) async throws -> WireStatusResponse {
+        var request = WireEnvelope()
+        request.statusRequest = .init()
+        return try await ask(path: path, request)
+    }
+
+    /// Asks the agent to check upstream now; answers with its status at that moment.
+    public static func requestSync(path: String) async throws -> WireStatusResponse {
+        var request = WireEnvelope()
+        request.syncRequest = .init()
+        return try await ask(path: path, request)
+    }
+
+    static func ask(path: String, _ request: WireEnvelope) async throws -> WireStatusResponse {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connect(unixDomainSocketPath: path) { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -81,8 +103,6 @@ public enum ControlClient {
                 }
             }
         return try await channel.executeThenClose { frames, outbound in
-            var request = WireEnvelope()
-            request.statusRequest = .init()
             try await outbound.write(try WireMessages.encode(request))
             for try await frame in frames {
                 let envelope = try WireMessages.decode(frame)

@@ -32,6 +32,9 @@ public actor FleetNode {
         public var agreeing = 0
         public var members = 0
         public var order: [String] = []
+        /// When our own fetch of upstream's token last answered (Unix ms), and why it failed ("" when it did not).
+        public var lastPollMillis: Int64 = 0
+        public var lastPollError = ""
         public init() {}
     }
 
@@ -41,6 +44,9 @@ public actor FleetNode {
 
     /// Where `Announce` messages go (the sync service).
     public func onAnnounce(_ handler: @escaping @Sendable (String) -> Void) { announced = handler }
+
+    /// `dmirr sync` beside the agent (the control socket): check upstream now, as an announcement would.
+    public func requestSync() { announced?("") }
     private let clock = ContinuousClock()
     private let started: ContinuousClock.Instant
 
@@ -355,8 +361,8 @@ public actor FleetNode {
             logger.warning("a peer reported an error on our link", metadata: [
                 "peer.node": "\(session.peer.name)", "error.code": "\(error.code)", "error": "\(error.message.prefix(500))",
             ])
-        case .hello, .statusResponse, .announceAck, nil:
-            break
+        case .hello, .statusResponse, .announceAck, .syncRequest, nil:
+            break  // a SyncRequest is for the local control socket only
         }
     }
 
@@ -502,6 +508,8 @@ public actor FleetNode {
             $0.planAgreed = plan.agreed
             $0.planAgreeing = UInt32(clamping: plan.agreeing)
             $0.planMembers = UInt32(clamping: plan.members)
+            $0.lastPollUnixMs = plan.lastPollMillis
+            $0.lastPollError = plan.lastPollError
             let positions = Dictionary(uniqueKeysWithValues: plan.order.enumerated().map { ($1, $0 + 1) })
             $0.members = membership.entries.values.sorted { $0.record.node < $1.record.node }.map { entry in
                 .with {

@@ -57,6 +57,7 @@ struct SyncService: Service {
         var pullCancel: CancelSignal?
         var vouchedBy: String?
         var dispute: String?
+        var lastPoll: (millis: Int64, error: String) = (0, "")
         await node.onAnnounce { _ in sink.yield(.announced) }
 
         await withDiscardingTaskGroup { group in
@@ -80,9 +81,11 @@ struct SyncService: Service {
                     directives += coordinator.onView(view, suspects: suspects, wallMillis: Self.wallMillis, now: now)
                     directives += coordinator.onTick(now: now)
                 case .polled(.success(let token), let at):
+                    lastPoll = (Self.wallMillis, "")
                     directives += coordinator.onUpstreamToken(token.value, wallMillis: Self.wallMillis, now: now, polledAt: at)
                 case .polled(.failure(let error), let at):
                     logger.warning("cannot read the upstream token", metadata: ["error": "\(error.message)"])
+                    lastPoll = (Self.wallMillis, error.message)
                     // A dispute between attesters stays in view beside the fetch error: it is why we cannot follow peers.
                     let message = [error.message, dispute].compactMap { $0 }.joined(separator: "; ")
                     await node.updateOwn { $0.lastError = String(message.prefix(RecordPolicy.Limit.errorBytes)) }
@@ -127,6 +130,8 @@ struct SyncService: Service {
                 status.agreeing = coordinator.agreement.same
                 status.members = coordinator.agreement.of
                 status.order = coordinator.plan?.order ?? []
+                status.lastPollMillis = lastPoll.millis
+                status.lastPollError = lastPoll.error
                 await node.setPlanStatus(status)
                 for directive in directives {
                     switch directive {

@@ -4,8 +4,8 @@ import SwiftProtobuf
 /// The protocol's version (proto/PROTOCOL.md). A peer with another major version is refused.
 public enum WireVersion {
     public static let major: UInt32 = 2
-    /// 1: revocation lists and author intermediates (proto/PROTOCOL.md, "Versioning").
-    public static let minor: UInt32 = 1
+    /// 2: the control socket's SyncRequest and the status's last poll (proto/PROTOCOL.md, "Versioning").
+    public static let minor: UInt32 = 2
 }
 
 /// Encoding and decoding of ``WireEnvelope`` payloads (one per frame).

@@ -15,7 +15,9 @@ struct SyncCommand: AsyncParsableCommand {
         discussion: """
             Takes the lock in [state] dir, compares the source's token with the published one, transfers content, then \
             metadata and deletions, verifies, and publishes the token last. Exit 0 synced or up to date, 1 failed, \
-            2 config error, 75 source busy or another run holds the lock.
+            2 config error, 75 source busy or another run holds the lock. When an agent runs for this mirror (its \
+            control socket answers), dmirr sync asks it to check upstream now and follows its work instead: exit 0 \
+            once the mirror publishes the target, 1 if the pull fails, 75 after --timeout (the agent carries on).
             """
     )
 
@@ -40,8 +42,24 @@ struct SyncCommand: AsyncParsableCommand {
     @Flag(name: .shortAndLong, help: "Log debug details, such as each rsync command line.")
     var verbose = false
 
+    @Option(help: "With a running agent: how long to follow its work before exiting 75 (it carries on).")
+    var timeout = "1h"
+
     func run() async throws {
         let config = try options.load()
+        guard let followFor = DurationText.parse(timeout) else {
+            printError("dmirr sync: --timeout '\(timeout)' is not a duration (e.g. 30s, 10m, 1h)")
+            throw ExitCode(2)
+        }
+        if let control = await AgentSync.reachableAgent(config) {
+            guard source == "upstream", !force, !allowRollback else {
+                printError("dmirr sync: an agent runs this mirror (\(control)); it cannot yet take --source, --force or --allow-rollback on request. Stop the agent to run them by hand.")
+                throw ExitCode(2)
+            }
+            let code = await AgentSync.follow(path: control, timeout: followFor)
+            if code != 0 { throw ExitCode(code) }
+            return
+        }
         let logger = Logs.bootstrap(verbose: verbose)
         var runOptions = SyncPipeline.Options(force: force)
         runOptions.allowRollback = allowRollback

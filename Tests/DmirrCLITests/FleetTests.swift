@@ -810,6 +810,33 @@ import Testing
         #expect(TreeComparison.differences(fleet.upstream.tree, fleet.mirror("m0")) == [])
     }
 
+    /// `dmirr sync` beside a running agent asks the agent and follows its work, instead of fighting it for the lock.
+    /// The agents poll upstream only every hour here, so only the request makes m0 see push-2.
+    @Test func dmirrSyncBesideARunningAgentAsksItAndFollowsItsWork() throws {
+        let fleet = try Fleet(size: 2, mirrorExtra: "rsync_args = [\"--bwlimit=1000\"]", poll: "1h")
+        defer { fleet.stop(); fleet.dir.remove() }
+        for name in fleet.names { try fleet.start(name) }
+        // With nothing new, it answers once the agent's own fetch says so.
+        let first = fleet.waitUntil(seconds: 60) { fleet.allInSync("push-1", among: fleet.names) }
+        #expect(first, "\(fleet.logs())")
+        let upToDate = try CLI.dmirr(["sync", "-c", fleet.configPath("m0")], timeout: 60)
+        #expect(upToDate.exitCode == 0 && upToDate.stdout.contains("published push-1"), "\(upToDate.stdout)\(upToDate.stderr)")
+
+        try fleet.upstream.push(add: [.init("gamma", "1.0", sizeKB: 3072)], token: "push-2")
+        // A short --timeout: the pull takes seconds at 1 MB/s, so this one gives up with 75 while the agent carries on.
+        let impatient = try CLI.dmirr(["sync", "-c", fleet.configPath("m0"), "--timeout", "500ms"], timeout: 60)
+        #expect(impatient.exitCode == 75 && impatient.stderr.contains("the agent carries on"), "\(impatient.exitCode) \(impatient.stdout)\(impatient.stderr)")
+        let followed = try CLI.dmirr(["sync", "-c", fleet.configPath("m0"), "--timeout", "2m"], timeout: 180)
+        #expect(followed.exitCode == 0, "\(followed.stdout)\(followed.stderr)\n\(fleet.logs())")
+        #expect(followed.stdout.contains("asked the running agent (m0)") && followed.stdout.contains("published push-2"), "\(followed.stdout)")
+        #expect(try String(contentsOfFile: fleet.mirror("m0") + "/CURRENT", encoding: .utf8) == "push-2\n")
+        #expect(fleet.agents["m0"]!.process.isRunning, "the agent stopped")
+        print("dmirrSyncBesideARunningAgentAsksItAndFollowsItsWork:\n\(followed.stdout)")
+        // What the agent cannot take on request yet is refused with the reason, not run behind its back.
+        let forced = try CLI.dmirr(["sync", "-c", fleet.configPath("m0"), "--force"], timeout: 60)
+        #expect(forced.exitCode == 2 && forced.stderr.contains("an agent runs this mirror"), "\(forced.stderr)")
+    }
+
     @Test func aMemberThatStopsReadingCostsOnlyItsOwnLink() async throws {
         // Before, the victim's actor awaited each socket write: a peer that asked for thousands of status answers and
         // never read them stalled the victim's gossip, and the others saw it suspect, then down, within seconds.

@@ -8,7 +8,7 @@
 // For information on using the generated types, please see the documentation:
 //   https://github.com/apple/swift-protobuf/
 
-/// dmirr's peer protocol, version 1. Framing, limits and rules: PROTOCOL.md beside this file.
+/// dmirr's peer protocol, version 2. Framing, limits and rules: PROTOCOL.md beside this file.
 /// Generated Swift: Sources/DmirrWire/Generated/dmirr.pb.swift (scripts/gen-proto.sh; never edit it by hand).
 
 #if canImport(FoundationEssentials)
@@ -167,6 +167,15 @@ public nonisolated struct WireEnvelope: Sendable {
     set {body = .revocations(newValue)}
   }
 
+  /// protocol 2.2; the local control socket only
+  public var syncRequest: WireSyncRequest {
+    get {
+      if case .syncRequest(let v)? = body {return v}
+      return WireSyncRequest()
+    }
+    set {body = .syncRequest(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -181,6 +190,8 @@ public nonisolated struct WireEnvelope: Sendable {
     case announceAck(WireAnnounceAck)
     /// protocol 2.1
     case revocations(WireSignedRevocationList)
+    /// protocol 2.2; the local control socket only
+    case syncRequest(WireSyncRequest)
 
   }
 
@@ -666,6 +677,31 @@ public nonisolated struct WireStatusResponse: Sendable {
   /// out of how many live members
   public var planMembers: UInt32 = 0
 
+  /// protocol 2.2: when the answering node's own fetch of upstream's token last answered
+  public var lastPollUnixMs: Int64 = 0
+
+  /// protocol 2.2: why that fetch failed ("" when it read the token)
+  public var lastPollError: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Protocol 2.2, on the local control socket only (`dmirr sync` beside a running agent): check upstream now. The
+/// answer is a StatusResponse; the client then follows the agent's work with StatusRequests. A peer that sends it over
+/// the peer protocol is ignored.
+public nonisolated struct WireSyncRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// reserved for a re-check of the tree; refused until the agent supports it
+  public var force: Bool = false
+
+  /// reserved for a named peer; refused until the agent supports it
+  public var source: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -710,7 +746,7 @@ nonisolated extension WireSyncState: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension WireEnvelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}hello\0\u{1}error\0\u{1}digest\0\u{1}records\0\u{3}status_request\0\u{3}status_response\0\u{1}summary\0\u{1}announce\0\u{3}announce_ack\0\u{1}revocations\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}hello\0\u{1}error\0\u{1}digest\0\u{1}records\0\u{3}status_request\0\u{3}status_response\0\u{1}summary\0\u{1}announce\0\u{3}announce_ack\0\u{1}revocations\0\u{3}sync_request\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -848,6 +884,19 @@ nonisolated extension WireEnvelope: SwiftProtobuf.Message, SwiftProtobuf._Messag
           self.body = .revocations(v)
         }
       }()
+      case 11: try {
+        var v: WireSyncRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .syncRequest(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .syncRequest(v)
+        }
+      }()
       default: break
       }
     }
@@ -898,6 +947,10 @@ nonisolated extension WireEnvelope: SwiftProtobuf.Message, SwiftProtobuf._Messag
     case .revocations?: try {
       guard case .revocations(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+    }()
+    case .syncRequest?: try {
+      guard case .syncRequest(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
     }()
     case nil: break
     }
@@ -1632,7 +1685,7 @@ nonisolated extension WireStatusRequest: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension WireStatusResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StatusResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}fleet\0\u{1}node\0\u{1}members\0\u{3}target_token\0\u{3}target_seen_unix_ms\0\u{3}plan_token\0\u{3}plan_digest\0\u{3}plan_agreed\0\u{3}plan_agreeing\0\u{3}plan_members\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}fleet\0\u{1}node\0\u{1}members\0\u{3}target_token\0\u{3}target_seen_unix_ms\0\u{3}plan_token\0\u{3}plan_digest\0\u{3}plan_agreed\0\u{3}plan_agreeing\0\u{3}plan_members\0\u{3}last_poll_unix_ms\0\u{3}last_poll_error\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1650,6 +1703,8 @@ nonisolated extension WireStatusResponse: SwiftProtobuf.Message, SwiftProtobuf._
       case 8: try { try decoder.decodeSingularBoolField(value: &self.planAgreed) }()
       case 9: try { try decoder.decodeSingularUInt32Field(value: &self.planAgreeing) }()
       case 10: try { try decoder.decodeSingularUInt32Field(value: &self.planMembers) }()
+      case 11: try { try decoder.decodeSingularInt64Field(value: &self.lastPollUnixMs) }()
+      case 12: try { try decoder.decodeSingularStringField(value: &self.lastPollError) }()
       default: break
       }
     }
@@ -1686,6 +1741,12 @@ nonisolated extension WireStatusResponse: SwiftProtobuf.Message, SwiftProtobuf._
     if self.planMembers != 0 {
       try visitor.visitSingularUInt32Field(value: self.planMembers, fieldNumber: 10)
     }
+    if self.lastPollUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.lastPollUnixMs, fieldNumber: 11)
+    }
+    if !self.lastPollError.isEmpty {
+      try visitor.visitSingularStringField(value: self.lastPollError, fieldNumber: 12)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1700,6 +1761,43 @@ nonisolated extension WireStatusResponse: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.planAgreed != rhs.planAgreed {return false}
     if lhs.planAgreeing != rhs.planAgreeing {return false}
     if lhs.planMembers != rhs.planMembers {return false}
+    if lhs.lastPollUnixMs != rhs.lastPollUnixMs {return false}
+    if lhs.lastPollError != rhs.lastPollError {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension WireSyncRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SyncRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}force\0\u{1}source\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.force) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.source) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.force != false {
+      try visitor.visitSingularBoolField(value: self.force, fieldNumber: 1)
+    }
+    if !self.source.isEmpty {
+      try visitor.visitSingularStringField(value: self.source, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: WireSyncRequest, rhs: WireSyncRequest) -> Bool {
+    if lhs.force != rhs.force {return false}
+    if lhs.source != rhs.source {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
