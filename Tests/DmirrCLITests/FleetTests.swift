@@ -382,7 +382,11 @@ import Testing
         let caught = fleet.waitUntil(seconds: 90) {
             for viewer in fleet.names {
                 let members = fleet.status(viewer)?["members"] as? [[String: Any]] ?? []
-                if let pulling = members.first(where: { $0["state"] as? String == "syncing" && fleet.names.contains($0["source"] as? String ?? "") }) {
+                // A pull that has moved bytes: a member only planned onto a peer (or still checking its manifest) is
+                // not yet mid-transfer, and on a loaded machine it may never take a byte from that peer.
+                if let pulling = members.first(where: {
+                    $0["state"] as? String == "syncing" && fleet.names.contains($0["source"] as? String ?? "") && ($0["progress"] as? Double ?? 0) > 0
+                }) {
                     victim = pulling["source"] as? String
                     return true
                 }
