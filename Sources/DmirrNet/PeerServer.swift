@@ -88,8 +88,10 @@ public struct PeerServer: Sendable {
 
     func serve(_ connection: PeerChannel.Async, handler: @escaping Handler) async {
         // Refused at accept (over a cap): already closed or closing, and already logged.
+        // (Not `isActive`: a child channel can be handed over before its registration completes, and an accepted
+        // connection must never be dropped for that.)
         let refused = (try? await connection.channel.pipeline.handler(type: RefusedAtAccept.self).get()) != nil
-        guard connection.channel.isActive, !refused else {
+        guard !refused else {
             // The async wrapper must still be finished, or NIO traps on its writer.
             try? await connection.executeThenClose { _, _ in }
             return
