@@ -295,11 +295,14 @@ import Testing
         if daemonMaxConnections == 2 {
             // Token fetches can still meet a full daemon (the fleet does not count them): at most one per member
             // confirming the new token while the two upstream pulls hold both connections, plus the odd poll racing a
-            // pull's start. The pulls themselves wait for the plan's slots. "Few": at most 1.5 per mirror (4–7 in
-            // the last runs; 15–28 before members stopped fetching all at once).
+            // pull's start. The pulls themselves wait for the plan's slots. "Few": at most 2.5 per mirror (15–28
+            // before members stopped fetching all at once). Since members advertise only a confirmed or attested
+            // target, more of them take push-2 from peers (4 upstream tree sessions instead of 6 in paired runs) and
+            // a few more token fetches meet the full daemon: 5–6 on an idle machine, 9–10 beside a CPU-bound
+            // simulator (6–7 before that change), 14–16 in loaded full-suite runs.
             let polls = fleet.agents.mapValues { $0.stderr.components(separatedBy: "cannot read the upstream token").count - 1 }.filter { $0.value > 0 }
             let busyRuns = runs.filter { $0.outcome == "busy" && $0.started >= pushed }.map { "\($0.node)←\($0.source)" }
-            #expect(refused.count * 2 <= fleet.names.count * 3, "\(refused.count) refusals after the push; refused polls by agent \(polls), busy pulls \(busyRuns)")
+            #expect(refused.count * 2 <= fleet.names.count * 5, "\(refused.count) refusals after the push; refused polls by agent \(polls), busy pulls \(busyRuns)")
         } else {
             #expect(refused.isEmpty)
         }

@@ -231,6 +231,21 @@ enum RawPeer {
 
     /// A real status query over mTLS: proves the server is still serving.
     static func statusWorks(_ fleet: TestFleet, port: Int, as name: String = "alice") async throws -> Bool {
+        // The in-process server shares this test process's cooperative thread pool with the CPU-bound simulator suites
+        // that run beside it; starved long enough, its session task misses the Hello deadline and the server closes
+        // the connection before its Hello (seen twice in loaded full-suite runs). That is the test process's load,
+        // not the behaviour under test, so such a closure is retried, twice at most; any other failure is not.
+        for attempt in 1...3 {
+            do {
+                return try await statusOnce(fleet, port: port, as: name)
+            } catch let error as NetError where attempt < 3 && error.message.contains("closed the connection before its Hello") {
+                print("statusWorks: attempt \(attempt) closed before the Hello; retrying")
+            }
+        }
+        return false
+    }
+
+    static func statusOnce(_ fleet: TestFleet, port: Int, as name: String) async throws -> Bool {
         let answered = ManagedFlag()
         try await PeerClient.connect(host: "127.0.0.1", port: port, tls: try fleet.tls(name), helloDeadline: .seconds(60)) { session, messages in
             #expect(session.peer == PeerIdentity(fleet: "ius", role: .node, name: "server"))
