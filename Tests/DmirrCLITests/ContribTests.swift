@@ -36,6 +36,17 @@ import Testing
         #expect(check.exitCode == 0, "\(check.stdout)\n\(check.stderr)")
     }
 
+    /// The operator guide's reference has a row for every key the loader knows.
+    @Test func theOperatorGuideReferencesEveryKey() throws {
+        let guide = try String(contentsOfFile: Self.contrib + "/../docs/operator-guide.md", encoding: .utf8)
+        for (table, keys) in ConfigLoader.knownKeys {
+            for key in keys {
+                let name = table.isEmpty ? "`\(key)`" : "`[\(table)] \(key)`"
+                #expect(guide.contains("| \(name) |"), "\(name) has no row in docs/operator-guide.md")
+            }
+        }
+    }
+
     /// `systemd-analyze verify` accepts the units, pointed at the binary the tests built.
     @Test func theUnitsPassSystemdAnalyzeVerify() throws {
         let dir = try TestDirectory("units")
