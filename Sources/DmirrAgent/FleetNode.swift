@@ -70,8 +70,10 @@ public actor FleetNode {
     /// Loads what was persisted before a restart: the revocation list, then the members (re-verifying each record
     /// under that list).
     public func restore() async {
-        if let bytes = try? store.revocations(), let signed = try? WireSignedRevocationList(serializedBytes: bytes) {
-            _ = adoptRevocations(signed, from: "the state database")
+        if let bytes = try? store.revocations(), let signed = try? WireSignedRevocationList(serializedBytes: bytes),
+            case .failure(let rejection) = adoptRevocations(signed, from: "the state database")
+        {
+            logger.warning("refused the stored revocation list", metadata: ["error": "\(rejection)"])
         }
         guard let stored = try? store.members() else { return }
         let batch = stored.compactMap { try? WireSignedRecord(serializedBytes: $0.signedRecord) }
@@ -120,23 +122,23 @@ public actor FleetNode {
         do { signed = try FleetVerifier.signedRevocations(pem: text) } catch {
             throw NetError(.tls, "\(file.path) ([tls] crl) is not a dmirr revocation list", underlying: error)
         }
-        if case .failure(let rejection) = signer.verifier.openRevocations(signed) {
+        if case .failure(let rejection) = adoptRevocations(signed, from: file.path) {
             throw NetError(.tls, "\(file.path) ([tls] crl): \(rejection)")
         }
-        _ = adoptRevocations(signed, from: file.path)
     }
 
-    /// Puts a CA-signed list in force if it is newer than ours: persists it, closes the links of revoked members,
-    /// forgets their records and passes the list on to every other peer. Returns whether it was newer.
-    private func adoptRevocations(_ signed: WireSignedRevocationList, from source: String, except sender: String? = nil) -> Bool {
+    /// Checks a signed list against the CA and puts it in force if it is newer than ours: persists it, closes the
+    /// links of revoked members, forgets their records and passes the list on to every other peer. Succeeds with
+    /// whether it was newer; fails, changing nothing, when the CA did not sign it or it breaks the limits.
+    private func adoptRevocations(
+        _ signed: WireSignedRevocationList, from source: String, except sender: String? = nil
+    ) -> Result<Bool, FleetVerifier.Rejection> {
         let list: RevocationList
         switch signer.verifier.openRevocations(signed) {
         case .success(let l): list = l
-        case .failure(let rejection):
-            logger.warning("refused a revocation list", metadata: ["source": "\(source)", "error": "\(rejection)"])
-            return false
+        case .failure(let rejection): return .failure(rejection)
         }
-        guard signer.verifier.adopt(list) else { return false }
+        guard signer.verifier.adopt(list) else { return .success(false) }
         signedRevocations = signed
         if let bytes = try? signed.serializedBytes() as [UInt8] {
             do { try store.saveRevocations(number: list.number, signed: bytes) } catch {
@@ -162,7 +164,7 @@ public actor FleetNode {
         var envelope = WireEnvelope()
         envelope.revocations = signed
         for peer in sessions.keys where peer != sender { send(envelope, to: peer) }
-        return true
+        return .success(true)
     }
 
     /// Forgets members in memory and in SQLite.
@@ -356,7 +358,9 @@ public actor FleetNode {
             response.statusResponse = status()
             guard session.enqueue(response) else { throw NetError(.connection, session.outbox.closeReason.map { "\($0)" } ?? "the peer does not read its answers") }
         case .revocations(let signed):
-            _ = adoptRevocations(signed, from: "peer \(session.peer.name)", except: session.peer.name)
+            if case .failure(let rejection) = adoptRevocations(signed, from: "peer \(session.peer.name)", except: session.peer.name) {
+                logger.warning("refused a revocation list", metadata: ["peer.identity": "\(session.peer)", "error": "\(rejection)"])
+            }
         case .error(let error):
             logger.warning("a peer reported an error on our link", metadata: [
                 "peer.node": "\(session.peer.name)", "error.code": "\(error.code)", "error": "\(error.message.prefix(500))",

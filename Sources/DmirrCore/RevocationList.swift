@@ -101,8 +101,8 @@ public struct RevocationList: Sendable, Equatable {
     /// Colon-separated hex, the way `openssl x509 -serial` and `dmirr cert issue` print serials.
     public static func hex(_ bytes: [UInt8]) -> String {
         trimmed(bytes).map { byte in
-            let digits = "0123456789abcdef".utf8.map { Character(Unicode.Scalar($0)) }
-            return String([digits[Int(byte >> 4)], digits[Int(byte & 0xf)]])
+            let digits = String(byte, radix: 16)
+            return digits.count == 1 ? "0" + digits : digits
         }.joined(separator: ":")
     }
 

@@ -504,12 +504,18 @@ public struct SyncCoordinator: Sendable {
         return out
     }
 
+    /// The attested roots of `token`: the count `replan` keeps when it is for that token, else a pass over the view.
+    private func attested(_ token: String) -> Set<String> {
+        if let cache = attestedCache, cache.key.token == token { return cache.roots }
+        return attestedRoots(for: token)
+    }
+
     private mutating func advertise() -> [Directive] {
         var a = Advertised()
         // Our signed record names a target only once we know it: our own fetch confirmed it, or `attestations` members
         // attest a tree of it. A rumour (one member's word) stays ours alone, so a liar's made-up token is never
         // repeated under honest members' signatures, and never shows them waiting on it.
-        if let target, target.confirmed || !attestedRoots(for: target.token).isEmpty {
+        if let target, target.confirmed || !attested(target.token).isEmpty {
             shownTarget = (target.token, target.seenMillis)
         }
         a.targetToken = shownTarget?.token ?? ""

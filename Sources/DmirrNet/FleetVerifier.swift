@@ -167,9 +167,10 @@ public final class FleetVerifier: Sendable {
         }
         let bytes: [UInt8] = try wire.serializedBytes()
         let key = try P256.Signing.PrivateKey(pemRepresentation: caKeyPEM)
+        let signature = try key.signature(for: revocationContext + bytes).derRepresentation
         return .with {
             $0.list = Data(bytes)
-            $0.signature = try! key.signature(for: revocationContext + bytes).derRepresentation
+            $0.signature = signature
         }
     }
 

@@ -12,7 +12,6 @@ public struct RecordSigner: Sendable {
     let certificateDER: [UInt8]
     /// Checks authors' certificates, and holds the fleet's revocation list.
     public let verifier: FleetVerifier
-    let fleet: String
 
     /// - Parameter verifier: the agent's shared verifier (so a revocation list adopted anywhere applies to records
     ///   too); nil makes one from `caPath`.
@@ -24,8 +23,7 @@ public struct RecordSigner: Sendable {
             var serializer = DER.Serializer()
             try serializer.serialize(leaf)
             certificateDER = serializer.serializedBytes
-            guard let identity = FleetPKI.identity(of: leaf) else { throw NetError(.tls, "\(certPath) has no dmirr identity") }
-            fleet = identity.fleet
+            guard FleetPKI.identity(of: leaf) != nil else { throw NetError(.tls, "\(certPath) has no dmirr identity") }
         } catch let error as NetError {
             throw error
         } catch {

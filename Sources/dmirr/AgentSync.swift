@@ -33,9 +33,9 @@ enum AgentSync {
                 return 1
             }
             let line = describe(status)
-            if line.text != shown {
-                shown = line.text
-                print("  \(line.text)")
+            if line != shown {
+                shown = line
+                print("  \(line)")
             }
             // Judge only once the agent's own fetch of upstream's token answered after we asked.
             if status.lastPollUnixMs >= asked, let me = status.members.first(where: { $0.record.node == status.node })?.record {
@@ -55,24 +55,24 @@ enum AgentSync {
     }
 
     /// One line for where this mirror stands in the agent's plan.
-    static func describe(_ status: WireStatusResponse) -> (text: String, done: Bool) {
-        guard let me = status.members.first(where: { $0.record.node == status.node }) else { return ("waiting for the agent's view", false) }
+    static func describe(_ status: WireStatusResponse) -> String {
+        guard let me = status.members.first(where: { $0.record.node == status.node }) else { return "waiting for the agent's view" }
         let r = me.record
         let target = status.targetToken.isEmpty ? "unknown" : status.targetToken
         let position = me.position > 0 ? "position \(me.position) of \(status.planMembers) in the plan for \(status.planToken.isEmpty ? target : status.planToken)" : "not in a plan yet"
         switch r.syncState {
         case .syncing:
             let progress = r.progress >= 0 ? String(format: " (%.0f%%)", r.progress * 100) : ""
-            return ("pulling \(target) from \(r.source.isEmpty ? "?" : r.source)\(progress); \(position)", false)
+            return "pulling \(target) from \(r.source.isEmpty ? "?" : r.source)\(progress); \(position)"
         case .inSync:
-            return ("in sync on \(r.publishedToken.isEmpty ? "nothing" : r.publishedToken); target \(target)", r.publishedToken == status.targetToken)
+            return "in sync on \(r.publishedToken.isEmpty ? "nothing" : r.publishedToken); target \(target)"
         case .waiting:
             let why = status.lastPollError.isEmpty ? "" : "; upstream: \(status.lastPollError.prefix(120))"
-            return ("waiting for \(target): \(position)\(why)", false)
+            return "waiting for \(target): \(position)\(why)"
         case .failed:
-            return ("failed: \(r.lastError.prefix(200))", false)
+            return "failed: \(r.lastError.prefix(200))"
         case .behind, .unspecified, .UNRECOGNIZED:
-            return ("behind: holds \(r.publishedToken.isEmpty ? "nothing" : r.publishedToken), target \(target)", false)
+            return "behind: holds \(r.publishedToken.isEmpty ? "nothing" : r.publishedToken), target \(target)"
         }
     }
 }
