@@ -8,6 +8,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 
 /// `dmirr agent`: the peer listener, the dialer, gossip, the upstream poller with the sync pipeline, and the control
 /// socket, run as one ServiceGroup under structured concurrency. SIGTERM/SIGINT drain it: listeners stop, a running
@@ -15,10 +16,12 @@ import ServiceLifecycle
 public struct Agent: Sendable {
     public let config: Config
     public let logger: Logger
+    public let clock: any AgentClock
 
-    public init(config: Config, logger: Logger) {
+    public init(config: Config, logger: Logger, clock: any AgentClock = SystemAgentClock()) {
         self.config = config
         self.logger = logger
+        self.clock = clock
     }
 
     /// Where the control socket lives: `[listen] control`, else `<state dir>/control.sock`.
@@ -36,13 +39,15 @@ public struct Agent: Sendable {
         // One verifier for handshakes and records, so a revocation list adopted from any source applies to both.
         let signer = try RecordSigner(caPath: tlsConfig.ca, certPath: tlsConfig.cert, keyPath: tlsConfig.key, verifier: tls.verifier)
         try FileManager.default.createDirectory(atPath: config.state.dir, withIntermediateDirectories: true)
+        // The process's one connection pool to the state database (GRDB's rule: one per file), for every service.
         let store = try StateStore(directory: config.state.dir)
         var membershipConfig = Membership.Configuration()
         membershipConfig.gossipInterval = config.peers.gossip
         membershipConfig.suspectAfter = config.peers.suspectAfter
         membershipConfig.downAfter = config.peers.downAfter
-        let generation = UInt64(Date().timeIntervalSince1970 * 1000)
-        let node = FleetNode(identity: tls.identity, generation: generation, configuration: membershipConfig, signer: signer, store: store, logger: logger)
+        let generation = UInt64(clock.wallMillis)
+        let node = FleetNode(identity: tls.identity, generation: generation, configuration: membershipConfig, signer: signer,
+                             store: store, logger: logger, clock: clock)
         await node.restore()
         if let crl = tlsConfig.crl { try await node.watchRevocations(at: crl) }
         let published = try? store.published()
@@ -58,10 +63,11 @@ public struct Agent: Sendable {
         let listener = PeerListenerService(config: config, listen: listen, tls: tls, node: node, readiness: readiness, logger: logger)
         let services: [any Service] = [
             listener,
-            ReadinessService(readiness: readiness, node: node, notifier: SystemdNotifier(), gossipInterval: config.peers.gossip, logger: logger),
-            DialerService(config: config, tls: tls, node: node, logger: logger),
-            GossipService(interval: config.peers.gossip, node: node),
-            SyncService(config: config, node: node, logger: logger),
+            ReadinessService(readiness: readiness, node: node, notifier: SystemdNotifier(), gossipInterval: config.peers.gossip,
+                             clock: clock, logger: logger),
+            DialerService(config: config, tls: tls, node: node, clock: clock, logger: logger),
+            GossipService(interval: config.peers.gossip, node: node, clock: clock),
+            SyncService(config: config, node: node, store: store, clock: clock, logger: logger),
             ControlSocketService(path: Self.controlPath(config), node: node, logger: logger),
         ]
         let group = ServiceGroup(configuration: .init(
@@ -113,18 +119,18 @@ struct DialerService: Service {
     let config: Config
     let tls: FleetTLS
     let node: FleetNode
+    let clock: any AgentClock
     let logger: Logger
     static let fanout = 4
 
     func run() async throws {
-        let dialing = LockedSet()
+        let dialing = Dialing()
         // Cancelled as a whole on graceful shutdown, open connections included.
-        await cancelWhenGracefulShutdown { [node, tls, logger, config] in
+        await cancelWhenGracefulShutdown { [node, tls, logger, config, clock] in
         await withDiscardingTaskGroup { group in
             var round = 0
             // Rotate one link every minute of gossip rounds (at least 10 s), so the topology keeps changing.
             let rotateEvery = max(.seconds(10), config.peers.gossip * 60)
-            let clock = ContinuousClock()
             var lastRotation = clock.now
             while !Task.isCancelled && !Task.isShuttingDownGracefully {
                 if clock.now - lastRotation >= rotateEvery {
@@ -141,10 +147,11 @@ struct DialerService: Service {
                 // connection must still reach the seeds that join them.
                 var candidates = config.peers.seeds.filter { !connectedAddresses.contains($0) }
                 candidates += known.filter { !connected.contains($0.node) }.map(\.address)
-                candidates = candidates.filter { $0 != own && !dialing.contains($0) }
+                let busy = dialing.addresses
+                candidates = candidates.filter { $0 != own && !busy.contains($0) }
                 candidates = candidates.rotated(by: round)
                 round += 1
-                for address in candidates.prefix(max(0, Self.fanout - connected.count - dialing.count)) {
+                for address in candidates.prefix(max(0, Self.fanout - connected.count - busy.count)) {
                     guard let target = HostPort(address) else { continue }
                     dialing.insert(address)
                     group.addTask { [node, tls, logger, config] in
@@ -165,7 +172,7 @@ struct DialerService: Service {
                         }
                     }
                 }
-                try? await Task.sleep(for: .seconds(1))
+                try? await clock.sleep(for: .seconds(1))
             }
         }
         }
@@ -183,14 +190,12 @@ func untilGracefulShutdown(_ body: @escaping @Sendable () async throws -> Void) 
     }
 }
 
-/// A set shared between the dialer loop and its connection tasks.
-final class LockedSet: @unchecked Sendable {
-    private let lock = NSLock()
-    private var items: Set<String> = []
-    var count: Int { lock.withLock { items.count } }
-    func contains(_ s: String) -> Bool { lock.withLock { items.contains(s) } }
-    func insert(_ s: String) { _ = lock.withLock { items.insert(s) } }
-    func remove(_ s: String) { _ = lock.withLock { items.remove(s) } }
+/// The addresses being dialed, shared by the dialer loop and its connection tasks.
+final class Dialing: Sendable {
+    private let items = Mutex<Set<String>>([])
+    var addresses: Set<String> { items.withLock { $0 } }
+    func insert(_ address: String) { _ = items.withLock { $0.insert(address) } }
+    func remove(_ address: String) { _ = items.withLock { $0.remove(address) } }
 }
 
 extension Array {
@@ -205,11 +210,12 @@ extension Array {
 struct GossipService: Service {
     let interval: Duration
     let node: FleetNode
+    let clock: any AgentClock
 
     func run() async throws {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             await node.tick()
-            try? await Task.sleep(for: interval)
+            try? await clock.sleep(for: interval)
         }
     }
 }

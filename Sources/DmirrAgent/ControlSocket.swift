@@ -93,6 +93,28 @@ public enum ControlClient {
         return try await ask(path: path, request)
     }
 
+    /// Where a sync asked for at `askedAtMillis` (Unix ms) stands, from the agent's status.
+    public enum Verdict: Sendable, Equatable {
+        /// This mirror publishes the target token.
+        case published(String)
+        /// Its pull failed, with the error it reports ("" when none).
+        case failed(String)
+        case pending
+    }
+
+    /// Judged only once the agent's own fetch of upstream's token answered after the request: before that, an
+    /// in-sync state may be for an older target.
+    public static func verdict(_ status: WireStatusResponse, askedAtMillis: Int64) -> Verdict {
+        guard status.lastPollUnixMs >= askedAtMillis,
+            let me = status.members.first(where: { $0.record.node == status.node })?.record
+        else { return .pending }
+        if !status.targetToken.isEmpty, me.publishedToken == status.targetToken, me.syncState == .inSync {
+            return .published(status.targetToken)
+        }
+        if me.syncState == .failed { return .failed(me.lastError) }
+        return .pending
+    }
+
     static func ask(path: String, _ request: WireEnvelope) async throws -> WireStatusResponse {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connect(unixDomainSocketPath: path) { channel in

@@ -47,21 +47,20 @@ public actor FleetNode {
 
     /// `dmirr sync` beside the agent (the control socket): check upstream now, as an announcement would.
     public func requestSync() { announced?("") }
-    private let clock = ContinuousClock()
-    private let started: ContinuousClock.Instant
+    public let clock: any AgentClock
 
     public init(identity: PeerIdentity, generation: UInt64, configuration: Membership.Configuration, signer: RecordSigner,
-                store: StateStore, logger: Logger) {
+                store: StateStore, logger: Logger, clock: any AgentClock = SystemAgentClock()) {
         self.identity = identity
         self.membership = Membership(me: identity.name, generation: generation, configuration: configuration)
         self.signer = signer
         self.store = store
         self.logger = logger
-        self.started = clock.now
+        self.clock = clock
     }
 
-    var now: Duration { clock.now - started }
-    static var wallMillis: Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+    var now: Duration { clock.now }
+    private var wallMillis: Int64 { clock.wallMillis }
     /// The most records one `GossipRecords` may carry (proto/PROTOCOL.md); more closes the connection.
     static let maxRecordsPerMessage = 1024
     /// How many records we put in one message.
@@ -77,13 +76,13 @@ public actor FleetNode {
         }
         guard let stored = try? store.members() else { return }
         let batch = stored.compactMap { try? WireSignedRecord(serializedBytes: $0.signedRecord) }
-        let (results, cache) = await signer.verify(batch: batch, known: authors, now: Date())
+        let (results, cache) = await signer.verify(batch: batch, known: authors, now: clock.wallNow)
         authors.merge(cache)
         var kept = 0
         var forgotten: [String] = []
         for (index, result) in results.enumerated() {
             guard case .success(let verified) = result,
-                RecordPolicy.problem(with: verified.record, nowMillis: Self.wallMillis) == nil
+                RecordPolicy.problem(with: verified.record, nowMillis: wallMillis) == nil
             else {
                 // Expired while we were down, revoked, or from an older protocol: forgotten.
                 (try? WireMemberRecord(serializedBytes: Array(batch[index].record))).map { forgotten.append($0.node) }
@@ -322,13 +321,13 @@ public actor FleetNode {
             // Verified off the actor (a batch of up to the cap costs tens of milliseconds of signature checks); other
             // peers' messages are handled meanwhile, and this session's next message waits for this one.
             let batch = records.records
-            let (results, cache) = await signer.verify(batch: batch, known: authors, now: Date())
+            let (results, cache) = await signer.verify(batch: batch, known: authors, now: clock.wallNow)
             authors.merge(cache)
             for (index, result) in results.enumerated() {
                 var signed = batch[index]
                 switch result {
                 case .success(let verified):
-                    if let problem = RecordPolicy.problem(with: verified.record, nowMillis: Self.wallMillis) {
+                    if let problem = RecordPolicy.problem(with: verified.record, nowMillis: wallMillis) {
                         logger.warning("dropped a member record that breaks the protocol's limits", metadata: [
                             "peer.identity": "\(session.peer)", "record.node": "\(verified.record.node)", "record.problem": "\(problem)",
                         ])
@@ -389,7 +388,7 @@ public actor FleetNode {
         }
         // A record past its expiry can no longer be relayed or believed: its member is forgotten (it has been judged
         // down for a while by then, see docs/security.md).
-        forget(membership.expired(atWallMillis: Self.wallMillis), why: "its record expired (down since before the expiry)")
+        forget(membership.expired(atWallMillis: wallMillis), why: "its record expired (down since before the expiry)")
         await perform(membership.onTick(now: now))
     }
 
@@ -402,7 +401,7 @@ public actor FleetNode {
                     var record = record
                     let refresh = membership.configuration.refresh(members: membership.entries.count)
                     let lifetime = refresh * 2 + membership.configuration.downAfter
-                    record.expiresMillis = Self.wallMillis + lifetime.components.seconds * 1000
+                    record.expiresMillis = wallMillis + lifetime.components.seconds * 1000
                     let bytes: [UInt8] = try signer.sign(record).serializedBytes()
                     await perform(membership.onOwnRecordSigned(record, signed: bytes, now: now))
                 } catch {
@@ -465,7 +464,7 @@ public actor FleetNode {
                         StateStore.StoredMember(node: node, signedRecord: $0.signed, generation: $0.record.generation, heartbeat: $0.record.heartbeat)
                     }
                 }
-                do { try store.saveMembers(members, at: Date()) } catch {
+                do { try store.saveMembers(members, at: clock.wallNow) } catch {
                     logger.error("cannot persist member records", metadata: ["error": "\(error)"])
                 }
             case .closeLink(let peer):
@@ -500,7 +499,7 @@ public actor FleetNode {
 
     /// The fleet as this node sees it.
     public func status() -> WireStatusResponse {
-        let wallNow = Date()
+        let wallNow = clock.wallNow
         let monoNow = now
         return .with {
             $0.fleet = identity.fleet

@@ -85,6 +85,7 @@ struct ReadinessService: Service {
     let node: FleetNode
     let notifier: SystemdNotifier
     let gossipInterval: Duration
+    let clock: any AgentClock
     let logger: Logger
 
     func run() async throws {
@@ -96,11 +97,12 @@ struct ReadinessService: Service {
         guard notifier.isActive else { try? await gracefulShutdown(); return }
         let notifier = self.notifier
         let logger = self.logger
+        let clock = self.clock
         try await withGracefulShutdownHandler {
             var shown = status
             let every = min(notifier.watchdogInterval ?? .seconds(5), .seconds(5))
             while !Task.isCancelled, !Task.isShuttingDownGracefully {
-                try? await Task.sleep(for: every)
+                try? await clock.sleep(for: every)
                 guard !Task.isShuttingDownGracefully else { break }
                 // The actor answering is itself the check that it is not wedged; a gossip loop that stopped ticking
                 // (three rounds and more) withholds the keep-alive too.

@@ -4,6 +4,7 @@ import DmirrSync
 import Foundation
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 /// Runs this member's ``SyncCoordinator`` (docs/design.md §4): feeds it the live members' records every gossip round,
 /// polls upstream's token when told, and runs the sync pipeline from the source the fleet's plan gives us (upstream,
@@ -12,6 +13,9 @@ import ServiceLifecycle
 struct SyncService: Service {
     let config: Config
     let node: FleetNode
+    /// The agent's one pool on the state database, shared with the pipeline.
+    let store: StateStore
+    let clock: any AgentClock
     let logger: Logger
 
     enum Event: Sendable {
@@ -40,19 +44,17 @@ struct SyncService: Service {
     func run() async throws {
         var logger = self.logger
         logger[metadataKey: "service"] = "sync"
-        let pipeline = SyncPipeline(config: config)
-        let store = try? StateStore(directory: config.state.dir)
-        let publishedRow = try? store?.published()
+        let pipeline = SyncPipeline(config: config, store: store)
+        let publishedRow = try? store.published()
         let published = publishedRow?.token ?? ""
         // The published token is where we start: gossip of an older one must not take a restarted mirror back.
         var coordinator = SyncCoordinator(
             me: config.node, publishedToken: published,
             publishedSeenMillis: publishedRow.map { Int64($0.at.timeIntervalSince1970 * 1000) },
-            attestation: (try? store?.attestation()).flatMap { $0.map { ($0.token, $0.root) } },
+            attestation: (try? store.attestation()).flatMap { $0.map { ($0.token, $0.root) } },
             configuration: Self.coordinatorConfiguration(config))
         let (events, sink) = AsyncStream.makeStream(of: Event.self)
-        let clock = ContinuousClock()
-        let started = clock.now
+        let clock = self.clock
         let gossip = config.peers.gossip
         var pullCancel: CancelSignal?
         var vouchedBy: String?
@@ -66,32 +68,33 @@ struct SyncService: Service {
                 try? await cancelWhenGracefulShutdown {
                     while !Task.isCancelled {
                         sink.yield(.tick)
-                        try await Task.sleep(for: gossip)
+                        try await clock.sleep(for: gossip)
                     }
                 }
                 sink.finish()
             }
             for await event in events {
-                let now = clock.now - started
+                let now = clock.now
                 var directives: [SyncCoordinator.Directive] = []
                 switch event {
                 case .tick:
                     let view = await node.liveRecords()
                     let suspects = await node.suspectRecords()
-                    directives += coordinator.onView(view, suspects: suspects, wallMillis: Self.wallMillis, now: now)
+                    directives += coordinator.onView(view, suspects: suspects, wallMillis: clock.wallMillis, now: now)
                     directives += coordinator.onTick(now: now)
                 case .polled(.success(let token), let at):
-                    lastPoll = (Self.wallMillis, "")
-                    directives += coordinator.onUpstreamToken(token.value, wallMillis: Self.wallMillis, now: now, polledAt: at)
+                    lastPoll = (clock.wallMillis, "")
+                    directives += coordinator.onUpstreamToken(token.value, wallMillis: clock.wallMillis, now: now, polledAt: at)
                 case .polled(.failure(let error), let at):
                     logger.warning("cannot read the upstream token", metadata: ["error": "\(error.message)"])
-                    lastPoll = (Self.wallMillis, error.message)
+                    lastPoll = (clock.wallMillis, error.message)
                     // A dispute between attesters stays in view beside the fetch error: it is why we cannot follow peers.
                     let message = [error.message, dispute].compactMap { $0 }.joined(separator: "; ")
                     await node.updateOwn { $0.lastError = String(message.prefix(RecordPolicy.Limit.errorBytes)) }
                     directives += coordinator.onUpstreamUnreachable(now: now, polledAt: at)
                 case .progress(let fraction):
                     coordinator.onPullProgress(now: now, fraction: fraction)
+                    await node.updateOwn { $0.progress = fraction }
                 case .announced:
                     directives += coordinator.onAnnounce(now: now)
                 case .finished(let report):
@@ -160,14 +163,13 @@ struct SyncService: Service {
                             $0.progress = 0
                         }
                         logger.info("pulling", metadata: ["sync.source": "\(source)", "sync.token": "\(token)"])
-                        let node = self.node
                         group.addTask { [options, logger] in
-                            let progress = ProgressThrottle()
+                            let progress = ProgressThrottle(clock: clock)
                             let report = await cancel.racing {
                                 await pipeline.run(options: options, logger: logger) { event in
+                                    // Into the event loop, which reports it into our record: no task per update.
                                     if case .progress(_, let p) = event, progress.due() {
                                         sink.yield(.progress(Double(p.percent) / 100))
-                                        Task { await node.updateOwn { $0.progress = Double(p.percent) / 100 } }
                                     }
                                 }
                             }
@@ -200,8 +202,6 @@ struct SyncService: Service {
         }
     }
 
-    static var wallMillis: Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
-
     static func outcome(_ report: SyncReport) -> SyncCoordinator.PullOutcome {
         if report.peerTokenMismatch { return .tokenMismatch(found: report.token?.value ?? "") }
         switch report.outcome {
@@ -213,7 +213,7 @@ struct SyncService: Service {
     }
 
     private func record(_ report: SyncReport, logger: Logger) async {
-        let published = try? StateStore(directory: config.state.dir).published()
+        let published = try? store.published()
         await node.updateOwn {
             $0.progress = nil
             $0.source = ""
@@ -270,13 +270,16 @@ final class CancelSignal: Sendable {
 }
 
 /// At most four progress updates a second into the member record.
-final class ProgressThrottle: @unchecked Sendable {
-    private let lock = NSLock()
-    private var last = ContinuousClock.now - .seconds(1)
+final class ProgressThrottle: Sendable {
+    private let clock: any AgentClock
+    private let last: Mutex<Duration?> = Mutex(nil)
+
+    init(clock: any AgentClock) { self.clock = clock }
+
     func due() -> Bool {
-        lock.withLock {
-            let now = ContinuousClock.now
-            guard now - last >= .milliseconds(250) else { return false }
+        let now = clock.now
+        return last.withLock { last in
+            if let previous = last, now - previous < .milliseconds(250) { return false }
             last = now
             return true
         }

@@ -1,11 +1,12 @@
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
 #endif
 
 /// A real `rsync --daemon` on a loopback port, for the demo, tests and benchmarks. Stop it with ``stop()``.
-public final class RsyncDaemon: @unchecked Sendable {
+public final class RsyncDaemon: Sendable {
     /// One module the daemon serves.
     public struct Module: Sendable {
         public var name: String
@@ -27,7 +28,8 @@ public final class RsyncDaemon: @unchecked Sendable {
     public let directory: String
     /// The daemon's log (`transfer logging = yes`): one line per file sent, plus connects and refusals.
     public var logPath: String { directory + "/rsyncd.log" }
-    private let process: Process
+    /// Foundation's `Process` is not Sendable: every use goes through the lock (`stop()` may race `deinit` otherwise).
+    private let process: Mutex<Process>
 
     /// The `rsync://127.0.0.1:PORT/NAME` URL of a module.
     public func url(_ module: String) -> String { "rsync://127.0.0.1:\(port)/\(module)" }
@@ -73,7 +75,7 @@ public final class RsyncDaemon: @unchecked Sendable {
             try process.run()
             if FreePort.waitUntilAccepting(port: port, seconds: 5), process.isRunning {
                 self.port = port
-                self.process = process
+                self.process = Mutex(process)
                 return
             }
             process.terminate()
@@ -84,15 +86,17 @@ public final class RsyncDaemon: @unchecked Sendable {
     }
 
     /// The daemon's process id.
-    public var pid: Int32 { process.processIdentifier }
+    public var pid: Int32 { process.withLock { $0.processIdentifier } }
 
     /// Stops the daemon (SIGTERM, then SIGKILL) and waits for it.
     public func stop() {
-        guard process.isRunning else { return }
-        process.terminate()
-        for _ in 0..<50 where process.isRunning { usleep(20_000) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
+        process.withLock { process in
+            guard process.isRunning else { return }
+            process.terminate()
+            for _ in 0..<50 where process.isRunning { usleep(20_000) }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            process.waitUntilExit()
+        }
     }
 
     deinit { stop() }

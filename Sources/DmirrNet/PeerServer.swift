@@ -125,12 +125,12 @@ public struct PeerServer: Sendable {
 
 /// Dials a peer: TLS with our certificate, our `Hello`, then the peer's `Hello` checked like the server checks ours.
 public enum PeerClient {
-    public static func connect(
+    public static func connect<Outcome: Sendable>(
         host: String, port: Int, tls: FleetTLS, rsyncURL: String = "", frameLimit: Int = Framing.defaultLimit,
         helloDeadline: TimeAmount = .seconds(10), outboundLimits: OutboundQueueStateMachine<ByteBuffer>.Limits = .init(),
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        _ body: @Sendable (PeerSession, sending PeerMessages) async throws -> Void
-    ) async throws {
+        _ body: @Sendable (PeerSession, sending PeerMessages) async throws -> Outcome
+    ) async throws -> Outcome {
         let connection: PeerChannel.Async
         do {
             connection = try await ClientBootstrap(group: group)
@@ -144,7 +144,7 @@ public enum PeerClient {
         } catch {
             throw NetError(.connection, "cannot connect to \(host):\(port)", underlying: error)
         }
-        try await connection.executeThenClose { inbound, outbound in
+        return try await connection.executeThenClose { inbound, outbound in
             let hello = PeerChannel.hello(for: tls.identity, rsyncURL: rsyncURL)
             try await outbound.write(try WireMessages.encode(hello))
             var frames = inbound.makeAsyncIterator()
@@ -173,7 +173,7 @@ public enum PeerClient {
             }
             let session = PeerSession(peer: peer, peerHello: peerHello, certificate: checked?.certificate, channel: connection.channel, outbound: outbound,
                                       outbox: PeerOutbox(channel: connection.channel, limits: outboundLimits))
-            try await PeerSession.withWriter(session, messages: PeerMessages(frames: frames, session: session), body)
+            return try await PeerSession.withWriter(session, messages: PeerMessages(frames: frames, session: session), body)
         }
     }
 }

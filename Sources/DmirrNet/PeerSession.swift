@@ -44,20 +44,20 @@ public struct PeerSession: Sendable {
 
     /// Runs `body` beside the connection's writer; when `body` ends, what is queued gets up to `grace` to be written,
     /// then the connection is closed.
-    static func withWriter(
+    static func withWriter<Outcome: Sendable>(
         _ session: PeerSession, messages: sending PeerMessages, grace: TimeAmount = .seconds(1),
-        _ handler: (PeerSession, sending PeerMessages) async throws -> Void
-    ) async throws {
+        _ handler: (PeerSession, sending PeerMessages) async throws -> Outcome
+    ) async throws -> Outcome {
         async let writer: Void = session.outbox.run(session.outbound)
-        var failure: (any Error)?
-        do { try await handler(session, messages) } catch { failure = error }
+        let outcome: Result<Outcome, any Error>
+        do { outcome = .success(try await handler(session, messages)) } catch { outcome = .failure(error) }
         session.outbox.finish()
         // A pending write to a peer that does not read fails when the channel closes; the writer then ends.
         let channel = session.channel
         let closer = channel.eventLoop.scheduleTask(in: grace) { channel.close(promise: nil) }
         await writer
         closer.cancel()
-        if let failure { throw failure }
+        return try outcome.get()
     }
 }
 

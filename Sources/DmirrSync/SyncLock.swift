@@ -9,7 +9,7 @@ import Foundation
 ///
 /// The kernel releases it when the process dies, however it dies, so a `kill -9` never leaves a stale lock. The file
 /// holds the holder's PID so a second run can say who it is waiting for.
-public final class SyncLock: @unchecked Sendable {
+public final class SyncLock: Sendable {
     public static let fileName = "sync.lock"
     private let fd: Int32
     public let path: String

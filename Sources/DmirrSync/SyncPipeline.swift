@@ -72,6 +72,9 @@ public struct SyncPipeline: Sendable {
     public var verifier = RepoVerifier()
     /// Called at fixed points of a run (fault-injection tests pause or kill the process there). Default: nothing.
     public var checkpoint: @Sendable (SyncCheckpoint) async -> Void = { _ in }
+    /// The state database of `[state] dir`, when the process already has it open (the agent: one `DatabasePool` per
+    /// file and process, GRDB's rule). Nil: each run opens it, after taking the lock.
+    public var store: StateStore?
 
     public struct Options: Sendable {
         /// Sync even when the source's token equals the published one.
@@ -114,9 +117,10 @@ public struct SyncPipeline: Sendable {
         return c
     }
 
-    public init(config: Config, runner: RsyncRunner = RsyncRunner()) {
+    public init(config: Config, runner: RsyncRunner = RsyncRunner(), store: StateStore? = nil) {
         self.config = config
         self.runner = runner
+        self.store = store
     }
 
     /// Runs one sync from upstream. Never throws: every failure is a report with its exit code.
@@ -124,7 +128,7 @@ public struct SyncPipeline: Sendable {
         async -> SyncReport
     {
         guard options.peer != nil else { return await runResolved(options: options, logger: logger, onEvent: onEvent) }
-        var peerPipeline = SyncPipeline(config: effectiveConfig(options), runner: runner)
+        var peerPipeline = SyncPipeline(config: effectiveConfig(options), runner: runner, store: store)
         peerPipeline.checkpoint = checkpoint
         var report = await peerPipeline.runResolved(options: options, logger: logger, onEvent: onEvent)
         report.source = options.peer!.node
@@ -154,10 +158,14 @@ public struct SyncPipeline: Sendable {
         }
 
         let store: StateStore
-        do {
-            store = try StateStore(directory: config.state.dir)
-        } catch {
-            return SyncReport(outcome: .failed, exitCode: 1, message: error.description)
+        if let shared = self.store {
+            store = shared
+        } else {
+            do {
+                store = try StateStore(directory: config.state.dir)
+            } catch {
+                return SyncReport(outcome: .failed, exitCode: 1, message: error.description)
+            }
         }
 
         var run = SyncRun(token: nil, source: sourceName, startedAt: Date())

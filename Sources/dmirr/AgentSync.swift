@@ -37,16 +37,15 @@ enum AgentSync {
                 shown = line
                 print("  \(line)")
             }
-            // Judge only once the agent's own fetch of upstream's token answered after we asked.
-            if status.lastPollUnixMs >= asked, let me = status.members.first(where: { $0.record.node == status.node })?.record {
-                if !status.targetToken.isEmpty, me.publishedToken == status.targetToken, me.syncState == .inSync {
-                    print("published \(status.targetToken)")
-                    return 0
-                }
-                if me.syncState == .failed {
-                    printError("dmirr sync: the agent's pull failed: \(me.lastError.isEmpty ? "see the agent's log" : me.lastError)")
-                    return 1
-                }
+            switch ControlClient.verdict(status, askedAtMillis: asked) {
+            case .published(let token):
+                print("published \(token)")
+                return 0
+            case .failed(let why):
+                printError("dmirr sync: the agent's pull failed: \(why.isEmpty ? "see the agent's log" : why)")
+                return 1
+            case .pending:
+                break
             }
             try? await Task.sleep(for: .milliseconds(250))
         }

@@ -1,7 +1,6 @@
 import ArgumentParser
 import DmirrCore
 import DmirrNet
-import DmirrWire
 import Foundation
 
 /// `dmirr announce`: an upstream operator tells the fleet that a push happened, so propagation starts in seconds
@@ -38,7 +37,7 @@ struct AnnounceCommand: AsyncParsableCommand {
         for seed in config.peers.seeds {
             guard let address = HostPort(seed) else { continue }
             do {
-                let ack = try await Self.announce(to: address, token: token, tls: tls)
+                let ack = try await FleetClient.announce(to: address, token: token, tls: tls)
                 told += 1
                 print("told \(ack.node) at \(seed) (its target was \(ack.targetToken.isEmpty ? "unknown" : ack.targetToken))")
             } catch {
@@ -48,14 +47,6 @@ struct AnnounceCommand: AsyncParsableCommand {
         guard told > 0 else {
             printError("dmirr announce: no agent of \(config.peers.seeds.joined(separator: ", ")) acknowledged")
             throw ExitCode(1)
-        }
-    }
-
-    static func announce(to address: HostPort, token: String, tls: FleetTLS) async throws -> WireAnnounceAck {
-        var envelope = WireEnvelope()
-        envelope.announce = .with { $0.token = token }
-        return try await PeerRequest.ask(address, tls: tls, envelope) {
-            if case .announceAck(let ack) = $0.body { ack } else { nil }
         }
     }
 }

@@ -5,6 +5,7 @@ import DmirrFixtures
 import DmirrNet
 import DmirrWire
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -88,7 +89,7 @@ struct DemoCommand: AsyncParsableCommand {
             try await Task.sleep(for: .milliseconds(200))
             status = try await ControlClient.status(path: fleet.controlPath(fleet.names[0]))
         }
-        print(StatusView(status).table(color: false).split(separator: "\n").map { "   " + $0 }.joined(separator: "\n"))
+        print(FleetStatusView(status).table(color: false).split(separator: "\n").map { "   " + $0 }.joined(separator: "\n"))
         let sources = fleet.pulls.filter { $0.token == "push-2" }
         let fromUpstream = sources.filter { $0.source == "upstream" }.count
         print("\n== demo done: all \(mirrors) mirrors hold push-2; \(fromUpstream) pulled it from upstream, "
@@ -215,7 +216,7 @@ struct DemoFleet {
 
     func announce(token: String) async throws {
         let tls = try FleetTLS(caPath: root + "/certs/ca.pem", certPath: root + "/certs/operator.pem", keyPath: root + "/certs/operator.key")
-        let ack = try await AnnounceCommand.announce(to: HostPort(host: "127.0.0.1", port: ports[names[0]]!), token: token, tls: tls)
+        let ack = try await FleetClient.announce(to: HostPort(host: "127.0.0.1", port: ports[names[0]]!), token: token, tls: tls)
         print("   told \(ack.node)")
     }
 
@@ -228,7 +229,7 @@ struct DemoFleet {
                 guard let status = try? await ControlClient.status(path: controlPath(name)),
                     let me = status.members.first(where: { $0.record.node == name })?.record
                 else { continue }
-                let state = StatusView.stateName(me.syncState)
+                let state = FleetStatusView.stateName(me.syncState)
                 let line: String
                 switch state {
                 case "syncing": line = "pulling \(me.targetToken) from \(me.source)"
@@ -264,17 +265,21 @@ struct DemoFleet {
 }
 
 /// Stops the demo's children when the demo itself is interrupted.
-final class ChildReaper: @unchecked Sendable {
-    private let lock = NSLock()
-    private var pids: [Int32] = []
-    private var sources: [any DispatchSourceSignal] = []
+final class ChildReaper: Sendable {
+    /// The children to stop; shared with the signal handlers.
+    final class Children: Sendable {
+        let pids = Mutex<[Int32]>([])
+    }
+    private let children = Children()
+    private let sources: Mutex<[any DispatchSourceSignal]>
 
     init(root: String?) {
+        var sources: [any DispatchSourceSignal] = []
         for sig in [SIGINT, SIGTERM] {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler { [self] in
-                let pids = lock.withLock { self.pids }
+            source.setEventHandler { [children] in
+                let pids = children.pids.withLock { $0 }
                 print("\n-- interrupted: stopping the demo's agents and daemons")
                 for pid in pids { kill(pid, SIGTERM) }
                 usleep(1_500_000)
@@ -285,7 +290,8 @@ final class ChildReaper: @unchecked Sendable {
             source.resume()
             sources.append(source)
         }
+        self.sources = Mutex(sources)
     }
 
-    func add(_ pid: Int32) { lock.withLock { pids.append(pid) } }
+    func add(_ pid: Int32) { children.pids.withLock { $0.append(pid) } }
 }

@@ -50,7 +50,7 @@ struct StatusCommand: AsyncParsableCommand {
                 throw ExitCode(2)
             }
             target = peer
-            ask = { try await RemoteStatus.ask(address, tls: tls) }
+            ask = { try await FleetClient.status(at: address, tls: tls) }
         } else {
             let config = try options.load()
             let path = Agent.controlPath(config)
@@ -65,7 +65,7 @@ struct StatusCommand: AsyncParsableCommand {
                 printError("dmirr status: cannot ask the agent at \(target): \(error) (is `dmirr agent` running there?)")
                 throw ExitCode(2)
             }
-            let view = StatusView(response)
+            let view = FleetStatusView(response)
             if watch, !json { print("\u{1B}[H\u{1B}[2J", terminator: "") }
             print(json ? view.json() : view.table(color: isatty(STDOUT_FILENO) == 1))
             if !watch { throw ExitCode(view.thisNodeInSync ? 0 : 1) }
@@ -74,117 +74,8 @@ struct StatusCommand: AsyncParsableCommand {
     }
 }
 
-/// One request to an agent over mTLS and its one answer (`dmirr status --peer`, `dmirr announce`).
-enum PeerRequest {
-    /// Sends `request`, then reads until `answer` picks a message out; throws if the agent closes first.
-    static func ask<Answer: Sendable>(
-        _ address: HostPort, tls: FleetTLS, _ request: WireEnvelope, answer: @escaping @Sendable (WireEnvelope) -> Answer?
-    ) async throws -> Answer {
-        let box = AnswerBox<Answer>()
-        try await PeerClient.connect(host: address.host, port: address.port, tls: tls) { session, messages in
-            try await session.send(request)
-            for try await message in messages {
-                if let value = answer(message) {
-                    box.value = value
-                    return
-                }
-            }
-        }
-        guard let value = box.value else { throw NetError(.connection, "\(address) closed without answering") }
-        return value
-    }
-
-    final class AnswerBox<Value>: @unchecked Sendable {
-        var value: Value?
-    }
-}
-
-enum RemoteStatus {
-    static func ask(_ address: HostPort, tls: FleetTLS) async throws -> WireStatusResponse {
-        var request = WireEnvelope()
-        request.statusRequest = .init()
-        return try await PeerRequest.ask(address, tls: tls, request) {
-            if case .statusResponse(let r) = $0.body { r } else { nil }
-        }
-    }
-}
-
-/// The status response rendered for people (a table) and for tools (docs/design.md §5 JSON).
-struct StatusView {
-    let response: WireStatusResponse
-
-    init(_ response: WireStatusResponse) { self.response = response }
-
-    struct Row {
-        var node: String
-        var state: String
-        var token: String
-        var source: String?
-        var progress: Double?
-        var lastSync: Date?
-        var lastError: String?
-        var position: Int?
-    }
-
-    var rows: [Row] {
-        response.members.map { m in
-            let r = m.record
-            let state: String = m.liveness == "alive" ? Self.stateName(r.syncState) : m.liveness
-            return Row(
-                node: r.node, state: state, token: r.publishedToken, source: r.source.isEmpty ? nil : r.source,
-                progress: r.progress >= 0 ? Double(r.progress) : nil,
-                lastSync: r.lastSyncUnixMs > 0 ? Date(timeIntervalSince1970: Double(r.lastSyncUnixMs) / 1000) : nil,
-                lastError: r.lastError.isEmpty ? nil : r.lastError, position: m.position > 0 ? Int(m.position) : nil)
-        }.sorted { ($0.position ?? .max, $0.node) < ($1.position ?? .max, $1.node) }
-    }
-
-    static func stateName(_ s: WireSyncState) -> String {
-        switch s {
-        case .inSync: "in_sync"
-        case .waiting: "waiting"
-        case .syncing: "syncing"
-        case .failed: "failed"
-        case .behind, .unspecified, .UNRECOGNIZED: "behind"
-        }
-    }
-
-    var thisNodeInSync: Bool {
-        guard let me = response.members.first(where: { $0.record.node == response.node })?.record else { return false }
-        return !response.targetToken.isEmpty && me.publishedToken == response.targetToken
-    }
-
-    static func rfc3339(_ d: Date) -> String {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime]
-        return f.string(from: d)
-    }
-
-    func json() -> String {
-        let members: [[String: Any]] = rows.map { r in
-            [
-                "node": r.node, "state": r.state, "token": r.token.isEmpty ? NSNull() as Any : r.token as Any, "position": r.position ?? NSNull() as Any,
-                "source": r.source ?? NSNull(), "progress": r.progress ?? NSNull(),
-                "last_sync": r.lastSync.map(Self.rfc3339) ?? NSNull(), "last_error": r.lastError ?? NSNull(),
-            ]
-        }
-        let object: [String: Any] = [
-            "fleet": response.fleet, "node": response.node,
-            "target": [
-                "token": response.targetToken.isEmpty ? NSNull() as Any : response.targetToken as Any,
-                "seen_at": response.targetSeenUnixMs > 0
-                    ? Self.rfc3339(Date(timeIntervalSince1970: Double(response.targetSeenUnixMs) / 1000)) as Any : NSNull() as Any,
-            ],
-            "plan": [
-                "token": response.planToken.isEmpty ? NSNull() as Any : response.planToken as Any,
-                "digest": response.planDigest.isEmpty ? NSNull() as Any : response.planDigest as Any,
-                "agreed": response.planAgreed,
-            ],
-            "members": members,
-        ]
-        let data = try! JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
-        return String(decoding: data, as: UTF8.self)
-    }
-
+/// The status table for people; the JSON document is ``FleetStatusView/json()``.
+extension FleetStatusView {
     func table(color: Bool) -> String {
         let target = response.targetToken
         var lines = [["POS", "NODE", "STATE", "TOKEN", "LAG", "SOURCE", "PROGRESS", "LAST SYNC", "ERROR"]]

@@ -1,8 +1,10 @@
 import ArgumentParser
+import DmirrAgent
 import DmirrCore
 import DmirrSync
 import Foundation
 import Logging
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -78,12 +80,25 @@ struct SyncCommand: AsyncParsableCommand {
         let progress = ProgressLine(enabled: isatty(STDERR_FILENO) == 1)
         var pipeline = SyncPipeline(config: config)
         pipeline.checkpoint = FaultInjection.fromEnvironment()
-        let task = Task { [runOptions] in
-            await pipeline.run(options: runOptions, logger: logger) { progress.handle($0) }
+        // SIGINT/SIGTERM cancel the run, so rsync is torn down and the run is recorded instead of the process vanishing.
+        let signals = SignalWaiter([SIGINT, SIGTERM])
+        let report = await withTaskGroup(of: SyncReport?.self) { [runOptions, pipeline] group in
+            group.addTask { await pipeline.run(options: runOptions, logger: logger) { progress.handle($0) } }
+            group.addTask {
+                _ = await signals.next()
+                return nil
+            }
+            var report: SyncReport?
+            while let next = await group.next() {
+                // The run's report ends the wait for a signal; a signal cancels the run, whose report follows.
+                group.cancelAll()
+                if let next {
+                    report = next
+                    break
+                }
+            }
+            return report ?? SyncReport(outcome: .cancelled, exitCode: 1, message: "cancelled")
         }
-        let signals = SignalCancellation(signals: [SIGINT, SIGTERM]) { task.cancel() }
-        let report = await task.value
-        signals.cancel()
         progress.finish()
         if report.exitCode == 0 {
             print(report.message)
@@ -94,66 +109,75 @@ struct SyncCommand: AsyncParsableCommand {
     }
 }
 
-/// Cancels a task on SIGINT/SIGTERM, so rsync is torn down and the run is recorded instead of the process vanishing.
-final class SignalCancellation: @unchecked Sendable {
-    private var sources: [any DispatchSourceSignal] = []
+/// Catches signals as a stream: from creation on they no longer end the process, and ``next()`` returns the first to
+/// arrive (nil once the waiting task is cancelled).
+final class SignalWaiter: Sendable {
+    private let stream: AsyncStream<Int32>
+    private let sources: Mutex<[any DispatchSourceSignal]>
 
-    init(signals: [Int32], handler: @escaping @Sendable () -> Void) {
+    init(_ signals: [Int32]) {
+        let (stream, continuation) = AsyncStream.makeStream(of: Int32.self)
+        self.stream = stream
+        var sources: [any DispatchSourceSignal] = []
         for signo in signals {
             signal(signo, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: signo, queue: .global())
-            source.setEventHandler(handler: handler)
+            source.setEventHandler { continuation.yield(signo) }
             source.resume()
             sources.append(source)
         }
+        self.sources = Mutex(sources)
     }
 
-    func cancel() { sources.forEach { $0.cancel() } }
+    func next() async -> Int32? {
+        for await signo in stream { return signo }
+        return nil
+    }
+
+    deinit { sources.withLock { $0.forEach { $0.cancel() } } }
 }
 
 /// The live progress line on a terminal (bytes, rate, files, ETA from rsync's `--info=progress2`); silent otherwise.
-final class ProgressLine: @unchecked Sendable {
+final class ProgressLine: Sendable {
     private let enabled: Bool
-    private let lock = NSLock()
-    private var lastDraw = ContinuousClock.now - .seconds(1)
-    private var drawn = false
+    private struct Screen {
+        var lastDraw = ContinuousClock.now - .seconds(1)
+        var drawn = false
+    }
+    private let screen = Mutex(Screen())
 
     init(enabled: Bool) { self.enabled = enabled }
 
     func handle(_ event: SyncEvent) {
         guard enabled else { return }
-        lock.lock()
-        defer { lock.unlock() }
-        switch event {
-        case .stageStarted(let stage, let pass):
-            draw("\(stage)\(pass > 1 ? " (pass \(pass))" : ""): starting…", force: true)
-        case .progress(let stage, let p):
-            let files = p.filesTransferred.map { "  \($0) files" } ?? ""
-            draw("\(stage): \(ByteCount.format(p.bytes))  \(p.percent)%  \(p.rate)  ETA \(p.eta)\(files)", force: false)
-        case .stageFinished:
-            clear()
-        case .verifying:
-            draw("verifying metadata…", force: true)
+        screen.withLock { screen in
+            switch event {
+            case .stageStarted(let stage, let pass):
+                Self.draw("\(stage)\(pass > 1 ? " (pass \(pass))" : ""): starting…", force: true, on: &screen)
+            case .progress(let stage, let p):
+                let files = p.filesTransferred.map { "  \($0) files" } ?? ""
+                Self.draw("\(stage): \(ByteCount.format(p.bytes))  \(p.percent)%  \(p.rate)  ETA \(p.eta)\(files)", force: false, on: &screen)
+            case .stageFinished:
+                Self.clear(&screen)
+            case .verifying:
+                Self.draw("verifying metadata…", force: true, on: &screen)
+            }
         }
     }
 
-    func finish() {
-        lock.lock()
-        defer { lock.unlock() }
-        clear()
-    }
+    func finish() { screen.withLock { Self.clear(&$0) } }
 
-    private func draw(_ text: String, force: Bool) {
+    private static func draw(_ text: String, force: Bool, on screen: inout Screen) {
         let now = ContinuousClock.now
-        guard force || now - lastDraw >= .milliseconds(250) else { return }
-        lastDraw = now
-        drawn = true
+        guard force || now - screen.lastDraw >= .milliseconds(250) else { return }
+        screen.lastDraw = now
+        screen.drawn = true
         FileHandle.standardError.write(Data("\r\u{1B}[K\(text)".utf8))
     }
 
-    private func clear() {
-        guard drawn else { return }
-        drawn = false
+    private static func clear(_ screen: inout Screen) {
+        guard screen.drawn else { return }
+        screen.drawn = false
         FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
     }
 }

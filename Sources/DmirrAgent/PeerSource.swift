@@ -9,16 +9,17 @@ import Logging
 /// `dmirr sync --source NODE` without asking an agent: where NODE serves its tree, from the newest signed record of it
 /// this mirror's agent stored (verified again against the fleet CA, as the agent does on restart), and the token NODE
 /// holds now, read from it and then pinned for the pull (the pipeline gives up if NODE moves on meanwhile).
-enum PeerSource {
+public enum PeerSource {
     /// Why a peer cannot be used, with the exit code it gets.
-    struct Failure: Error {
-        var exitCode: Int32
-        var message: String
+    public struct Failure: Error, CustomStringConvertible {
+        public var exitCode: Int32
+        public var message: String
+        public var description: String { message }
     }
 
     /// NODE's rsync URL, from its stored record, and the attestations of every stored record that still verifies
     /// (this mirror's own attestation included).
-    static func resolve(node: String, config: Config) async throws(Failure) -> (url: RsyncLocation, claims: [Attestations.Claim]) {
+    public static func resolve(node: String, config: Config) async throws(Failure) -> (url: RsyncLocation, claims: [Attestations.Claim]) {
         guard node != config.node else {
             throw Failure(exitCode: 2, message: "--source \(node): that is this mirror (node in the config); name a peer or 'upstream'")
         }
@@ -32,9 +33,11 @@ enum PeerSource {
             throw Failure(exitCode: 2, message: "--source \(node): \(error)")
         }
         let stored: [StateStore.StoredMember]
+        let own: (token: String, root: String, at: Date)?
         do {
             let store = try StateStore(directory: config.state.dir)
             stored = try store.members()
+            own = try store.attestation()
             // Revoked members are no source and attest nothing: the list the agent stored, and the configured file.
             if let bytes = try store.revocations(), let list = try? WireSignedRevocationList(serializedBytes: bytes),
                 case .success(let opened) = signer.verifier.openRevocations(list)
@@ -74,7 +77,7 @@ enum PeerSource {
             else { continue }  // an expired record attests nothing
             claims.append(.init(node: verified.node, token: verified.attestToken, root: verified.attestRoot))
         }
-        if let own = try? StateStore(directory: config.state.dir).attestation() {
+        if let own {
             claims.append(.init(node: config.node, token: own.token, root: own.root))
         }
         // Only daemon URLs: a record naming a local path must not make us copy our own disk.
@@ -86,7 +89,7 @@ enum PeerSource {
     }
 
     /// The token NODE's tree holds now.
-    static func token(of node: String, at url: RsyncLocation, config: Config, logger: Logger) async throws(Failure) -> String {
+    public static func token(of node: String, at url: RsyncLocation, config: Config, logger: Logger) async throws(Failure) -> String {
         var options = SyncPipeline.Options()
         options.peer = .init(node: node, url: url, token: "", acceptedRoots: [], attestationsNeeded: config.peers.attestations)
         let probe = SyncPipeline(config: SyncPipeline(config: config).effectiveConfig(options))
