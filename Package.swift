@@ -160,6 +160,15 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The agent's services driven on a manual clock (virtual time), with real certificates, SQLite and rsync.
+        .testTarget(
+            name: "DmirrAgentTests",
+            dependencies: [
+                "DmirrAgent", "DmirrCore", "DmirrNet", "DmirrStore", "DmirrWire", "DmirrTestSupport", "DmirrFixtures",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "DmirrCLITests",
             dependencies: ["DmirrTestSupport", "DmirrCore", "DmirrNet", "DmirrWire", "dmirr"],

@@ -752,27 +752,8 @@ import Testing
         let fleet = try Fleet(size: 2)
         defer { fleet.stop(); fleet.dir.remove() }
         let socketPath = fleet.dir.sub("notify.sock")
-        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
-        #expect(fd >= 0)
-        defer { close(fd) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(socketPath.utf8) + [0]) }
-        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        #expect(bound == 0)
-        /// The datagrams that arrive within `seconds`.
-        func receive(for seconds: Double) -> [String] {
-            var out: [String] = []
-            let end = Date().addingTimeInterval(seconds)
-            while Date() < end {
-                var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                guard poll(&poller, 1, Int32(max(1, end.timeIntervalSinceNow * 1000))) == 1 else { continue }
-                var buffer = [UInt8](repeating: 0, count: 4096)
-                let n = recv(fd, &buffer, buffer.count, 0)
-                if n > 0 { out.append(String(decoding: buffer[..<n], as: UTF8.self)) }
-            }
-            return out
-        }
+        let notify = try NotifySocket(path: socketPath)
+        func receive(for seconds: Double) -> [String] { notify.receive(for: seconds) }
         try fleet.start("m0", environment: ["NOTIFY_SOCKET": socketPath, "WATCHDOG_USEC": "1000000"])
         try fleet.start("m1")
         var messages = receive(for: 5)
