@@ -101,12 +101,51 @@ public struct SyncCoordinator: Sendable {
         }
     }
 
+    /// What this member's pull side is doing: the one state that says whether a pull runs or is about to.
+    public enum Mode: Sendable, Equatable {
+        /// No pull, none about to start: no target yet, holding it, or no source (or no confirmation) for us yet.
+        case idle
+        /// The plan gives us upstream: we wait for the fleet to agree on the plan, since `since` and at most
+        /// `agreementDeadline`.
+        case awaitingAgreement(since: Duration)
+        case pulling(Running)
+    }
+
+    /// Our own fetches of upstream's token file.
+    public enum Poll: Sendable, Equatable {
+        /// None waiting for an answer; the last was asked for at `lastIssued` (nil: never).
+        case idle(lastIssued: Duration?, failed: Bool)
+        /// One asked for at `issued` has not answered yet.
+        case pending(issued: Duration, failed: Bool)
+
+        public var isPending: Bool { if case .pending = self { true } else { false } }
+        /// When the newest fetch was asked for.
+        public var lastIssued: Duration? {
+            switch self {
+            case .idle(let last, _): last
+            case .pending(let issued, _): issued
+            }
+        }
+        /// The last answer was a failure (upstream refused us as busy, or cannot be reached from here); cleared by the
+        /// next answer that succeeds.
+        public var failed: Bool {
+            switch self {
+            case .idle(_, let failed), .pending(_, let failed): failed
+            }
+        }
+    }
+
     public let me: String
     public var configuration: Configuration
     public private(set) var publishedToken: String
     /// The newest token we know of, and whether our own fetch confirmed it.
     public private(set) var target: (token: String, seenMillis: Int64, confirmed: Bool)?
-    public private(set) var running: Running?
+    public private(set) var mode: Mode = .idle
+    public private(set) var poll: Poll = .idle(lastIssued: nil, failed: false)
+    /// The running pull, if any.
+    public var running: Running? {
+        if case .pulling(let r) = mode { r } else { nil }
+    }
     public private(set) var plan: SyncPlan?
     public private(set) var agreed = false
     /// How many live members advertise our plan's digest, ourselves included, out of how many members known.
@@ -136,9 +175,6 @@ public struct SyncCoordinator: Sendable {
     private var firstView: Duration?
     /// Avoided sources: until when (nil: for the rest of the target token).
     private var avoid: [PlanSource: Duration?] = [:]
-    private var upstreamPlannedSince: Duration?
-    private var lastPoll: Duration?
-    private var pollPending = false
     /// When the poll whose answer we last took was issued: an answer to an older poll (one given up as lost, answering
     /// late) must not overwrite newer news.
     private var newestAnswerPolledAt: Duration?
@@ -150,8 +186,6 @@ public struct SyncCoordinator: Sendable {
     private var refuted: [String] = []
     /// The newest target we advertise: confirmed by our own fetch or attested (see `advertise`).
     private var shownTarget: (token: String, seenMillis: Int64)?
-    /// Our last fetch of upstream's token failed (busy or unreachable); cleared by the next one that answers.
-    private var ownPollFailed = false
     /// The members whose attestations stood in for our own fetch, when they did ("a, b").
     public private(set) var vouchedBy: String?
     public private(set) var advertised: Advertised?
@@ -238,8 +272,7 @@ public struct SyncCoordinator: Sendable {
     /// What our own fetch of upstream's token file found.
     /// - Parameter polledAt: when the shell carried out the `pollUpstream` this answers (its `now` then); nil: now.
     public mutating func onUpstreamToken(_ token: String, wallMillis: Int64, now: Duration, polledAt: Duration? = nil) -> [Directive] {
-        guard takeAnswer(polledAt: polledAt ?? now) else { return [] }
-        ownPollFailed = false
+        guard takeAnswer(polledAt: polledAt ?? now, failed: false) else { return [] }
         if let rumour = target, !rumour.confirmed, rumour.token != token {
             // Gossip said rumour.token; upstream, asked since, says otherwise: never take that rumour again (a member
             // stamping a made-up token in the future would otherwise win every comparison until its time passed).
@@ -257,38 +290,45 @@ public struct SyncCoordinator: Sendable {
     /// Someone announced a push (`dmirr announce`): poll upstream now rather than at the next interval. The token they
     /// name is not trusted; only our fetch counts.
     public mutating func onAnnounce(now: Duration) -> [Directive] {
-        guard !pollPending else { return [] }
-        pollPending = true
-        lastPoll = now
-        return [.pollUpstream]
+        guard !poll.isPending else { return [] }
+        return [issuePoll(now: now)]
     }
 
     /// The poll failed (refused as busy, or upstream unreachable from here); try again at the next interval. Until a
     /// poll answers, a token a live member has published is taken as confirmed (see the type's documentation).
     public mutating func onUpstreamUnreachable(now: Duration, polledAt: Duration? = nil) -> [Directive] {
-        guard takeAnswer(polledAt: polledAt ?? now) else { return [] }
-        ownPollFailed = true
+        guard takeAnswer(polledAt: polledAt ?? now, failed: true) else { return [] }
         return decide(now: now)
     }
 
-    /// Whether a poll's answer is news: not older than the one we last took. It ends the pending poll when it answers
-    /// that one (or one issued later).
-    private mutating func takeAnswer(polledAt: Duration) -> Bool {
+    /// Whether a poll's answer is news: not older than the one we last took. News records whether it `failed`, and
+    /// ends the pending poll when it answers that one (or one issued later).
+    private mutating func takeAnswer(polledAt: Duration, failed: Bool) -> Bool {
         if let newest = newestAnswerPolledAt, polledAt < newest { return false }
         newestAnswerPolledAt = polledAt
-        if lastPoll.map({ polledAt >= $0 }) ?? true { pollPending = false }
+        switch poll {
+        case .pending(let issued, _) where polledAt < issued: poll = .pending(issued: issued, failed: failed)
+        default: poll = .idle(lastIssued: poll.lastIssued, failed: failed)
+        }
         return true
+    }
+
+    private mutating func issuePoll(now: Duration) -> Directive {
+        poll = .pending(issued: now, failed: poll.failed)
+        return .pollUpstream
     }
 
     /// - Parameter fraction: how much of the pull is done (0…1), when the shell knows.
     public mutating func onPullProgress(now: Duration, fraction: Double? = nil) {
-        running?.lastProgress = now
-        if let fraction { running?.fraction = fraction }
+        guard case .pulling(var r) = mode else { return }
+        r.lastProgress = now
+        if let fraction { r.fraction = fraction }
+        mode = .pulling(r)
     }
 
     public mutating func onPullFinished(_ outcome: PullOutcome, now: Duration) -> [Directive] {
-        guard let finished = running else { return decide(now: now) }
-        running = nil
+        guard case .pulling(let finished) = mode else { return decide(now: now) }
+        mode = .idle
         switch outcome {
         case .synced(let token):
             publishedToken = token
@@ -308,13 +348,13 @@ public struct SyncCoordinator: Sendable {
         var interval = isWatcher ? configuration.poll : configuration.fallbackPoll
         // A refused or failed fetch is retried after the busy backoff, by watchers and the rest alike: a watcher that
         // kept polling a full daemon every `poll` would add to its refusals, and the rest must not wait `fallbackPoll`.
-        if ownPollFailed { interval = configuration.busyBackoff }
+        if poll.failed { interval = configuration.busyBackoff }
         // A fetch that never reported back (a shell that lost it) must not stop us polling for good.
-        if pollPending, let last = lastPoll, now - last >= configuration.stallAfter { pollPending = false }
-        if !pollPending, !upstreamInUse, running?.source != .upstream, lastPoll.map({ now - $0 >= interval }) ?? true {
-            pollPending = true
-            lastPoll = now
-            out.append(.pollUpstream)
+        if case .pending(let issued, let failed) = poll, now - issued >= configuration.stallAfter {
+            poll = .idle(lastIssued: issued, failed: failed)
+        }
+        if !poll.isPending, !upstreamInUse, running?.source != .upstream, poll.lastIssued.map({ now - $0 >= interval }) ?? true {
+            out.append(issuePoll(now: now))
         }
         if let r = running, now - r.lastProgress >= configuration.stallAfter {
             out.append(.cancelPull(reason: "no progress from \(r.source) for \(configuration.stallAfter)"))
@@ -371,7 +411,7 @@ public struct SyncCoordinator: Sendable {
     /// The sources we will not be planned on: those we gave up on, and upstream while it does not answer our fetch.
     private var avoiding: Set<PlanSource> {
         var sources = Set(avoid.keys)
-        if ownPollFailed { sources.insert(.upstream) }
+        if poll.failed { sources.insert(.upstream) }
         return sources
     }
 
@@ -399,7 +439,7 @@ public struct SyncCoordinator: Sendable {
         vouchedBy = nil
         abandonedSlowSource = false
         avoid = [:]
-        upstreamPlannedSince = nil
+        if case .awaitingAgreement = mode { mode = .idle }
     }
 
     private mutating func decide(now: Duration) -> [Directive] {
@@ -419,7 +459,7 @@ public struct SyncCoordinator: Sendable {
         let attestedKey = AttestedKey(viewStamp: viewStamp, token: target.token, mine: attestation?.root)
         if attestedCache?.key != attestedKey { attestedCache = (attestedKey, attestedRoots(for: target.token)) }
         let attested = attestedCache!.roots
-        if !target.confirmed, ownPollFailed, let root = attested.first {
+        if !target.confirmed, poll.failed, let root = attested.first {
             target.confirmed = true
             self.target = target
             vouchedBy = attesters(of: target.token, root: root).joined(separator: ", ")
@@ -480,25 +520,23 @@ public struct SyncCoordinator: Sendable {
             return out
         }
         guard case .pull(let source) = mine, target.confirmed else {
-            upstreamPlannedSince = nil
-            if case .pull = mine, !target.confirmed, !pollPending, !ownPollFailed {
-                pollPending = true
-                lastPoll = now
-                out.append(.pollUpstream)
+            mode = .idle
+            if case .pull = mine, !target.confirmed, !poll.isPending, !poll.failed {
+                out.append(issuePoll(now: now))
             }
             return out
         }
         if source == .upstream {
-            let since = upstreamPlannedSince ?? now
-            upstreamPlannedSince = since
+            let since: Duration
+            if case .awaitingAgreement(let s) = mode { since = s } else { since = now }
+            mode = .awaitingAgreement(since: since)
             // Right after start our view may hold only ourselves, and a view of one always agrees with itself: give
             // membership the agreement deadline to form first.
             let settled = now - (firstView ?? now) >= configuration.agreementDeadline
             guard (agreed && settled) || now - since >= configuration.agreementDeadline else { return out }
         }
-        upstreamPlannedSince = nil
         let waiting = view.filter { $0.publishedToken != target.token && $0.syncState != .syncing }.map(\.node)
-        running = Running(source: source, token: target.token, started: now, lastProgress: now, waitingAtStart: Set(waiting))
+        mode = .pulling(Running(source: source, token: target.token, started: now, lastProgress: now, waitingAtStart: Set(waiting)))
         overtakeCheckedAt = -1
         out.append(.startPull(source, token: target.token))
         return out
