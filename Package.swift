@@ -1,6 +1,6 @@
 // swift-tools-version: 6.2
 // dmirr — distributed peer-mirror agent for package repositories.
-// Module layout and dependency direction: docs/design.md §2 (Core ← shells ← CLI).
+// Module layout and dependency direction: docs/architecture.md §2 (Core ← shells ← CLI).
 
 import PackageDescription
 
@@ -33,6 +33,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // Pure: value types, parsers and decisions. No I/O, clocks, randomness or threads.
@@ -90,7 +93,8 @@ let package = Package(
             resources: [.copy("make-yum-repo.sh")],
             swiftSettings: strict
         ),
-        // The daemon: services wired with swift-service-lifecycle; interprets the core's directives.
+        // The daemon: services wired with swift-service-lifecycle; interprets the core's directives. Its read-only
+        // HTTP listener (metrics, the fleet page) is Hummingbird; metrics go through swift-metrics to swift-prometheus.
         .target(
             name: "DmirrAgent",
             dependencies: [
@@ -99,6 +103,10 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: strict
         ),

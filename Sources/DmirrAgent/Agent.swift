@@ -59,17 +59,24 @@ public struct Agent: Sendable {
             $0.syncState = .behind
         }
 
+        let metrics = AgentMetrics()
+        let traffic = PeerTraffic(received: { metrics.gossip(received: $0) }, sent: { metrics.gossip(sent: $0) })
         let readiness = Readiness()
-        let listener = PeerListenerService(config: config, listen: listen, tls: tls, node: node, readiness: readiness, logger: logger)
-        let services: [any Service] = [
+        let listener = PeerListenerService(config: config, listen: listen, tls: tls, node: node, readiness: readiness, traffic: traffic,
+                                           logger: logger)
+        var services: [any Service] = [
             listener,
             ReadinessService(readiness: readiness, node: node, notifier: SystemdNotifier(), gossipInterval: config.peers.gossip,
                              clock: clock, logger: logger),
-            DialerService(config: config, tls: tls, node: node, clock: clock, logger: logger),
+            DialerService(config: config, tls: tls, node: node, clock: clock, traffic: traffic, logger: logger),
             GossipService(interval: config.peers.gossip, node: node, clock: clock),
-            SyncService(config: config, node: node, store: store, clock: clock, logger: logger),
+            SyncService(config: config, node: node, store: store, clock: clock, metrics: metrics, logger: logger),
             ControlSocketService(path: Self.controlPath(config), node: node, logger: logger),
         ]
+        if let address = config.listen.metrics {
+            guard let http = HostPort(address) else { throw AgentError("[listen] metrics: '\(address)' is not HOST:PORT") }
+            services.append(HTTPService.make(address: http, node: node, metrics: metrics, clock: clock, logger: logger))
+        }
         let group = ServiceGroup(configuration: .init(
             services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         logger.info("agent starting", metadata: ["fleet.node": "\(tls.identity)", "peer.listen": "\(listen)"])
@@ -90,10 +97,12 @@ struct PeerListenerService: Service {
     let tls: FleetTLS
     let node: FleetNode
     let readiness: Readiness
+    let traffic: PeerTraffic
     let logger: Logger
 
     func run() async throws {
         var serverConfig = PeerServer.Configuration(host: listen.host, port: listen.port, tls: tls, rsyncURL: config.mirror.rsyncURL ?? "")
+        serverConfig.traffic = traffic
         // A peer that stops reading loses its link once a write has waited suspect_after (or its queue overflows).
         serverConfig.outbound.stallAfter = config.peers.suspectAfter
         // Node links carry a frame every suspect_after / 3; this only ends sessions that stopped talking.
@@ -120,13 +129,14 @@ struct DialerService: Service {
     let tls: FleetTLS
     let node: FleetNode
     let clock: any AgentClock
+    let traffic: PeerTraffic
     let logger: Logger
     static let fanout = 4
 
     func run() async throws {
         let dialing = Dialing()
         // Cancelled as a whole on graceful shutdown, open connections included.
-        await cancelWhenGracefulShutdown { [node, tls, logger, config, clock] in
+        await cancelWhenGracefulShutdown { [node, tls, logger, config, clock, traffic] in
         await withDiscardingTaskGroup { group in
             var round = 0
             // Rotate one link every minute of gossip rounds (at least 10 s), so the topology keeps changing.
@@ -154,12 +164,12 @@ struct DialerService: Service {
                 for address in candidates.prefix(max(0, Self.fanout - connected.count - busy.count)) {
                     guard let target = HostPort(address) else { continue }
                     dialing.insert(address)
-                    group.addTask { [node, tls, logger, config] in
+                    group.addTask { [node, tls, logger, config, traffic] in
                         defer { dialing.remove(address) }
                         do {
                             try await PeerClient.connect(
                                 host: target.host, port: target.port, tls: tls, rsyncURL: config.mirror.rsyncURL ?? "",
-                                outboundLimits: .init(stallAfter: config.peers.suspectAfter)
+                                outboundLimits: .init(stallAfter: config.peers.suspectAfter), traffic: traffic
                             ) { session, messages in
                                 try await node.serve(session, messages)
                             }

@@ -54,7 +54,7 @@ public struct FleetStatusView: Sendable {
         return f.string(from: d)
     }
 
-    /// The `dmirr status --json` document (docs/design.md §5), keys sorted, pretty-printed.
+    /// The `dmirr status --json` document (docs/architecture.md §5), keys sorted, pretty-printed.
     public func json() -> String {
         let members: [[String: Any]] = rows.map { r in
             [

@@ -6,7 +6,7 @@ import Logging
 import ServiceLifecycle
 import Synchronization
 
-/// Runs this member's ``SyncCoordinator`` (docs/design.md §4): feeds it the live members' records every gossip round,
+/// Runs this member's ``SyncCoordinator`` (docs/architecture.md §4): feeds it the live members' records every gossip round,
 /// polls upstream's token when told, and runs the sync pipeline from the source the fleet's plan gives us (upstream,
 /// or an in-sync peer's rsync URL pinned to the token and verified at the packages level), reporting state, source
 /// and progress into our member record. Everything runs in one task group; a pull is cancelled through its own signal.
@@ -16,6 +16,7 @@ struct SyncService: Service {
     /// The agent's one pool on the state database, shared with the pipeline.
     let store: StateStore
     let clock: any AgentClock
+    let metrics: AgentMetrics
     let logger: Logger
 
     enum Event: Sendable {
@@ -57,6 +58,7 @@ struct SyncService: Service {
         let clock = self.clock
         let gossip = config.peers.gossip
         var pullCancel: CancelSignal?
+        var pullStarted: Duration?
         var vouchedBy: String?
         var dispute: String?
         var lastPoll: (millis: Int64, error: String) = (0, "")
@@ -87,6 +89,7 @@ struct SyncService: Service {
                     directives += coordinator.onUpstreamToken(token.value, wallMillis: clock.wallMillis, now: now, polledAt: at)
                 case .polled(.failure(let error), let at):
                     logger.warning("cannot read the upstream token", metadata: ["error": "\(error.message)"])
+                    if error.rsync?.isTemporary == true { metrics.upstreamRefused() }
                     lastPoll = (clock.wallMillis, error.message)
                     // A dispute between attesters stays in view beside the fetch error: it is why we cannot follow peers.
                     let message = [error.message, dispute].compactMap { $0 }.joined(separator: "; ")
@@ -100,6 +103,15 @@ struct SyncService: Service {
                 case .finished(let report):
                     pullCancel = nil
                     await record(report, logger: logger)
+                    let kind: AgentMetrics.SourceKind = report.source == "upstream" ? .upstream : .peer
+                    metrics.pullFinished(outcome: Self.metricOutcome(report), source: kind, duration: now - (pullStarted ?? now),
+                                         bytes: report.bytes)
+                    pullStarted = nil
+                    if report.outcome == .synced, let token = report.token?.value, let target = coordinator.target,
+                        target.token == token, target.seenMillis > 0
+                    {
+                        metrics.published(afterSeconds: Double(clock.wallMillis - target.seenMillis) / 1000)
+                    }
                     if report.source == "upstream", report.exitCode == 0, let token = report.token, let root = report.manifestRoot {
                         coordinator.attest(token: token.value, root: root)
                     }
@@ -157,6 +169,7 @@ struct SyncService: Service {
                         }
                         let cancel = CancelSignal()
                         pullCancel = cancel
+                        pullStarted = now
                         await node.updateOwn {
                             $0.syncState = .syncing
                             $0.source = source.recordValue
@@ -209,6 +222,16 @@ struct SyncService: Service {
         case .busy: return .busy
         case .cancelled: return .cancelled
         case .failed, .verifyFailed, .interrupted, .running: return .failed(report.message)
+        }
+    }
+
+    static func metricOutcome(_ report: SyncReport) -> AgentMetrics.Outcome {
+        switch report.outcome {
+        case .synced: .synced
+        case .upToDate: .upToDate
+        case .busy: .busy
+        case .cancelled: .cancelled
+        case .failed, .verifyFailed, .interrupted, .running: .failed
         }
     }
 

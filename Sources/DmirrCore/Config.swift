@@ -1,4 +1,4 @@
-/// dmirr's configuration (docs/design.md §5), validated. Build one with ``ConfigLoader``.
+/// dmirr's configuration (docs/architecture.md §5), validated. Build one with ``ConfigLoader``.
 public struct Config: Sendable, Equatable {
     /// This mirror's name in the fleet; must match its certificate.
     public var node: String

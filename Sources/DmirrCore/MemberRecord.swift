@@ -1,6 +1,6 @@
 /// What a member says about itself (proto `MemberRecord`). Authored only by `node`; travels signed.
 public struct MemberRecord: Sendable, Equatable {
-    /// A member's own view of its sync (docs/design.md §5 `state`, minus the liveness states the others judge).
+    /// A member's own view of its sync (docs/architecture.md §5 `state`, minus the liveness states the others judge).
     public enum SyncState: String, Sendable, Equatable, CaseIterable {
         case inSync = "in_sync"
         case waiting
@@ -79,7 +79,7 @@ public struct RecordVersion: Sendable, Hashable, Comparable, CustomStringConvert
 }
 
 /// How the others judge a member, from how long its record has not advanced.
-public enum Liveness: String, Sendable, Equatable {
+public enum Liveness: String, Sendable, Equatable, CaseIterable {
     case alive
     case suspect
     case down

@@ -1,4 +1,4 @@
-/// The gossip membership state machine (docs/design.md §4 "Membership"), sans I/O in the style of SWIM.Instance: the agent
+/// The gossip membership state machine (docs/architecture.md §4 "Membership"), sans I/O in the style of SWIM.Instance: the agent
 /// and the simulator feed it events with the current monotonic time and carry out the directives it returns.
 ///
 /// **Dissemination.** A member that learns a new version of a record (its own, or one a peer sent) announces it, by

@@ -1,4 +1,4 @@
-/// Builds the rsync argument vectors of the sync pipeline (docs/design.md §3). Pure: the shell runs them.
+/// Builds the rsync argument vectors of the sync pipeline (docs/architecture.md §3). Pure: the shell runs them.
 public struct RsyncCommand: Sendable, Equatable {
     /// The scratch directory for rsync's temporary files, relative to the destination root, so that a killed run's
     /// leftovers sit in one known place (cleaned by the next run) instead of as `.name.XXXXXX` all over the tree.

@@ -1,4 +1,4 @@
-/// How an rsync process ended, classified from its exit status and stderr (docs/design.md §3, "rsync facts").
+/// How an rsync process ended, classified from its exit status and stderr (docs/architecture.md §3, "rsync facts").
 public enum RsyncOutcome: Sendable, Equatable {
     case success
     /// Exit 24: some source files vanished during the transfer. Benign: the token re-check catches a moving upstream.

@@ -1,4 +1,4 @@
-/// One member's side of "slots by consensus" (docs/design.md §4), sans I/O like ``Membership``: the agent and the
+/// One member's side of "slots by consensus" (docs/architecture.md §4), sans I/O like ``Membership``: the agent and the
 /// simulator feed it the gossiped view, upstream token observations and pull results, with the time, and carry out
 /// its directives (poll upstream, start or cancel a pull, advertise fields in our member record).
 ///

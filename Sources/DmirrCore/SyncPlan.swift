@@ -24,7 +24,7 @@ public enum PlanSource: Sendable, Hashable, CustomStringConvertible {
     public var description: String { recordValue }
 }
 
-/// The fleet's assignment for one upstream token, "slots by consensus" (docs/design.md §4). Every member computes it from
+/// The fleet's assignment for one upstream token, "slots by consensus" (docs/architecture.md §4). Every member computes it from
 /// its own gossiped view; equal views give equal plans, and the plan's digest lets members see that they agree on the
 /// part that needs agreeing: who pulls from upstream.
 ///

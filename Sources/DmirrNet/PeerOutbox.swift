@@ -14,9 +14,11 @@ public final class PeerOutbox: Sendable {
     private let clock = ContinuousClock()
     private let started: ContinuousClock.Instant
     private let reason = Mutex<OutboundQueueStateMachine<ByteBuffer>.CloseReason?>(nil)
+    private let traffic: PeerTraffic
 
-    init(channel: any Channel, limits: OutboundQueueStateMachine<ByteBuffer>.Limits) {
+    init(channel: any Channel, limits: OutboundQueueStateMachine<ByteBuffer>.Limits, traffic: PeerTraffic = .none) {
         self.channel = channel
+        self.traffic = traffic
         machine = Mutex(OutboundQueueStateMachine(limits: limits))
         (frames, continuation) = AsyncStream.makeStream(of: ByteBuffer.self)
         started = clock.now
@@ -31,6 +33,7 @@ public final class PeerOutbox: Sendable {
     @discardableResult
     public func enqueue(_ envelope: WireEnvelope) -> Bool {
         guard let buffer = try? WireMessages.encode(envelope, allocator: channel.allocator) else { return false }
+        traffic.sent(buffer.readableBytes)
         let now = self.now
         let action = machine.withLock { $0.enqueue(buffer, bytes: buffer.readableBytes, now: now) }
         perform(action)

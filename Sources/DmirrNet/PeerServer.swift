@@ -24,6 +24,8 @@ public struct PeerServer: Sendable {
         /// A connection that sends nothing for this long is closed (node links carry a frame at least every
         /// `suspect_after / 3`; an operator session or a member that stopped talking does not keep a slot).
         public var idleDeadline: TimeAmount = .minutes(5)
+        /// Where each session reports the frames it carries (the agent's metrics).
+        public var traffic = PeerTraffic.none
 
         public init(host: String, port: Int, tls: FleetTLS, rsyncURL: String) {
             self.host = host
@@ -106,7 +108,8 @@ public struct PeerServer: Sendable {
                     frames: &frames, channel: connection.channel, outbound: outbound, tls: configuration.tls)
                 logger[metadataKey: "peer.identity"] = "\(peer)"
                 let session = PeerSession(peer: peer, peerHello: hello, certificate: certificate, channel: connection.channel, outbound: outbound,
-                                          outbox: PeerOutbox(channel: connection.channel, limits: configuration.outbound))
+                                          outbox: PeerOutbox(channel: connection.channel, limits: configuration.outbound, traffic: configuration.traffic),
+                                          traffic: configuration.traffic)
                 try await session.send(PeerChannel.hello(for: configuration.tls.identity, rsyncURL: configuration.rsyncURL))
                 logger.debug("peer connected")
                 try await PeerSession.withWriter(session, messages: PeerMessages(frames: frames, session: session), handler)
@@ -128,7 +131,7 @@ public enum PeerClient {
     public static func connect<Outcome: Sendable>(
         host: String, port: Int, tls: FleetTLS, rsyncURL: String = "", frameLimit: Int = Framing.defaultLimit,
         helloDeadline: TimeAmount = .seconds(10), outboundLimits: OutboundQueueStateMachine<ByteBuffer>.Limits = .init(),
-        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        traffic: PeerTraffic = .none, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         _ body: @Sendable (PeerSession, sending PeerMessages) async throws -> Outcome
     ) async throws -> Outcome {
         let connection: PeerChannel.Async
@@ -172,7 +175,8 @@ public enum PeerClient {
             case .failure(let rejection): throw NetError(.protocolViolation, "\(host):\(port): \(rejection)")
             }
             let session = PeerSession(peer: peer, peerHello: peerHello, certificate: checked?.certificate, channel: connection.channel, outbound: outbound,
-                                      outbox: PeerOutbox(channel: connection.channel, limits: outboundLimits))
+                                      outbox: PeerOutbox(channel: connection.channel, limits: outboundLimits, traffic: traffic),
+                                      traffic: traffic)
             return try await PeerSession.withWriter(session, messages: PeerMessages(frames: frames, session: session), body)
         }
     }

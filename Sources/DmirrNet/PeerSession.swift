@@ -14,6 +14,8 @@ public struct PeerSession: Sendable {
     let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
     /// Where messages to the peer queue up; see ``PeerOutbox``.
     public let outbox: PeerOutbox
+    /// Where received frames are reported.
+    var traffic: PeerTraffic = .none
 
     /// The connection's identity object, to tell two sessions with the same peer apart.
     public var channelIdentity: AnyObject { channel as AnyObject }
@@ -82,6 +84,7 @@ public struct PeerMessages: AsyncSequence {
                 throw NetError(.protocolViolation, "\(session.peer): \(error)")
             }
             guard let frame else { return nil }
+            session.traffic.received(frame.readableBytes)
             do {
                 return try WireMessages.decode(frame)
             } catch {

@@ -28,7 +28,7 @@ public struct VerificationReport: Sendable {
     public var isClean: Bool { problems.isEmpty }
 }
 
-/// Checks a tree against its yum metadata before its token is published (docs/design.md §3 step 5).
+/// Checks a tree against its yum metadata before its token is published (docs/architecture.md §3 step 5).
 ///
 /// `metadata`: every `repodata/repomd.xml` in the tree → each file it references exists with the listed size and
 /// checksum. `packages`: also each given package (the ones this run changed) against `primary.xml`.

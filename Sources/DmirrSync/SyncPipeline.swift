@@ -22,7 +22,7 @@ public enum SyncCheckpoint: String, Sendable, CaseIterable {
     case beforePublish = "before-publish"
 }
 
-/// How a sync ended: the outcome recorded in the history, the process exit code (docs/design.md §5) and a sentence.
+/// How a sync ended: the outcome recorded in the history, the process exit code (docs/architecture.md §5) and a sentence.
 public struct SyncReport: Sendable {
     public var outcome: SyncRun.Outcome
     /// 0 synced or up to date, 1 failed, 2 setup/config problem, 75 temporary (busy source, lock held).
@@ -64,7 +64,7 @@ public struct SyncReport: Sendable {
     }
 }
 
-/// The one-mirror, one-token sync of docs/design.md §3: lock, token check, two-stage transfer (or snapshot staging),
+/// The one-mirror, one-token sync of docs/architecture.md §3: lock, token check, two-stage transfer (or snapshot staging),
 /// verify, publish the token last, record the run.
 public struct SyncPipeline: Sendable {
     public var config: Config

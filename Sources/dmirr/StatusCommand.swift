@@ -30,7 +30,7 @@ struct StatusCommand: AsyncParsableCommand {
     @Option(help: "With --peer: the fleet CA.")
     var ca: String?
 
-    @Flag(help: "Print the JSON object of docs/design.md §5 instead of a table.")
+    @Flag(help: "Print the JSON object of docs/architecture.md §5 instead of a table.")
     var json = false
 
     @Flag(help: "Redraw every second until interrupted.")

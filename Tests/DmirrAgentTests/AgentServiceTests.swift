@@ -135,14 +135,15 @@ import Testing
             group.addTask { try await service.run() }
             await h.node.tick()
             readiness.listening(at: "127.0.0.1:7873")
-            let ready = notify.next(within: 10)
+            let ready = await notify.next(within: 120)
             #expect(ready?.hasPrefix("READY=1\nSTATUS=target unknown;") == true, "\(ready ?? "nothing")")
             /// Advances one second and returns the keep-alive it brought, if any (other lines are STATUS= updates).
             func second() async throws -> Bool {
                 try await h.clock.waitForSleepers(1)
                 h.clock.advance(by: .seconds(1))
+                // Back asleep means this second's notifications were sent.
                 try await h.clock.waitForSleepers(1)
-                return notify.receive(for: 0.05).contains("WATCHDOG=1")
+                return notify.pending().contains("WATCHDOG=1")
             }
             var sent: [Bool] = []
             for _ in 1...6 { sent.append(try await second()) }
@@ -184,7 +185,7 @@ import Testing
             """
         let config = try ConfigLoader.load(text: text, file: "m1.toml", purpose: .agent).get()
         let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
-        let service = SyncService(config: config, node: h.node, store: h.store, clock: h.clock, logger: logger)
+        let service = SyncService(config: config, node: h.node, store: h.store, clock: h.clock, metrics: AgentMetrics(), logger: logger)
         /// Token fetches upstream's daemon logged (the pull's own read of the token file counts as one).
         func tokenFetches() throws -> Int { try upstream.sessions().sessions.filter { !$0.isTreePull }.count }
         func treePulls() throws -> Int { try upstream.sessions().sessions.filter(\.isTreePull).count }
@@ -203,7 +204,7 @@ import Testing
             #expect(try treePulls() == 0 && h.store.published() == nil, "no pull before the agreement deadline")
             #expect(await h.node.own.syncState != .syncing)
             try await round()
-            try await eventually("push-1 published from upstream", seconds: 60) { try h.store.published()?.token == "push-1" }
+            try await eventually("push-1 published from upstream") { try h.store.published()?.token == "push-1" }
             // Both stages of the one pull (content, then metadata and deletions).
             let pulls = try treePulls()
             #expect(pulls == 2, "\(pulls) tree sessions")

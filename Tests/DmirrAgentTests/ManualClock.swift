@@ -74,7 +74,7 @@ final class ManualClock: AgentClock {
 
     /// Waits (in real time, at most `seconds`) until at least `count` tasks sleep on this clock: the services have
     /// done everything the last advance let them do and are waiting for time again.
-    func waitForSleepers(_ count: Int, seconds: Double = 10) async throws {
+    func waitForSleepers(_ count: Int, seconds: Double = 120) async throws {
         let deadline = ContinuousClock.now + .milliseconds(Int64(seconds * 1000))
         while sleepers < count {
             guard ContinuousClock.now < deadline else {
@@ -91,7 +91,7 @@ struct ClockTimeout: Error, CustomStringConvertible {
 }
 
 /// Polls `condition` in real time until it holds, at most `seconds`; for effects of an advance that run in other tasks.
-func eventually(_ what: String, seconds: Double = 10, _ condition: () async throws -> Bool) async throws {
+func eventually(_ what: String, seconds: Double = 120, _ condition: () async throws -> Bool) async throws {
     let deadline = ContinuousClock.now + .milliseconds(Int64(seconds * 1000))
     while try await !condition() {
         guard ContinuousClock.now < deadline else { throw ClockTimeout("\(what): not within \(seconds) s") }

@@ -39,13 +39,15 @@ import Testing
         let peersExtra: String
         /// Extra lines for one member's `[tls]` table.
         var tlsExtra: [String: String] = [:]
+        /// Each member's HTTP listener (`[listen] metrics`) port, when the fleet has them.
+        var httpPorts: [String: Int] = [:]
 
         /// - Parameters:
         ///   - upstreamMaxConnections: the upstream daemon's own `max connections` (0: none).
         ///   - extraModules: more modules on upstream's daemon (point a member at one with ``upstreamURLs``).
         init(size: Int, mirrorExtra: String = "", serving: Bool = false, upstreamSlots: Int = 2, poll: String = "1s",
              upstreamMaxConnections: Int = 0, extraModules: [RsyncDaemon.Module] = [], upstreamURLs: [String: String] = [:],
-             peersExtra: String = "") throws {
+             peersExtra: String = "", http: Bool = false) throws {
             self.mirrorExtra = mirrorExtra
             self.peersExtra = peersExtra
             self.upstreamSlots = upstreamSlots
@@ -61,6 +63,7 @@ import Testing
                 let issued = try CLI.dmirr(["cert", "issue", "--ca", dir.sub("ca"), "--node", name, "--ip", "127.0.0.1", "--out", dir.sub("certs")])
                 guard issued.exitCode == 0 else { throw TestFailure(issued.stderr) }
                 ports[name] = try FreePort.pick()
+                if http { httpPorts[name] = try FreePort.pick() }
             }
             if serving {
                 for name in names {
@@ -96,6 +99,7 @@ import Testing
             \(mirrorExtra)
             [listen]
             peer = "127.0.0.1:\(ports[name]!)"
+            \(httpPorts[name].map { "metrics = \"127.0.0.1:\($0)\"" } ?? "")
             [tls]
             ca = "\(dir.sub("ca/ca.pem"))"
             cert = "\(dir.sub("certs/\(name).pem"))"

@@ -41,10 +41,27 @@ public final class NotifySocket: Sendable {
         return out
     }
 
-    /// Waits (at most `seconds`) for the next datagram.
-    public func next(within seconds: Double) -> String? {
+    /// Waits (at most `seconds`) for the next datagram, without blocking a thread of the concurrency pool (the
+    /// code under test may need it to send).
+    public func next(within seconds: Double) async -> String? {
+        let end = Date().addingTimeInterval(seconds)
+        while Date() < end {
+            if let datagram = take() { return datagram }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        return take()
+    }
+
+    /// Every datagram waiting now.
+    public func pending() -> [String] {
+        var out: [String] = []
+        while let datagram = take() { out.append(datagram) }
+        return out
+    }
+
+    private func take() -> String? {
         var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        guard poll(&poller, 1, Int32(seconds * 1000)) == 1 else { return nil }
+        guard poll(&poller, 1, 0) == 1 else { return nil }
         var buffer = [UInt8](repeating: 0, count: 4096)
         let n = recv(fd, &buffer, buffer.count, 0)
         return n > 0 ? String(decoding: buffer[..<n], as: UTF8.self) : nil

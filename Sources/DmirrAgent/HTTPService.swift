@@ -1,0 +1,70 @@
+import DmirrCore
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import ServiceLifecycle
+
+/// The agent's read-only HTTP listener (`[listen] metrics`, loopback unless the operator says otherwise), served by
+/// Hummingbird: `GET /metrics` (Prometheus text format), `GET /status.json` (the `dmirr status --json` document) and
+/// `GET /` (the fleet page, which updates itself from `/status.json`). Nothing here writes or reveals more than
+/// `dmirr status` does.
+enum HTTPService {
+    static func make(
+        address: HostPort, node: FleetNode, metrics: AgentMetrics, clock: any AgentClock, logger: Logger,
+        onBound: @escaping @Sendable (Int) -> Void = { _ in }
+    ) -> some Service {
+        let router = Router()
+        router.get("/metrics") { _, _ -> Response in
+            await metrics.refresh(from: node, clock: clock)
+            return Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8", .cacheControl: "no-store"],
+                body: .init(byteBuffer: ByteBuffer(bytes: metrics.exposition())))
+        }
+        router.get("/status.json") { _, _ -> Response in
+            let document = FleetStatusView(await node.status()).json()
+            return Response(
+                status: .ok, headers: [.contentType: "application/json; charset=utf-8", .cacheControl: "no-store"],
+                body: .init(byteBuffer: ByteBuffer(string: document)))
+        }
+        router.get("/") { _, _ -> Response in
+            Response(
+                status: .ok,
+                headers: [
+                    .contentType: "text/html; charset=utf-8", .cacheControl: "no-store",
+                    // Everything the page needs is in it: no script, style or font from anywhere else.
+                    .contentSecurityPolicy: "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+                ],
+                body: .init(byteBuffer: ByteBuffer(string: FleetPage.html)))
+        }
+        var http = Logger(label: "dmirr.http")
+        http.logLevel = logger.logLevel > .notice ? logger.logLevel : .notice
+        return Application(
+            router: router,
+            configuration: .init(address: .hostname(address.host, port: address.port), serverName: nil),
+            onServerRunning: { channel in
+                let port = channel.localAddress?.port ?? address.port
+                logger.info("HTTP listener ready: /metrics, /status.json, /", metadata: ["http.listen": "\(address.host):\(port)"])
+                onBound(port)
+            },
+            logger: http)
+    }
+}
+
+extension AgentMetrics {
+    /// Sets the values that are read rather than counted: token age, lag, in-sync, plan agreement, members.
+    func refresh(from node: FleetNode, clock: any AgentClock) async {
+        let status = await node.status()
+        let wall = clock.wallMillis
+        let seen = status.targetSeenUnixMs
+        let age = seen > 0 ? Double(max(0, wall - seen)) / 1000 : 0
+        let me = status.members.first { $0.record.node == status.node }?.record
+        let inSync = !status.targetToken.isEmpty && me?.publishedToken == status.targetToken
+        var members: [Liveness: Int] = [:]
+        for member in status.members {
+            if let liveness = Liveness(rawValue: member.liveness) { members[liveness, default: 0] += 1 }
+        }
+        scraped(targetAgeSeconds: age, lagSeconds: inSync ? 0 : age, inSync: inSync, planAgreed: status.planAgreed,
+                planAgreeing: Int(status.planAgreeing), members: members)
+    }
+}
