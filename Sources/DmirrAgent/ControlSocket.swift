@@ -55,12 +55,11 @@ struct ControlSocketService: Service {
                                     switch request.body {
                                     case .statusRequest:
                                         break
-                                    case .syncRequest(let sync) where sync.source.isEmpty && !sync.force:
-                                        await node.requestSync()
-                                    case .syncRequest:
-                                        let message = "the agent cannot yet pull from a named peer or re-check its tree on request; stop the agent to run `dmirr sync --source/--force` by hand"
-                                        try await outbound.write(try WireMessages.encode(WireMessages.error(.forbidden, message)))
-                                        return
+                                    case .syncRequest(let sync):
+                                        if let refusal = await node.requestSync(.init(source: sync.source, force: sync.force)) {
+                                            try await outbound.write(try WireMessages.encode(WireMessages.error(.forbidden, refusal)))
+                                            return
+                                        }
                                     default:
                                         try await outbound.write(try WireMessages.encode(WireMessages.error(.forbidden, "the control socket answers StatusRequest and SyncRequest only")))
                                         return
@@ -86,10 +85,15 @@ public enum ControlClient {
         return try await ask(path: path, request)
     }
 
-    /// Asks the agent to check upstream now; answers with its status at that moment.
-    public static func requestSync(path: String) async throws -> WireStatusResponse {
+    /// Asks the agent to check upstream now, or (with `source` or `force`) to pull now from that member or re-check
+    /// the tree against the source; answers with its status once the request is under way. Throws the agent's
+    /// refusal.
+    public static func requestSync(path: String, source: String = "", force: Bool = false) async throws -> WireStatusResponse {
         var request = WireEnvelope()
-        request.syncRequest = .init()
+        request.syncRequest = .with {
+            $0.source = source
+            $0.force = force
+        }
         return try await ask(path: path, request)
     }
 
@@ -113,6 +117,20 @@ public enum ControlClient {
         }
         if me.syncState == .failed { return .failed(me.lastError) }
         return .pending
+    }
+
+    /// Where a requested pull (`--source`, `--force`) stands: it was under way when the agent answered the request,
+    /// so it is over once this mirror is no longer syncing.
+    public static func requestedPullVerdict(_ status: WireStatusResponse) -> Verdict {
+        guard let me = status.members.first(where: { $0.record.node == status.node })?.record else { return .pending }
+        switch me.syncState {
+        case .syncing: return .pending
+        case .failed: return .failed(me.lastError)
+        case .behind, .unspecified, .UNRECOGNIZED: return .failed("the pull was cancelled")
+        case .inSync, .waiting:
+            // A busy source leaves us waiting with its refusal as the error.
+            return me.lastError.isEmpty ? .published(me.publishedToken) : .failed(me.lastError)
+        }
     }
 
     static func ask(path: String, _ request: WireEnvelope) async throws -> WireStatusResponse {

@@ -41,12 +41,37 @@ public actor FleetNode {
     public func setPlanStatus(_ status: PlanStatus) { plan = status }
 
     private var announced: (@Sendable (String) -> Void)?
+    private var syncRequests: (@Sendable (SyncRequest) async -> String?)?
 
     /// Where `Announce` messages go (the sync service).
     public func onAnnounce(_ handler: @escaping @Sendable (String) -> Void) { announced = handler }
 
-    /// `dmirr sync` beside the agent (the control socket): check upstream now, as an announcement would.
-    public func requestSync() { announced?("") }
+    /// What `dmirr sync` beside the agent asks for (the control socket).
+    public struct SyncRequest: Sendable, Equatable {
+        /// A member to pull from ("" or "upstream": upstream).
+        public var source: String
+        /// Re-check the tree against the source even when it holds our token.
+        public var force: Bool
+        public init(source: String = "", force: Bool = false) {
+            self.source = source
+            self.force = force
+        }
+    }
+
+    /// Where sync requests go (the sync service); it answers nil when it took one, else why not.
+    func onSyncRequest(_ handler: @escaping @Sendable (SyncRequest) async -> String?) { syncRequests = handler }
+
+    /// `dmirr sync` beside the agent: nil once the request is under way (the status then shows it), else why it was
+    /// refused.
+    public func requestSync(_ request: SyncRequest) async -> String? {
+        guard let syncRequests else { return "the agent's sync service is not running" }
+        return await syncRequests(request)
+    }
+
+    /// A member's record as we hold it (nil: unknown), with its liveness.
+    public func member(_ node: String) -> (record: MemberRecord, liveness: Liveness)? {
+        membership.entries[node].map { ($0.record, $0.liveness) }
+    }
     public let clock: any AgentClock
 
     public init(identity: PeerIdentity, generation: UInt64, configuration: Membership.Configuration, signer: RecordSigner,

@@ -26,6 +26,8 @@ struct SyncService: Service {
         case progress(Double)
         case finished(SyncReport)
         case announced
+        /// `dmirr sync` beside the agent; answered (nil: under way, else why not) once its pull has started.
+        case requested(FleetNode.SyncRequest, CheckedContinuation<String?, Never>)
     }
 
     static func coordinatorConfiguration(_ config: Config) -> SyncCoordinator.Configuration {
@@ -63,6 +65,13 @@ struct SyncService: Service {
         var dispute: String?
         var lastPoll: (millis: Int64, error: String) = (0, "")
         await node.onAnnounce { _ in sink.yield(.announced) }
+        await node.onSyncRequest { request in
+            await withCheckedContinuation { reply in
+                if case .terminated = sink.yield(.requested(request, reply)) { reply.resume(returning: "the agent is shutting down") }
+            }
+        }
+        /// The next pull re-checks the tree even if the source holds our token (`dmirr sync --force`).
+        var forceNextPull = false
 
         await withDiscardingTaskGroup { group in
             group.addTask {
@@ -78,6 +87,7 @@ struct SyncService: Service {
             for await event in events {
                 let now = clock.now
                 var directives: [SyncCoordinator.Directive] = []
+                var reply: (CheckedContinuation<String?, Never>, String?)?
                 switch event {
                 case .tick:
                     let view = await node.liveRecords()
@@ -100,6 +110,12 @@ struct SyncService: Service {
                     await node.updateOwn { $0.progress = fraction }
                 case .announced:
                     directives += coordinator.onAnnounce(now: now)
+                case .requested(let request, let continuation):
+                    let (refusal, started) = await take(request, coordinator: &coordinator, now: now)
+                    directives += started
+                    if refusal == nil, !started.isEmpty { forceNextPull = request.force }
+                    // Answered once the directives ran: the status the client reads next shows the pull.
+                    reply = (continuation, refusal)
                 case .finished(let report):
                     pullCancel = nil
                     await record(report, logger: logger)
@@ -156,7 +172,8 @@ struct SyncService: Service {
                             sink.yield(.polled(await pipeline.probeSource(logger: quiet), at: now))
                         }
                     case .startPull(let source, let token):
-                        var options = SyncPipeline.Options()
+                        var options = SyncPipeline.Options(force: forceNextPull)
+                        forceNextPull = false
                         if case .peer(let peer) = source {
                             // Only daemon URLs: a peer advertising a local path must not make us copy our own disk.
                             guard let url = await node.rsyncURL(of: peer).flatMap(RsyncLocation.init), url.isDaemon else {
@@ -209,6 +226,7 @@ struct SyncService: Service {
                         break  // ticks come every gossip round
                     }
                 }
+                if let (continuation, refusal) = reply { continuation.resume(returning: refusal) }
             }
             // Shutting down: a running pull is cancelled (rsync torn down, the token untouched) before we return.
             pullCancel?.fire()
@@ -223,6 +241,36 @@ struct SyncService: Service {
         case .cancelled: return .cancelled
         case .failed, .verifyFailed, .interrupted, .running: return .failed(report.message)
         }
+    }
+
+    /// Takes `dmirr sync --source/--force` from beside the agent: the directives that start its pull, or why not.
+    /// A plain request (no source, no force) is an announcement: fetch upstream's token now.
+    private func take(_ request: FleetNode.SyncRequest, coordinator: inout SyncCoordinator, now: Duration) async
+        -> (refusal: String?, directives: [SyncCoordinator.Directive])
+    {
+        let upstream = request.source.isEmpty || request.source == PlanSource.upstream.recordValue
+        if upstream, !request.force { return (nil, coordinator.onAnnounce(now: now)) }
+        if let running = coordinator.running {
+            return ("a pull of \(running.token) from \(running.source) is running; ask again once it has finished (`dmirr status` follows it)", [])
+        }
+        if upstream {
+            let token = coordinator.target?.token ?? coordinator.publishedToken
+            return (nil, coordinator.onRequestedPull(.upstream, token: token, now: now) ?? [])
+        }
+        let peer = request.source
+        guard peer != config.node else { return ("--source \(peer) is this mirror; name a peer or 'upstream'", []) }
+        guard let (record, liveness) = await node.member(peer) else {
+            let known = await node.liveRecords().map(\.node).sorted()
+            return ("--source \(peer): no such member is known; live members: \(known.isEmpty ? "none" : known.joined(separator: ", "))", [])
+        }
+        guard liveness != .down else { return ("--source \(peer): that member is down", []) }
+        let token = record.publishedToken
+        guard !token.isEmpty else { return ("--source \(peer): it holds no token yet", []) }
+        // Checked as any peer pull is: its manifest must be attested, from upstream, by enough members.
+        guard !coordinator.attestedRoots(for: token).isEmpty else {
+            return ("--source \(peer): no manifest of \(token) is attested by \(config.peers.attestations) members' own upstream pulls, so its tree cannot be checked", [])
+        }
+        return (nil, coordinator.onRequestedPull(.peer(peer), token: token, now: now) ?? [])
     }
 
     static func metricOutcome(_ report: SyncReport) -> AgentMetrics.Outcome {

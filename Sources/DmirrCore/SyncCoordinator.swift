@@ -93,6 +93,9 @@ public struct SyncCoordinator: Sendable {
         public var waitingAtStart: Set<String> = []
         /// How much is done, as last reported.
         public var fraction = 0.0
+        /// The operator asked for it (`dmirr sync --source/--force` beside the agent): the plan neither cancels nor
+        /// replaces it; only a stall ends it early.
+        public var requested = false
 
         /// At the rate so far, how long the rest will take (nil before any progress).
         public func remaining(now: Duration) -> Duration? {
@@ -269,6 +272,15 @@ public struct SyncCoordinator: Sendable {
         return decide(now: now)
     }
 
+    /// The operator asks for a pull now (`dmirr sync --source NODE` or `--force` beside the agent): from `source`,
+    /// of `token` (for a peer, the token it holds, pinned). Outside the plan, so refused (nil) while a pull runs;
+    /// once started, the plan does not cancel it, and others see its source in our record like any pull's.
+    public mutating func onRequestedPull(_ source: PlanSource, token: String, now: Duration) -> [Directive]? {
+        guard running == nil else { return nil }
+        mode = .pulling(Running(source: source, token: token, started: now, lastProgress: now, requested: true))
+        return [.startPull(source, token: token)] + advertise()
+    }
+
     /// What our own fetch of upstream's token file found.
     /// - Parameter polledAt: when the shell carried out the `pollUpstream` this answers (its `now` then); nil: now.
     public mutating func onUpstreamToken(_ token: String, wallMillis: Int64, now: Duration, polledAt: Duration? = nil) -> [Directive] {
@@ -359,7 +371,7 @@ public struct SyncCoordinator: Sendable {
         if let r = running, now - r.lastProgress >= configuration.stallAfter {
             out.append(.cancelPull(reason: "no progress from \(r.source) for \(configuration.stallAfter)"))
             avoid[r.source] = r.source == .upstream ? now + configuration.busyBackoff : .some(nil)
-        } else if let r = running, case .peer = r.source, !abandonedSlowSource, r.waitingAtStart.count >= configuration.overtakenBy {
+        } else if let r = running, case .peer = r.source, !r.requested, !abandonedSlowSource, r.waitingAtStart.count >= configuration.overtakenBy {
             // Patience with a slow source: others that started later finished first. (Counted again only when the view
             // changed: it is a pass over every member.)
             if overtakeCheckedAt != viewStamp {
@@ -463,6 +475,9 @@ public struct SyncCoordinator: Sendable {
             target.confirmed = true
             self.target = target
             vouchedBy = attesters(of: target.token, root: root).joined(separator: ", ")
+        }
+        if let running, running.requested {
+            return out  // the operator's pull runs to its end
         }
         if let running, target.token == publishedToken {
             out.append(.cancelPull(reason: "we already hold \(target.token); the pull of \(running.token) is moot"))

@@ -15,15 +15,22 @@ enum AgentSync {
         return path
     }
 
-    static func follow(path: String, timeout: Duration) async -> Int32 {
+    /// - Parameters:
+    ///   - source: "upstream", or a member to pull from now.
+    ///   - force: re-check the tree against the source even if it holds our token.
+    static func follow(path: String, source: String = "upstream", force: Bool = false, timeout: Duration) async -> Int32 {
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
         let asked = Int64(Date().timeIntervalSince1970 * 1000)
+        // A pull from a named peer or a forced re-check starts at once (or is refused); a plain request is a fetch
+        // of upstream's token, after which the agent's plan decides.
+        let requested = source != "upstream" || force
         do {
-            let first = try await ControlClient.requestSync(path: path)
-            print("asked the running agent (\(first.node)) to check upstream now; following its work (--timeout \(DurationText.format(timeout)))")
+            let first = try await ControlClient.requestSync(path: path, source: requested && source != "upstream" ? source : "", force: force)
+            let what = requested ? "to pull from \(source) now\(force ? ", re-checking the whole tree" : "")" : "to check upstream now"
+            print("asked the running agent (\(first.node)) \(what); following its work (--timeout \(DurationText.format(timeout)))")
         } catch {
-            printError("dmirr sync: the agent refused: \(error)")
+            printError("dmirr sync: \(error)")
             return 2
         }
         var shown = ""
@@ -37,7 +44,7 @@ enum AgentSync {
                 shown = line
                 print("  \(line)")
             }
-            switch ControlClient.verdict(status, askedAtMillis: asked) {
+            switch requested ? ControlClient.requestedPullVerdict(status) : ControlClient.verdict(status, askedAtMillis: asked) {
             case .published(let token):
                 print("published \(token)")
                 return 0

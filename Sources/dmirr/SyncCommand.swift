@@ -54,11 +54,12 @@ struct SyncCommand: AsyncParsableCommand {
             throw ExitCode(2)
         }
         if let control = await AgentSync.reachableAgent(config) {
-            guard source == "upstream", !force, !allowRollback else {
-                printError("dmirr sync: an agent runs this mirror (\(control)); it cannot yet take --source, --force or --allow-rollback on request. Stop the agent to run them by hand.")
+            guard !allowRollback else {
+                // Going back in time is an operator's decision about this host's tree, not a request to the fleet's agent.
+                printError("dmirr sync: an agent runs this mirror (\(control)); --allow-rollback is not taken through it. Stop the agent to run it by hand.")
                 throw ExitCode(2)
             }
-            let code = await AgentSync.follow(path: control, timeout: followFor)
+            let code = await AgentSync.follow(path: control, source: source, force: force, timeout: followFor)
             if code != 0 { throw ExitCode(code) }
             return
         }

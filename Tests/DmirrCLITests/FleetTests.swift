@@ -802,10 +802,11 @@ import Testing
         #expect(TreeComparison.differences(fleet.upstream.tree, fleet.mirror("m0")) == [])
     }
 
-    /// `dmirr sync` beside a running agent asks the agent and follows its work, instead of fighting it for the lock.
-    /// The agents poll upstream only every hour here, so only the request makes m0 see push-2.
+    /// `dmirr sync` beside a running agent asks the agent and follows its work, instead of fighting it for the lock:
+    /// a plain request, `--force` (a re-check from upstream) and `--source NODE`. The agents poll upstream only every
+    /// hour here, so only the request makes m0 see push-2.
     @Test func dmirrSyncBesideARunningAgentAsksItAndFollowsItsWork() throws {
-        let fleet = try Fleet(size: 2, mirrorExtra: "rsync_args = [\"--bwlimit=1000\"]", poll: "1h")
+        let fleet = try Fleet(size: 2, mirrorExtra: "rsync_args = [\"--bwlimit=1000\"]", serving: true, poll: "1h")
         defer { fleet.stop(); fleet.dir.remove() }
         for name in fleet.names { try fleet.start(name) }
         // With nothing new, it answers once the agent's own fetch says so.
@@ -824,9 +825,34 @@ import Testing
         #expect(try String(contentsOfFile: fleet.mirror("m0") + "/CURRENT", encoding: .utf8) == "push-2\n")
         #expect(fleet.agents["m0"]!.process.isRunning, "the agent stopped")
         print("dmirrSyncBesideARunningAgentAsksItAndFollowsItsWork:\n\(followed.stdout)")
-        // What the agent cannot take on request yet is refused with the reason, not run behind its back.
-        let forced = try CLI.dmirr(["sync", "-c", fleet.configPath("m0"), "--force"], timeout: 60)
-        #expect(forced.exitCode == 2 && forced.stderr.contains("an agent runs this mirror"), "\(forced.stderr)")
+        // Going back in time is not taken through the agent: refused with the reason, nothing run behind its back.
+        let rollback = try CLI.dmirr(["sync", "-c", fleet.configPath("m0"), "--allow-rollback"], timeout: 60)
+        #expect(rollback.exitCode == 2 && rollback.stderr.contains("an agent runs this mirror"), "\(rollback.stderr)")
+
+        /// m0's recorded runs, newest first: (source, outcome).
+        func runs() throws -> [(String, String)] {
+            let out = try CLI.dmirr(["history", "--json", "-c", fleet.configPath("m0")]).stdout
+            let rows = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]] ?? []
+            return rows.map { ($0["source"] as? String ?? "?", $0["outcome"] as? String ?? "?") }
+        }
+        let before = try runs().count
+        // --force: the agent re-checks the whole tree against upstream now, though it holds upstream's token.
+        let forced = try CLI.dmirr(["sync", "-c", fleet.configPath("m0"), "--force", "--timeout", "2m"], timeout: 180)
+        #expect(forced.exitCode == 0 && forced.stdout.contains("published push-2"), "\(forced.stdout)\(forced.stderr)")
+        var after = try runs()
+        #expect(after.count == before + 1 && after.first?.0 == "upstream" && after.first?.1 == "synced", "\(after)")
+        // --source m1: once both attest push-2 (each pulled it from upstream), m0 pulls it again from m1, checked
+        // against that attested manifest.
+        #expect(fleet.waitUntil(seconds: 120) { fleet.allInSync("push-2", among: fleet.names) }, "\(fleet.logs())")
+        let fromPeer = try CLI.dmirr(["sync", "-c", fleet.configPath("m0"), "--source", "m1", "--force", "--timeout", "2m"], timeout: 180)
+        #expect(fromPeer.exitCode == 0 && fromPeer.stdout.contains("to pull from m1 now"), "\(fromPeer.stdout)\(fromPeer.stderr)\n\(fleet.logs())")
+        after = try runs()
+        #expect(after.first?.0 == "m1" && after.first?.1 == "synced", "\(after)")
+        #expect(TreeComparison.differences(fleet.upstream.tree, fleet.mirror("m0")) == [])
+        // A member the agent does not know: refused with the reason and the members it knows.
+        let unknown = try CLI.dmirr(["sync", "-c", fleet.configPath("m0"), "--source", "m7"], timeout: 60)
+        #expect(unknown.exitCode == 2 && unknown.stderr.contains("no such member is known") && unknown.stderr.contains("m1"), "\(unknown.stderr)")
+        #expect(fleet.agents["m0"]!.process.isRunning, "the agent stopped")
     }
 
     @Test func aMemberThatStopsReadingCostsOnlyItsOwnLink() async throws {

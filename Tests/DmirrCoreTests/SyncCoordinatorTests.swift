@@ -307,6 +307,33 @@ import Testing
         #expect(moved.contains { if case .cancelPull = $0 { true } else { false } }, "\(moved)")
     }
 
+    /// `dmirr sync --force` / `--source` beside the agent: the pull starts at once, outside the plan; the plan (which
+    /// would have cancelled a moot pull of a token we hold) leaves it alone, only a stall ends it, and a second
+    /// request while it runs is refused.
+    @Test func aRequestedPullRunsOutsideThePlanUntilItEnds() {
+        var c = SyncCoordinator(me: "a", publishedToken: "T1", configuration: Self.config())
+        let view = [Self.record("b", target: "T1"), Self.record("c", target: "T1")]
+        _ = c.onUpstreamToken("T1", wallMillis: 1_000, now: .zero)
+        _ = c.onView(view, wallMillis: 1_000, now: .zero)
+        #expect(c.running == nil, "in sync: nothing to pull")
+        let started = c.onRequestedPull(.peer("b"), token: "T1", now: .seconds(1))
+        #expect(started.map(Self.pulls) == [.peer("b")])
+        #expect(c.advertised?.source == "b", "others see whom we pull from")
+        #expect(c.onRequestedPull(.upstream, token: "T1", now: .seconds(2)) == nil, "one pull at a time")
+        for second in 2...20 {
+            let out = c.onView(view, wallMillis: 1_000, now: .seconds(Int64(second))) + c.onTick(now: .seconds(Int64(second)))
+            #expect(!out.contains { if case .cancelPull = $0 { true } else { false } }, "cancelled at \(second) s: \(out)")
+            c.onPullProgress(now: .seconds(Int64(second)), fraction: Double(second) / 40)
+        }
+        // Silence past stallAfter (30 s) still ends it.
+        let stalled = c.onTick(now: .seconds(51))
+        #expect(stalled.contains { if case .cancelPull = $0 { true } else { false } })
+        _ = c.onPullFinished(.cancelled, now: .seconds(51))
+        #expect(c.running == nil && c.mode == .idle)
+        // Finished, the next request starts.
+        #expect(c.onRequestedPull(.upstream, token: "T1", now: .seconds(60)).map(Self.pulls) == [.upstream])
+    }
+
     @Test func aRumourIsNeverRepeatedInOurOwnRecordUntilConfirmedOrAttested() {
         // Measured before: a member's made-up token, stamped 59 s ahead, was advertised by every honest member that
         // heard it (under their own signatures), and showed them "waiting" on it for seconds.
