@@ -64,4 +64,49 @@ import Testing
         let problems = (verify.stdout + verify.stderr).split(separator: "\n").filter { $0.contains(dir.path) }
         #expect(problems.isEmpty, "\(verify.exitCode): \(verify.stdout)\(verify.stderr)")
     }
+
+    /// `scripts/install.sh`, staged under a directory as a packager would: the binary, the units, the example config,
+    /// and private directories for the state and the key.
+    @Test func theInstallScriptStagesAWorkingLayout() throws {
+        let dir = try TestDirectory("install")
+        defer { dir.remove() }
+        let root = URL(fileURLWithPath: Self.contrib).deletingLastPathComponent().path
+        let stage = dir.sub("stage")
+        let run = try CLI.run("/bin/bash", [root + "/scripts/install.sh", "--binary", CLI.dmirrPath, "--destdir", stage, "--no-docs"], timeout: 120)
+        #expect(run.exitCode == 0, "\(run.stdout)\(run.stderr)")
+        let installed = try CLI.run(stage + "/usr/local/bin/dmirr", ["--version"])
+        #expect(installed.exitCode == 0 && !installed.stdout.isEmpty)
+        for unit in ["dmirr-agent.service", "dmirr-sync@.service", "dmirr-sync@.timer"] {
+            #expect(FileManager.default.fileExists(atPath: stage + "/etc/systemd/system/" + unit), "\(unit)")
+        }
+        // The example config (the test above checks it) as the starting point.
+        #expect(try String(contentsOfFile: stage + "/etc/dmirr/dmirr.toml", encoding: .utf8)
+            == String(contentsOfFile: Self.contrib + "/dmirr.toml.example", encoding: .utf8))
+        for (path, mode) in [("/var/lib/dmirr", 0o750), ("/etc/dmirr/tls", 0o750), ("/etc/dmirr/dmirr.toml", 0o640)] {
+            let attributes = try FileManager.default.attributesOfItem(atPath: stage + path)
+            #expect((attributes[.posixPermissions] as? Int) == mode, "\(path): \(String(attributes[.posixPermissions] as? Int ?? 0, radix: 8))")
+        }
+        // A second run keeps the operator's config.
+        try "# edited\n".write(toFile: stage + "/etc/dmirr/dmirr.toml", atomically: true, encoding: .utf8)
+        _ = try CLI.run("/bin/bash", [root + "/scripts/install.sh", "--binary", CLI.dmirrPath, "--destdir", stage, "--no-docs"], timeout: 120)
+        #expect(try String(contentsOfFile: stage + "/etc/dmirr/dmirr.toml", encoding: .utf8) == "# edited\n")
+    }
+
+    /// The shell completions swift-argument-parser generates: valid scripts that know every command.
+    @Test func shellCompletionsKnowEveryCommand() throws {
+        let bash = try CLI.dmirr(["--generate-completion-script", "bash"])
+        #expect(bash.exitCode == 0)
+        let dir = try TestDirectory("completion")
+        defer { dir.remove() }
+        try bash.stdout.write(toFile: dir.sub("dmirr.bash"), atomically: true, encoding: .utf8)
+        let syntax = try CLI.run("/bin/bash", ["-n", dir.sub("dmirr.bash")])
+        #expect(syntax.exitCode == 0, "\(syntax.stderr)")
+        for command in ["agent", "sync", "status", "check", "history", "announce", "cert", "demo"] {
+            #expect(bash.stdout.contains(command), "no \(command) in the bash completion")
+        }
+        for shell in ["zsh", "fish"] {
+            let script = try CLI.dmirr(["--generate-completion-script", shell])
+            #expect(script.exitCode == 0 && script.stdout.contains("status"), "\(shell)")
+        }
+    }
 }
