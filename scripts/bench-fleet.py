@@ -6,10 +6,15 @@ in_sync with the new token; then, idle, per agent: gossip bytes/s and messages-e
 peer sockets, TLS included, from `ss -tin` bytes_acked over a window), RSS (VmRSS) and CPU (utime+stime).
 
 Usage: scripts/bench-fleet.py [--dmirr .build/release/dmirr] [--agents 20] [--gossip 1s] [--window 60]
+                              [--http] [--scrapes 200] [--screenshot FILE]
+With --http every agent also runs its HTTP listener (`[listen] metrics`), and after the idle window the benchmark
+scrapes one agent's /metrics and /status.json `--scrapes` times each (a new connection each, as a scraper without
+keep-alive does): latency percentiles and the agent's CPU per scrape. --screenshot saves the fleet page (needs
+Playwright and Debian's chromium).
 (The window should cover a record refresh, the larger of down_after / 2 and 2 s per member: 40 s for 20 agents with
 the default down_after, or it under-counts gossip.)
 """
-import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 from benchlib import free_port, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,12 +73,44 @@ def proc_stats(pid):
     return cpu, int(status["VmRSS"]), int(status["RssAnon"]), int(status["RssFile"])
 
 
+def scrape(a, pid, port):
+    """Latency of /metrics and /status.json on one agent, and that agent's CPU per scrape."""
+    print(f"\n| scrape of one agent of {a.agents}, {a.scrapes} requests each | median | p95 | max | agent CPU per scrape | body |\n|---|---|---|---|---|---|")
+    for path in ["/metrics", "/status.json"]:
+        url = f"http://127.0.0.1:{port}{path}"
+        times, size = [], 0
+        c0 = proc_stats(pid)[0]
+        for _ in range(a.scrapes):
+            t = time.perf_counter()
+            with urllib.request.urlopen(url, timeout=10) as r:
+                size = len(r.read())
+            times.append((time.perf_counter() - t) * 1000)
+        c1 = proc_stats(pid)[0]
+        times.sort()
+        print(f"| `{path}` | {statistics.median(times):.2f} ms | {times[int(len(times) * 0.95) - 1]:.2f} ms | {times[-1]:.2f} ms | "
+              f"{(c1 - c0) / a.scrapes * 1000:.2f} ms | {size} B |", flush=True)
+    if a.screenshot:
+        from playwright.sync_api import sync_playwright
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+            for width, suffix in [(1100, ""), (390, "-phone")]:
+                page = browser.new_page(viewport={"width": width, "height": 900})
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.wait_for_timeout(2500)
+                base, ext = os.path.splitext(a.screenshot)
+                page.screenshot(path=f"{base}{suffix}{ext}", full_page=True)
+            browser.close()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dmirr", default=os.path.join(ROOT, ".build/release/dmirr"))
     ap.add_argument("--agents", type=int, default=20)
     ap.add_argument("--gossip", default="1s")
     ap.add_argument("--window", type=int, default=60)
+    ap.add_argument("--http", action="store_true")
+    ap.add_argument("--scrapes", type=int, default=200)
+    ap.add_argument("--screenshot")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="dmirr-fleet-bench-")
     procs, daemon, serving = {}, None, {}
@@ -92,6 +129,7 @@ def main():
         run([a.dmirr, "cert", "ca", "--fleet", "bench", "--out", f"{work}/ca"])
         names = [f"m{i:02d}" for i in range(a.agents)]
         ports = {n: free_port() for n in names}
+        http = {n: free_port() for n in names} if a.http else {}
         for n in names:
             # Each agent serves its mirror to peers through its own rsync daemon (max connections = serve_slots).
             os.makedirs(f"{work}/mirror-{n}", exist_ok=True)
@@ -105,8 +143,9 @@ def main():
         for i, n in enumerate(names):
             run([a.dmirr, "cert", "issue", "--ca", f"{work}/ca", "--node", n, "--out", f"{work}/certs"])
             seed = names[(i - 1) % len(names)]
+            metrics_line = f'\nmetrics = "127.0.0.1:{http[n]}"' if a.http else ""
             cfg = f"""node = "{n}"\nfleet = "bench"\n[upstream]\nurl = "rsync://127.0.0.1:{port}/repo"\npoll = "2s"
-[mirror]\npath = "{work}/mirror-{n}"\nrsync_url = "rsync://127.0.0.1:{serving[n][0]}/mirror"\nserve_slots = 2\n[listen]\npeer = "127.0.0.1:{ports[n]}"
+[mirror]\npath = "{work}/mirror-{n}"\nrsync_url = "rsync://127.0.0.1:{serving[n][0]}/mirror"\nserve_slots = 2\n[listen]\npeer = "127.0.0.1:{ports[n]}"{metrics_line}
 [tls]\nca = "{work}/ca/ca.pem"\ncert = "{work}/certs/{n}.pem"\nkey = "{work}/certs/{n}.key"
 [peers]\nseeds = ["127.0.0.1:{ports[seed]}"]\ngossip = "{a.gossip}"\n[state]\ndir = "{work}/state-{n}"\n"""
             open(f"{work}/{n}.toml", "w").write(cfg)
@@ -165,6 +204,8 @@ def main():
         print(f"| of which anonymous (heap, stacks) / file-backed (code, shared) | {statistics.median(anon):.1f} / "
               f"{statistics.median(filebacked):.1f} MiB |")
         print(f"| idle CPU per agent: median / max | {statistics.median(cpu):.2f} / {max(cpu):.2f} % of a core |")
+        if a.http:
+            scrape(a, procs[names[0]].pid, http[names[0]])
         logs = "".join(open(f"{work}/{n}.log").read() for n in names)
         print(f"| peer links rotated / false suspicions (whole run) | {logs.count('rotated a peer link')} / "
               f"{logs.count('member.liveness=suspect')} |")

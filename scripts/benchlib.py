@@ -1,14 +1,27 @@
 """Helpers the benchmark scripts share (imported from the scripts' own directory)."""
-import os, socket, subprocess, sys
+import os, random, socket, subprocess, sys
+
+
+_handed_out = set()
 
 
 def free_port():
-    """A loopback port that was free a moment ago (bound to 0, then released)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A loopback port that is free now, below the kernel's ephemeral range (32768 and up), so no process's outgoing
+    connection can take it before the server it is for binds it, and never the same one twice in this process."""
+    for _ in range(500):
+        port = random.randint(20000, 32000)
+        if port in _handed_out:
+            continue
+        _handed_out.add(port)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise RuntimeError("no free loopback port between 20000 and 32000")
 
 
 def add_repo_args(ap, packages=2000):

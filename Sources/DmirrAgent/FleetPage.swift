@@ -29,13 +29,19 @@ enum FleetPage {
         #banner { display: none; background: var(--bad); color: #fff; padding: 6px 10px; border-radius: 4px; margin-bottom: 10px; }
         #flows li { margin: 2px 0; }
         footer { color: var(--muted); font-size: .8em; margin-top: 14px; }
-        /* Phone width: each member becomes a card. */
+        /* Phone width: each member becomes a compact card; empty fields are left out. */
         @media (max-width: 640px) {
           thead { display: none; }
-          table, tbody, tr, td { display: block; width: 100%; }
-          tr { border: 1px solid rgba(128,128,128,.3); border-radius: 6px; margin-bottom: 10px; padding: 4px 0; }
-          td { border: none; padding: 3px 10px; box-sizing: border-box; }
-          td::before { content: attr(data-label); color: var(--muted); font-size: .8em; display: inline-block; min-width: 84px; }
+          table, tbody { display: block; }
+          tr { display: flex; flex-wrap: wrap; align-items: baseline; gap: 2px 12px; border: 1px solid rgba(128,128,128,.3);
+               border-radius: 6px; margin-bottom: 8px; padding: 6px 10px; }
+          td { display: block; border: none; padding: 0; }
+          td.empty { display: none; }
+          td::before { content: attr(data-label) " "; color: var(--muted); font-size: .8em; }
+          td.pos::before, td.name::before, td.state::before, td.tok::before { content: none; }
+          td.pos { color: var(--muted); }
+          td.name { font-weight: 600; }
+          td.error { flex-basis: 100%; }
         }
         </style>
         </head>
@@ -72,6 +78,7 @@ enum FleetPage {
           td.dataset.label = label;
           if (cls) td.className = cls;
           if (text instanceof Node) td.appendChild(text); else td.textContent = text;
+          if (text === "–" || text === "") td.classList.add("empty");
           row.appendChild(td);
           return td;
         }
@@ -93,12 +100,12 @@ enum FleetPage {
             tr.dataset.node = m.node;
             tr.dataset.state = m.state;
             tr.dataset.token = m.token || "";
-            cell(tr, "#", m.position == null ? "–" : String(m.position));
-            cell(tr, "member", m.node);
+            cell(tr, "#", m.position == null ? "–" : String(m.position), "pos");
+            cell(tr, "member", m.node, "name");
             cell(tr, "state", m.state.replace("_", " "), "state " + m.state);
             const code = document.createElement("code");
             code.textContent = m.token || "–";
-            cell(tr, "token", code);
+            cell(tr, "token", code, "tok");
             cell(tr, "lag", !m.token ? "–" : (target && m.token === target ? "0" : "behind"));
             cell(tr, "source", m.source || "–");
             if (m.progress == null) {

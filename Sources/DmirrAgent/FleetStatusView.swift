@@ -48,10 +48,10 @@ public struct FleetStatusView: Sendable {
         return !response.targetToken.isEmpty && me.publishedToken == response.targetToken
     }
 
+    /// RFC 3339 in UTC, whole seconds (`2026-12-02T01:54:41Z`). A format style, not a formatter made per call: the
+    /// document has a date per member, and `/status.json` is scraped.
     public static func rfc3339(_ d: Date) -> String {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime]
-        return f.string(from: d)
+        d.formatted(Date.ISO8601FormatStyle(timeZone: .gmt))
     }
 
     /// The `dmirr status --json` document (docs/architecture.md §5), keys sorted, pretty-printed.

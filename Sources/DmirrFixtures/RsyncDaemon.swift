@@ -110,23 +110,32 @@ public struct FixtureError: Error, CustomStringConvertible, Sendable {
 
 /// Loopback ports for fixtures.
 public enum FreePort {
-    /// A port that was free a moment ago (bound to 0, then released).
+    /// Ports handed out by this process: never twice.
+    private static let handedOut = Mutex<Set<Int>>([])
+
+    /// A loopback port that is free now, below the kernel's ephemeral range (32768 and up): no outgoing connection
+    /// of any process can take it before the server it is for binds it (with ports bound to 0 and released, an
+    /// agent's own dial sometimes did), and this process never hands it out twice.
     public static func pick() throws -> Int {
+        for _ in 0..<500 {
+            let port = Int.random(in: 20_000...32_000)
+            guard handedOut.withLock({ $0.insert(port).inserted }) else { continue }
+            if canBind(port) { return port }
+        }
+        throw FixtureError("no free loopback port between 20000 and 32000")
+    }
+
+    private static func canBind(_ port: Int) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw FixtureError("socket() failed") }
+        guard fd >= 0 else { return false }
         defer { close(fd) }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = 0
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0
-            }
+        addr.sin_port = UInt16(port).bigEndian
+        return withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
         }
-        guard ok else { throw FixtureError("cannot bind a loopback port") }
-        return Int(UInt16(bigEndian: addr.sin_port))
     }
 
     /// Polls until something accepts TCP connections on 127.0.0.1:port, for at most `seconds`.

@@ -106,6 +106,8 @@ struct DemoFleet {
     var servers: [String: RsyncDaemon] = [:]
     var agents: [String: Process] = [:]
     var ports: [String: Int] = [:]
+    /// Each agent's HTTP listener: metrics, status.json and the fleet page.
+    var httpPorts: [String: Int] = [:]
     /// (node, token, source) of every pull seen starting.
     var pulls: [(node: String, token: String, source: String)] = []
     var reaper: ChildReaper?
@@ -151,6 +153,7 @@ struct DemoFleet {
             servers[name] = server
             reaper?.add(server.pid)
             ports[name] = try FreePort.pick()
+            httpPorts[name] = try FreePort.pick()
         }
         try FileManager.default.createDirectory(atPath: root + "/logs", withIntermediateDirectories: true)
         let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
@@ -170,6 +173,7 @@ struct DemoFleet {
                   + "serves \(servers[name]!.url("mirror"))")
         }
         print("-- \(size) agents started with [upstream] slots = 1, [mirror] serve_slots = 2 (config: \(configPath(names[0])))")
+        print("   the fleet page: http://127.0.0.1:\(httpPorts[names[0]]!)/ (any agent's; Prometheus metrics at /metrics)")
     }
 
     func config(_ name: String, seed: String) -> String {
@@ -188,7 +192,8 @@ struct DemoFleet {
         serve_slots = 2
 
         [listen]
-        peer = "127.0.0.1:\(ports[name]!)"
+        peer    = "127.0.0.1:\(ports[name]!)"
+        metrics = "127.0.0.1:\(httpPorts[name]!)"
 
         [tls]
         ca   = "\(root)/certs/ca.pem"
