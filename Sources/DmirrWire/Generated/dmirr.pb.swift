@@ -696,10 +696,10 @@ public nonisolated struct WireSyncRequest: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// reserved for a re-check of the tree; refused until the agent supports it
+  /// 2.3: re-check the whole tree against the source, even if it holds our token
   public var force: Bool = false
 
-  /// reserved for a named peer; refused until the agent supports it
+  /// 2.3: pull now from this member ("" or "upstream": upstream)
   public var source: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
