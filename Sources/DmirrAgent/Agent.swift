@@ -54,6 +54,8 @@ public struct Agent: Sendable {
         let rsyncURL = config.mirror.rsyncURL ?? ""
         await node.updateOwn {
             $0.rsyncURL = rsyncURL
+            $0.publicURL = config.mirror.publicURL ?? ""
+            $0.region = config.mirror.region ?? ""
             $0.publishedToken = published?.token ?? ""
             $0.lastSyncMillis = published.map { Int64($0.at.timeIntervalSince1970 * 1000) }
             $0.syncState = .behind
@@ -75,7 +77,8 @@ public struct Agent: Sendable {
         ]
         if let address = config.listen.metrics {
             guard let http = HostPort(address) else { throw AgentError("[listen] metrics: '\(address)' is not HOST:PORT") }
-            services.append(HTTPService.make(address: http, node: node, metrics: metrics, clock: clock, logger: logger))
+            let lists = ClientLists(node: node, clock: clock, tree: config.mirror.path, attestations: config.peers.attestations)
+            services.append(HTTPService.make(address: http, node: node, metrics: metrics, lists: lists, clock: clock, logger: logger))
         }
         let group = ServiceGroup(configuration: .init(
             services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

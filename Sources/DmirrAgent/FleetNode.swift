@@ -68,6 +68,21 @@ public actor FleetNode {
         return await syncRequests(request)
     }
 
+    /// What the mirrorlist and metalink are made from: our advertised target (confirmed or attested), the members
+    /// alive now and ourselves, and the manifest roots of the target that `attestations` members attest.
+    public func clientView(attestations: Int) -> (target: String, members: [MirrorList.Member], roots: Set<String>) {
+        let own = membership.own
+        var records = [own]
+        records += membership.entries.values.filter { $0.record.node != identity.name && $0.liveness == .alive }.map(\.record)
+        let members = records.map {
+            MirrorList.Member(node: $0.node, publicURL: $0.publicURL, region: $0.region, publishedToken: $0.publishedToken,
+                              lastSyncMillis: $0.lastSyncMillis ?? 0)
+        }
+        let claims = records.map { Attestations.Claim(node: $0.node, token: $0.attestToken, root: $0.attestRoot) }
+        let roots = own.targetToken.isEmpty ? [] : Attestations.acceptedRoots(for: own.targetToken, claims: claims, needed: attestations)
+        return (own.targetToken, members, roots)
+    }
+
     /// A member's record as we hold it (nil: unknown), with its liveness.
     public func member(_ node: String) -> (record: MemberRecord, liveness: Liveness)? {
         membership.entries[node].map { ($0.record, $0.liveness) }

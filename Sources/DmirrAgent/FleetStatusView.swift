@@ -17,6 +17,9 @@ public struct FleetStatusView: Sendable {
         public var lastSync: Date?
         public var lastError: String?
         public var position: Int?
+        /// Where clients fetch its tree, and its region tag (protocol 2.4; nil when not given).
+        public var publicURL: String?
+        public var region: String?
     }
 
     /// The members, those with a plan position first in plan order, then by name.
@@ -28,7 +31,8 @@ public struct FleetStatusView: Sendable {
                 node: r.node, state: state, token: r.publishedToken, source: r.source.isEmpty ? nil : r.source,
                 progress: r.progress >= 0 ? Double(r.progress) : nil,
                 lastSync: r.lastSyncUnixMs > 0 ? Date(timeIntervalSince1970: Double(r.lastSyncUnixMs) / 1000) : nil,
-                lastError: r.lastError.isEmpty ? nil : r.lastError, position: m.position > 0 ? Int(m.position) : nil)
+                lastError: r.lastError.isEmpty ? nil : r.lastError, position: m.position > 0 ? Int(m.position) : nil,
+                publicURL: r.publicURL.isEmpty ? nil : r.publicURL, region: r.region.isEmpty ? nil : r.region)
         }.sorted { ($0.position ?? .max, $0.node) < ($1.position ?? .max, $1.node) }
     }
 
@@ -61,6 +65,7 @@ public struct FleetStatusView: Sendable {
                 "node": r.node, "state": r.state, "token": r.token.isEmpty ? NSNull() as Any : r.token as Any, "position": r.position ?? NSNull() as Any,
                 "source": r.source ?? NSNull(), "progress": r.progress ?? NSNull(),
                 "last_sync": r.lastSync.map(Self.rfc3339) ?? NSNull(), "last_error": r.lastError ?? NSNull(),
+                "public_url": r.publicURL ?? NSNull(), "region": r.region ?? NSNull(),
             ]
         }
         let object: [String: Any] = [

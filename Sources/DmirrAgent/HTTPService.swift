@@ -6,15 +6,23 @@ import NIOCore
 import ServiceLifecycle
 
 /// The agent's read-only HTTP listener (`[listen] metrics`, loopback unless the operator says otherwise), served by
-/// Hummingbird: `GET /metrics` (Prometheus text format), `GET /status.json` (the `dmirr status --json` document) and
-/// `GET /` (the fleet page, which updates itself from `/status.json`). Nothing here writes or reveals more than
-/// `dmirr status` does.
+/// Hummingbird: `GET /metrics` (Prometheus text format), `GET /status.json` (the `dmirr status --json` document),
+/// `GET /` (the fleet page, which updates itself from `/status.json`), and for clients `GET /mirrorlist` and
+/// `GET /metalink` (docs/clients.md). Nothing here writes or reveals more than `dmirr status` does.
 enum HTTPService {
     static func make(
-        address: HostPort, node: FleetNode, metrics: AgentMetrics, clock: any AgentClock, logger: Logger,
+        address: HostPort, node: FleetNode, metrics: AgentMetrics, lists: ClientLists, clock: any AgentClock, logger: Logger,
         onBound: @escaping @Sendable (Int) -> Void = { _ in }
     ) -> some Service {
-        let router = Router()
+        let router = Router(context: AgentRequestContext.self)
+        router.get("/mirrorlist") { request, context -> Response in
+            let (client, region) = Self.client(request, context)
+            return Self.response(await lists.mirrorlist(path: request.uri.queryParameters["path"].map(String.init), client: client, region: region))
+        }
+        router.get("/metalink") { request, context -> Response in
+            let (client, region) = Self.client(request, context)
+            return Self.response(await lists.metalink(path: request.uri.queryParameters["path"].map(String.init), client: client, region: region))
+        }
         router.get("/metrics") { _, _ -> Response in
             await metrics.refresh(from: node, clock: clock)
             return Response(
@@ -48,6 +56,36 @@ enum HTTPService {
                 onBound(port)
             },
             logger: http)
+    }
+}
+
+extension HTTPService {
+    /// Who asks (its address: the key of its order and its rate limit) and its region, from `?region=` or `?country=`
+    /// or the `X-Dmirr-Region` header.
+    static func client(_ request: Request, _ context: AgentRequestContext) -> (String, String?) {
+        let address = context.remoteAddress?.ipAddress ?? "unknown"
+        let query = request.uri.queryParameters
+        var given: String? = query["region"].map(String.init)
+        if given == nil { given = query["country"].map(String.init) }
+        if given == nil { given = request.headers.first { $0.name.canonicalName == "x-dmirr-region" }?.value }
+        return (address, given.flatMap { MirrorList.isValidRegion($0) ? $0 : nil })
+    }
+
+    static func response(_ reply: ClientLists.Reply) -> Response {
+        var headers: HTTPFields = [.contentType: reply.contentType, .cacheControl: "no-store"]
+        if let retry = reply.retryAfter { headers[.retryAfter] = "\(retry)" }
+        return Response(status: .init(code: reply.status), headers: headers, body: .init(byteBuffer: ByteBuffer(string: reply.body)))
+    }
+}
+
+/// Hummingbird's request context plus the client's address (the mirrorlist orders and rate-limits by it).
+struct AgentRequestContext: RequestContext, RemoteAddressRequestContext {
+    var coreContext: CoreRequestContextStorage
+    let remoteAddress: SocketAddress?
+
+    init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        remoteAddress = source.channel.remoteAddress
     }
 }
 

@@ -67,6 +67,12 @@ public struct Config: Sendable, Equatable {
         public var keepSnapshots: Int
         /// How many transfer passes one run may make while upstream's token keeps changing under it.
         public var maxPasses: Int
+        /// Where clients fetch this mirror's tree over HTTP(S) (no trailing slash): listed in the fleet's mirrorlist
+        /// and metalink while this mirror holds the current token. Nil: clients are never sent here.
+        public var publicURL: String? = nil
+        /// A short location tag (a country code like `DE`, or `eu-west`): clients that give theirs get nearer
+        /// mirrors first.
+        public var region: String? = nil
     }
 
     public struct Listen: Sendable, Equatable {

@@ -69,7 +69,7 @@ private struct Reader {
         "": ["node", "fleet"],
         "upstream": ["url", "token_file", "poll", "slots", "timeout", "connect_timeout", "password_file", "signing_key"],
         "mirror": [
-            "path", "rsync_url", "serve_slots", "exclude_from", "metadata", "publish", "verify", "rsync_args",
+            "path", "rsync_url", "serve_slots", "exclude_from", "metadata", "publish", "verify", "rsync_args", "public_url", "region",
             "keep_snapshots", "max_passes",
         ],
         "listen": ["peer", "advertise", "control", "metrics"],
@@ -243,6 +243,18 @@ private struct Reader {
                 problem("mirror.rsync_url", line: line, "'\(s)' is not an rsync://HOST[:PORT]/MODULE URL")
             }
         }
+        var publicURL: String?
+        if let (s, line) = string("mirror", "public_url") {
+            if let url = MirrorList.publicURL(s) { publicURL = url } else {
+                problem("mirror.public_url", line: line, "'\(s)' is not an http:// or https:// URL without query or fragment (at most \(RecordPolicy.Limit.urlBytes) bytes)")
+            }
+        }
+        var region: String?
+        if let (s, line) = string("mirror", "region") {
+            if MirrorList.isValidRegion(s) { region = s } else {
+                problem("mirror.region", line: line, "'\(s)' is not a region tag: 1 to \(MirrorList.regionBytes) letters, digits, '-' or '_' (like \"DE\" or \"eu-west\")")
+            }
+        }
         var metadata = ["repodata/"]
         if let (list, line) = stringArray("mirror", "metadata") {
             if list.isEmpty || list.contains(where: \.isEmpty) {
@@ -270,7 +282,9 @@ private struct Reader {
             verify: choice("mirror", "verify", default: .metadata),
             rsyncArgs: rsyncArgs,
             keepSnapshots: integer("mirror", "keep_snapshots", default: 3, range: 1...100),
-            maxPasses: integer("mirror", "max_passes", default: 3, range: 1...20)
+            maxPasses: integer("mirror", "max_passes", default: 3, range: 1...20),
+            publicURL: publicURL,
+            region: region
         )
         if let path, path == "/" {
             problem("mirror.path", line: entry("mirror", "path")?.line, "refusing to mirror into '/'")

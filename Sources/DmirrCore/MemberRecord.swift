@@ -41,6 +41,10 @@ public struct MemberRecord: Sendable, Equatable {
     /// Unix milliseconds after which nobody may believe or relay this record (protocol 2). Its author re-signs long
     /// before: a record that outlives it is one its author stopped renewing. 0: none given (refused at receipt).
     public var expiresMillis: Int64 = 0
+    /// Where clients fetch its tree over HTTP(S), without a trailing slash ("" = not listed for clients); protocol 2.4.
+    public var publicURL: String = ""
+    /// Its location tag for clients ("" = none); protocol 2.4.
+    public var region: String = ""
     /// Members this node has lost direct contact with, at the version it last held of each (see ``Membership``).
     public var suspects: [Suspicion] = []
 

@@ -37,6 +37,11 @@ public enum RecordPolicy {
             return "attest_root is not a SHA-256 in lower-case hex"
         }
         if record.attestRoot.isEmpty != record.attestToken.isEmpty { return "attest_token and attest_root come together" }
+        // Clients are sent to this URL: only http(s), in the form the config allows.
+        if !record.publicURL.isEmpty, MirrorList.publicURL(record.publicURL) != record.publicURL {
+            return "public_url is not an http:// or https:// URL without query, fragment or trailing slash"
+        }
+        if !record.region.isEmpty, !MirrorList.isValidRegion(record.region) { return "region is not a region tag" }
         if !record.source.isEmpty, record.source != "upstream", !PeerIdentity.isValidName(record.source) {
             return "source is neither 'upstream' nor a node name"
         }

@@ -217,6 +217,8 @@ public enum WireRecords {
             $0.attestToken = r.attestToken
             $0.attestRoot = r.attestRoot
             $0.expiresUnixMs = r.expiresMillis
+            $0.publicURL = r.publicURL
+            $0.region = r.region
             $0.suspects = r.suspects.map { suspicion in
                 .with {
                     $0.node = suspicion.node
@@ -253,6 +255,8 @@ public enum WireRecords {
         r.attestToken = w.attestToken
         r.attestRoot = w.attestRoot
         r.expiresMillis = w.expiresUnixMs
+        r.publicURL = w.publicURL
+        r.region = w.region
         r.suspects = w.suspects.map { Suspicion(node: $0.node, version: RecordVersion(generation: $0.generation, heartbeat: $0.heartbeat)) }
         return r
     }

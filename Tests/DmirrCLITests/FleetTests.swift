@@ -39,6 +39,8 @@ import Testing
         let peersExtra: String
         /// Extra lines for one member's `[tls]` table.
         var tlsExtra: [String: String] = [:]
+        /// Extra lines for one member's `[mirror]` table.
+        let mirrorExtraFor: [String: String]
         /// Each member's HTTP listener (`[listen] metrics`) port, when the fleet has them.
         var httpPorts: [String: Int] = [:]
 
@@ -47,8 +49,9 @@ import Testing
         ///   - extraModules: more modules on upstream's daemon (point a member at one with ``upstreamURLs``).
         init(size: Int, mirrorExtra: String = "", serving: Bool = false, upstreamSlots: Int = 2, poll: String = "1s",
              upstreamMaxConnections: Int = 0, extraModules: [RsyncDaemon.Module] = [], upstreamURLs: [String: String] = [:],
-             peersExtra: String = "", http: Bool = false) throws {
+             peersExtra: String = "", http: Bool = false, mirrorExtraFor: [String: String] = [:]) throws {
             self.mirrorExtra = mirrorExtra
+            self.mirrorExtraFor = mirrorExtraFor
             self.peersExtra = peersExtra
             self.upstreamSlots = upstreamSlots
             self.poll = poll
@@ -97,6 +100,7 @@ import Testing
             path = "\(mirror(name))"
             \(servers[name].map { "rsync_url = \"\($0.url("mirror"))\"\nserve_slots = 2" } ?? "")
             \(mirrorExtra)
+            \(mirrorExtraFor[name] ?? "")
             [listen]
             peer = "127.0.0.1:\(ports[name]!)"
             \(httpPorts[name].map { "metrics = \"127.0.0.1:\($0)\"" } ?? "")

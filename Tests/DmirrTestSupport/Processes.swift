@@ -151,6 +151,30 @@ public enum Dnf {
     }
 }
 
+extension Dnf {
+    /// Runs dnf against one repository given by `metalink=URL`, in a fresh install root and cache (so nothing is
+    /// reused between runs), with `arguments` as the command (`makecache`, `repoquery …`).
+    public static func withMetalink(_ url: String, _ arguments: [String]) throws -> CommandResult {
+        let root = try TestDirectory("dnf")
+        defer { root.remove() }
+        for dir in ["/etc/yum.repos.d", "/etc/dnf"] {
+            try FileManager.default.createDirectory(atPath: root.path + dir, withIntermediateDirectories: true)
+        }
+        try "[main]\n".write(toFile: root.path + "/etc/dnf/dnf.conf", atomically: true, encoding: .utf8)
+        try """
+            [fleet]
+            name=fleet
+            metalink=\(url)
+            gpgcheck=0
+            skip_if_unavailable=False
+            """.write(toFile: root.path + "/etc/yum.repos.d/fleet.repo", atomically: true, encoding: .utf8)
+        return try CLI.run("dnf", [
+            "--installroot=\(root.path)", "--setopt=reposdir=\(root.path)/etc/yum.repos.d", "--noplugins", "--releasever=0",
+            "--setopt=cachedir=\(root.path)/cache", "--repo=fleet",
+        ] + arguments, timeout: 180)
+    }
+}
+
 public struct TestFailure: Error, CustomStringConvertible {
     public var description: String
     public init(_ d: String) { description = d }

@@ -439,6 +439,18 @@ public nonisolated struct WireMemberRecord: @unchecked Sendable {
     set {_uniqueStorage()._expiresUnixMs = newValue}
   }
 
+  /// protocol 2.4: where clients fetch its tree over http(s) ("" = not listed)
+  public var publicURL: String {
+    get {_storage._publicURL}
+    set {_uniqueStorage()._publicURL = newValue}
+  }
+
+  /// protocol 2.4: a short location tag for clients ("DE", "eu-west"; "" = none)
+  public var region: String {
+    get {_storage._region}
+    set {_uniqueStorage()._region = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1060,7 +1072,7 @@ nonisolated extension WireErrorFrame.Code: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MemberRecord"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}peer_address\0\u{3}rsync_url\0\u{1}generation\0\u{1}heartbeat\0\u{3}sync_state\0\u{3}published_token\0\u{3}target_token\0\u{1}source\0\u{1}progress\0\u{1}serving\0\u{3}last_error\0\u{3}last_sync_unix_ms\0\u{1}suspects\0\u{3}target_seen_unix_ms\0\u{3}serve_slots\0\u{1}avoid\0\u{3}plan_digest\0\u{3}attest_token\0\u{3}attest_root\0\u{3}expires_unix_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}node\0\u{3}peer_address\0\u{3}rsync_url\0\u{1}generation\0\u{1}heartbeat\0\u{3}sync_state\0\u{3}published_token\0\u{3}target_token\0\u{1}source\0\u{1}progress\0\u{1}serving\0\u{3}last_error\0\u{3}last_sync_unix_ms\0\u{1}suspects\0\u{3}target_seen_unix_ms\0\u{3}serve_slots\0\u{1}avoid\0\u{3}plan_digest\0\u{3}attest_token\0\u{3}attest_root\0\u{3}expires_unix_ms\0\u{3}public_url\0\u{1}region\0")
 
   fileprivate class _StorageClass {
     var _node: String = String()
@@ -1084,6 +1096,8 @@ nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
     var _attestToken: String = String()
     var _attestRoot: String = String()
     var _expiresUnixMs: Int64 = 0
+    var _publicURL: String = String()
+    var _region: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1115,6 +1129,8 @@ nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
       _attestToken = source._attestToken
       _attestRoot = source._attestRoot
       _expiresUnixMs = source._expiresUnixMs
+      _publicURL = source._publicURL
+      _region = source._region
     }
   }
 
@@ -1154,6 +1170,8 @@ nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
         case 19: try { try decoder.decodeSingularStringField(value: &_storage._attestToken) }()
         case 20: try { try decoder.decodeSingularStringField(value: &_storage._attestRoot) }()
         case 21: try { try decoder.decodeSingularInt64Field(value: &_storage._expiresUnixMs) }()
+        case 22: try { try decoder.decodeSingularStringField(value: &_storage._publicURL) }()
+        case 23: try { try decoder.decodeSingularStringField(value: &_storage._region) }()
         default: break
         }
       }
@@ -1225,6 +1243,12 @@ nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
       if _storage._expiresUnixMs != 0 {
         try visitor.visitSingularInt64Field(value: _storage._expiresUnixMs, fieldNumber: 21)
       }
+      if !_storage._publicURL.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._publicURL, fieldNumber: 22)
+      }
+      if !_storage._region.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._region, fieldNumber: 23)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1255,6 +1279,8 @@ nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._Me
         if _storage._attestToken != rhs_storage._attestToken {return false}
         if _storage._attestRoot != rhs_storage._attestRoot {return false}
         if _storage._expiresUnixMs != rhs_storage._expiresUnixMs {return false}
+        if _storage._publicURL != rhs_storage._publicURL {return false}
+        if _storage._region != rhs_storage._region {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -1,0 +1,181 @@
+import DmirrCore
+import Foundation
+import Synchronization
+
+/// The mirrorlist and metalink every agent serves to clients (docs/clients.md): who to list comes from the fleet's
+/// signed records as this agent holds them, the checksums of `repomd.xml` from this mirror's own manifest of the target
+/// token, and only when enough members attest that manifest's root from their own upstream pulls (never one member's
+/// word). Answers are bounded (``MirrorList/maxURLs``), the member view and the manifest are cached per token, and each
+/// client address gets a token bucket.
+final class ClientLists: Sendable {
+    struct Reply: Sendable, Equatable {
+        var status: Int
+        var body: String
+        var contentType: String
+        /// For 429: when to come back (seconds).
+        var retryAfter: Int? = nil
+    }
+
+    /// Per client address: `rate` requests a second, bursts of `burst`; at most `clients` addresses tracked.
+    struct Limits: Sendable {
+        var rate = 10.0
+        var burst = 40.0
+        var clients = 10_000
+    }
+
+    private let node: FleetNode
+    private let clock: any AgentClock
+    private let tree: String
+    private let attestations: Int
+    private let limits: Limits
+
+    private struct State {
+        /// The member view, reused for a second (a busy listener asks the actor once a second, not per request).
+        var view: (at: Duration, target: String, members: [MirrorList.Member], roots: Set<String>)?
+        /// `repomd.xml` entries of our own manifest, per token and root.
+        var manifest: (token: String, root: String, repomds: [String: TreeManifest.Entry])?
+        var buckets: [String: (tokens: Double, at: Duration)] = [:]
+    }
+    private let state = Mutex(State())
+
+    init(node: FleetNode, clock: any AgentClock, tree: String, attestations: Int, limits: Limits = .init()) {
+        self.node = node
+        self.clock = clock
+        self.tree = tree
+        self.attestations = attestations
+        self.limits = limits
+    }
+
+    /// `GET /mirrorlist?path=…`: one URL per line.
+    func mirrorlist(path raw: String?, client: String, region: String?) async -> Reply {
+        if let refusal = admit(client) { return refusal }
+        guard let path = raw.flatMap(MirrorList.repositoryPath) else { return Self.badPath(raw) }
+        guard isRepository(path) else { return Self.unknown(path) }
+        let view = await currentView()
+        guard let answer = MirrorList.select(view.members, target: view.target, client: client, region: region) else {
+            return Reply(status: 503, body: "no member of the fleet has a [mirror] public_url yet\n", contentType: "text/plain; charset=utf-8")
+        }
+        return Reply(status: 200, body: MirrorList.text(answer, path: path, target: view.target), contentType: "text/plain; charset=utf-8")
+    }
+
+    /// `GET /metalink?path=…`: the metalink 3.0 document for `PATH/repodata/repomd.xml`.
+    func metalink(path raw: String?, client: String, region: String?) async -> Reply {
+        if let refusal = admit(client) { return refusal }
+        guard let path = raw.flatMap(MirrorList.repositoryPath) else { return Self.badPath(raw) }
+        guard isRepository(path) else { return Self.unknown(path) }
+        let view = await currentView()
+        guard !view.target.isEmpty else { return Self.unavailable("the fleet's target token is not known yet") }
+        guard let answer = MirrorList.select(view.members, target: view.target, client: client, region: region), answer.current else {
+            return Self.unavailable("no member with a [mirror] public_url publishes the target token \(view.target) yet")
+        }
+        switch repomd(path: path, token: view.target, roots: view.roots) {
+        case .missing(let why):
+            return Self.unavailable(why)
+        case .found(let entry):
+            let document = Metalink.document(
+                file: .init(size: entry.size, mtime: entry.mtime, sha256: entry.sha256), members: answer.members, path: path,
+                published: Self.rfc1123(clock.wallNow))
+            return Reply(status: 200, body: document, contentType: "application/metalink+xml; charset=utf-8")
+        }
+    }
+
+    // MARK: Parts
+
+    /// A token bucket per client address; nil when the request may go on.
+    private func admit(_ client: String) -> Reply? {
+        let now = clock.now
+        let limits = self.limits
+        let allowed = state.withLock { state -> Bool in
+            if state.buckets[client] == nil, state.buckets.count >= limits.clients {
+                // Forget addresses that have been quiet long enough to have refilled; if none has, refuse the newcomer.
+                let full = Duration.seconds(limits.burst / limits.rate)
+                state.buckets = state.buckets.filter { now - $0.value.at < full }
+                guard state.buckets.count < limits.clients else { return false }
+            }
+            var bucket = state.buckets[client] ?? (limits.burst, now)
+            let elapsed = Double((now - bucket.at).components.seconds) + Double((now - bucket.at).components.attoseconds) / 1e18
+            bucket.tokens = min(limits.burst, bucket.tokens + elapsed * limits.rate)
+            bucket.at = now
+            guard bucket.tokens >= 1 else {
+                state.buckets[client] = bucket
+                return false
+            }
+            bucket.tokens -= 1
+            state.buckets[client] = bucket
+            return true
+        }
+        return allowed ? nil : Reply(status: 429, body: "too many requests from \(client); retry in a second\n",
+                                     contentType: "text/plain; charset=utf-8", retryAfter: 1)
+    }
+
+    private func currentView() async -> (target: String, members: [MirrorList.Member], roots: Set<String>) {
+        let now = clock.now
+        if let view = state.withLock({ $0.view }), now - view.at < .seconds(1) { return (view.target, view.members, view.roots) }
+        let fresh = await node.clientView(attestations: attestations)
+        state.withLock { $0.view = (now, fresh.target, fresh.members, fresh.roots) }
+        return fresh
+    }
+
+    /// Whether this mirror's tree has a yum repository at `path` (its `repodata/repomd.xml`).
+    private func isRepository(_ path: String) -> Bool {
+        FileManager.default.fileExists(atPath: tree + "/" + (path.isEmpty ? "" : path + "/") + "repodata/repomd.xml")
+    }
+
+    enum Lookup {
+        case found(TreeManifest.Entry)
+        case missing(String)
+    }
+
+    /// The manifest entry of `PATH/repodata/repomd.xml` for `token`, from our own published manifest, whose root must
+    /// be one that enough members attest.
+    private func repomd(path: String, token: String, roots: Set<String>) -> Lookup {
+        let file = (path.isEmpty ? "" : path + "/") + "repodata/repomd.xml"
+        if let cached = state.withLock({ $0.manifest }), cached.token == token, roots.contains(cached.root) {
+            return cached.repomds[file].map { .found($0) } ?? .missing("the manifest of \(token) has no \(file)")
+        }
+        guard !roots.isEmpty else {
+            return .missing("no manifest of \(token) is attested by \(attestations) members' own upstream pulls yet")
+        }
+        guard let data = FileManager.default.contents(atPath: tree + "/" + TreeManifest.fileName) else {
+            return .missing("this mirror has no manifest of \(token); ask another member's agent")
+        }
+        let bytes = [UInt8](data)
+        let root = TreeManifest.root(of: bytes)
+        guard roots.contains(root), let manifest = try? TreeManifest.decode(bytes), manifest.token == token else {
+            return .missing("this mirror does not publish the attested tree of \(token) yet; ask another member's agent")
+        }
+        var repomds: [String: TreeManifest.Entry] = [:]
+        for entry in manifest.entries where entry.kind == .file && (entry.path == "repodata/repomd.xml" || entry.path.hasSuffix("/repodata/repomd.xml")) {
+            repomds[entry.path] = entry
+        }
+        state.withLock { $0.manifest = (token, root, repomds) }
+        return repomds[file].map { .found($0) } ?? .missing("the manifest of \(token) has no \(file)")
+    }
+
+    private static func badPath(_ raw: String?) -> Reply {
+        Reply(status: 400, body: raw == nil ? "give the repository as ?path=DIR (like el9/x86_64)\n"
+            : "'\(String(raw!.prefix(100)))' is not a repository path (segments of letters, digits, '.', '_', '+', '-')\n",
+              contentType: "text/plain; charset=utf-8")
+    }
+
+    private static func unknown(_ path: String) -> Reply {
+        Reply(status: 404, body: "no repository at '\(path)' in this mirror's tree (no \(path.isEmpty ? "" : path + "/")repodata/repomd.xml)\n",
+              contentType: "text/plain; charset=utf-8")
+    }
+
+    private static func unavailable(_ why: String) -> Reply {
+        Reply(status: 503, body: why + "\n", contentType: "text/plain; charset=utf-8", retryAfter: 30)
+    }
+
+    /// `Wed, 02 Dec 2026 02:00:00 GMT`.
+    static func rfc1123(_ date: Date) -> String {
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = TimeZone(identifier: "UTC")!
+        let c = calendar.dateComponents([.weekday, .day, .month, .year, .hour, .minute, .second], from: date)
+        let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        func two(_ n: Int?) -> String { let v = n ?? 0; return v < 10 ? "0\(v)" : "\(v)" }
+        return "\(days[((c.weekday ?? 1) - 1) % 7]), \(two(c.day)) \(months[((c.month ?? 1) - 1) % 12]) \(c.year ?? 1970) "
+            + "\(two(c.hour)):\(two(c.minute)):\(two(c.second)) GMT"
+    }
+}
