@@ -77,7 +77,9 @@ public struct Agent: Sendable {
         ]
         if let address = config.listen.metrics {
             guard let http = HostPort(address) else { throw AgentError("[listen] metrics: '\(address)' is not HOST:PORT") }
-            let lists = ClientLists(node: node, clock: clock, tree: config.mirror.path, attestations: config.peers.attestations)
+            let limits = ClientLists.Limits(rate: Double(config.listen.clientRate), burst: Double(config.listen.clientBurst))
+            let lists = ClientLists(node: node, clock: clock, tree: config.mirror.path, attestations: config.peers.attestations,
+                                    limits: limits)
             services.append(HTTPService.make(address: http, node: node, metrics: metrics, lists: lists, clock: clock, logger: logger))
         }
         let group = ServiceGroup(configuration: .init(

@@ -16,7 +16,8 @@ final class ClientLists: Sendable {
         var retryAfter: Int? = nil
     }
 
-    /// Per client address: `rate` requests a second, bursts of `burst`; at most `clients` addresses tracked.
+    /// Per client address: `rate` requests a second (0: no limit), bursts of `burst`; at most `clients` addresses
+    /// tracked.
     struct Limits: Sendable {
         var rate = 10.0
         var burst = 40.0
@@ -83,8 +84,9 @@ final class ClientLists: Sendable {
 
     /// A token bucket per client address; nil when the request may go on.
     private func admit(_ client: String) -> Reply? {
-        let now = clock.now
         let limits = self.limits
+        guard limits.rate > 0 else { return nil }
+        let now = clock.now
         let allowed = state.withLock { state -> Bool in
             if state.buckets[client] == nil, state.buckets.count >= limits.clients {
                 // Forget addresses that have been quiet long enough to have refilled; if none has, refuse the newcomer.
@@ -167,15 +169,27 @@ final class ClientLists: Sendable {
         Reply(status: 503, body: why + "\n", contentType: "text/plain; charset=utf-8", retryAfter: 30)
     }
 
-    /// `Wed, 02 Dec 2026 02:00:00 GMT`.
+    /// `Wed, 02 Dec 2026 02:00:00 GMT`. Plain arithmetic (days since the epoch to a civil date in the proleptic
+    /// Gregorian calendar): a `Calendar` per request cost more than the rest of a metalink answer.
     static func rfc1123(_ date: Date) -> String {
-        var calendar = Calendar(identifier: .gregorian)
-        calendar.timeZone = TimeZone(identifier: "UTC")!
-        let c = calendar.dateComponents([.weekday, .day, .month, .year, .hour, .minute, .second], from: date)
-        let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+        let seconds = Int64(date.timeIntervalSince1970.rounded(.down))
+        let days = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
+        let inDay = seconds - days * 86_400
+        // Era arithmetic over 400-year cycles, counting years from March so that leap days fall at a year's end.
+        let shifted = days + 719_468
+        let era = (shifted >= 0 ? shifted : shifted - 146_096) / 146_097
+        let dayOfEra = shifted - era * 146_097
+        let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+        let monthFromMarch = (5 * dayOfYear + 2) / 153
+        let day = dayOfYear - (153 * monthFromMarch + 2) / 5 + 1
+        let month = monthFromMarch < 10 ? monthFromMarch + 3 : monthFromMarch - 9
+        let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
+        // 1970-01-01 was a Thursday.
+        let weekday = Int(((days % 7) + 7 + 4) % 7)
+        let names = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
         let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        func two(_ n: Int?) -> String { let v = n ?? 0; return v < 10 ? "0\(v)" : "\(v)" }
-        return "\(days[((c.weekday ?? 1) - 1) % 7]), \(two(c.day)) \(months[((c.month ?? 1) - 1) % 12]) \(c.year ?? 1970) "
-            + "\(two(c.hour)):\(two(c.minute)):\(two(c.second)) GMT"
+        func two(_ n: Int64) -> String { n < 10 ? "0\(n)" : "\(n)" }
+        return "\(names[weekday]), \(two(day)) \(months[Int(month) - 1]) \(year) \(two(inDay / 3600)):\(two(inDay / 60 % 60)):\(two(inDay % 60)) GMT"
     }
 }

@@ -81,6 +81,11 @@ public struct Config: Sendable, Equatable {
         public var advertise: String?
         public var control: String?
         public var metrics: String?
+        /// `/mirrorlist` and `/metalink` requests a second each client address may make (0: no limit, for a listener
+        /// behind a reverse proxy that limits clients itself: every request would come from the proxy's address).
+        public var clientRate: Int = 10
+        /// How many such requests a client may make at once before the rate applies.
+        public var clientBurst: Int = 40
     }
 
     public struct TLS: Sendable, Equatable {

@@ -72,7 +72,7 @@ private struct Reader {
             "path", "rsync_url", "serve_slots", "exclude_from", "metadata", "publish", "verify", "rsync_args", "public_url", "region",
             "keep_snapshots", "max_passes",
         ],
-        "listen": ["peer", "advertise", "control", "metrics"],
+        "listen": ["peer", "advertise", "control", "metrics", "client_rate", "client_burst"],
         "tls": ["ca", "cert", "key", "crl"],
         "peers": ["seeds", "gossip", "suspect_after", "down_after", "attestations"],
         "state": ["dir"],
@@ -294,7 +294,9 @@ private struct Reader {
             peer: hostPort("listen", "peer"),
             advertise: hostPort("listen", "advertise"),
             control: absolutePath("listen", "control"),
-            metrics: string("listen", "metrics").map(\.0)
+            metrics: string("listen", "metrics").map(\.0),
+            clientRate: integer("listen", "client_rate", default: 10, range: 0...100_000),
+            clientBurst: integer("listen", "client_burst", default: 40, range: 1...100_000)
         )
 
         var tls: Config.TLS?

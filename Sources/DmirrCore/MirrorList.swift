@@ -48,23 +48,43 @@ public enum MirrorList {
             token = newest.publishedToken
             current = false
         }
-        let holders = listed.filter { $0.publishedToken == token }
         let wanted = region?.lowercased() ?? ""
-        let ordered = holders.map { member in
-            (member: member, near: !wanted.isEmpty && member.region.lowercased() == wanted, key: Self.orderKey(client: client, node: member.node))
+        // The client's part of every key is hashed once; per member only its name is added (a thousand members cost
+        // one pass over their names and one sort of integers).
+        let seed = Self.fnv(CollectionOfOne(0), from: Self.fnv(client.utf8, from: Self.fnvOffset))
+        var ordered: [(rank: UInt64, near: Bool, index: Int)] = []
+        ordered.reserveCapacity(listed.count)
+        for (index, member) in listed.enumerated() where member.publishedToken == token {
+            let near = !wanted.isEmpty && member.region.utf8.count == wanted.utf8.count && member.region.lowercased() == wanted
+            ordered.append((Self.mix(Self.fnv(member.node.utf8, from: seed)), near, index))
         }
-        .sorted { ($0.near ? 0 : 1, $0.key, $0.member.node) < ($1.near ? 0 : 1, $1.key, $1.member.node) }
-        return Answer(token: token, current: current, members: Array(ordered.prefix(maxURLs).map(\.member)))
+        ordered.sort { a, b in
+            if a.near != b.near { return a.near }
+            if a.rank != b.rank { return a.rank < b.rank }
+            return listed[a.index].node < listed[b.index].node
+        }
+        return Answer(token: token, current: current, members: ordered.prefix(maxURLs).map { listed[$0.index] })
     }
 
-    /// A client's stable position key for a member: FNV-1a over the client and the node, then a 64-bit finalizer
-    /// (FNV alone barely mixes addresses that differ in their last byte). For spreading, not secrecy.
-    static func orderKey(client: String, node: String) -> UInt64 {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in client.utf8 + [0] + node.utf8 {
+    private static let fnvOffset: UInt64 = 0xcbf2_9ce4_8422_2325
+
+    private static func fnv<Bytes: Sequence<UInt8>>(_ bytes: Bytes, from start: UInt64) -> UInt64 {
+        var hash = start
+        for byte in bytes {
             hash ^= UInt64(byte)
             hash = hash &* 0x100_0000_01b3
         }
+        return hash
+    }
+
+    /// A client's stable position key for a member: FNV-1a over the client, a zero byte and the node, then a 64-bit
+    /// finalizer (FNV alone barely mixes addresses that differ in their last byte). For spreading, not secrecy.
+    static func orderKey(client: String, node: String) -> UInt64 {
+        mix(fnv(node.utf8, from: fnv(CollectionOfOne(0), from: fnv(client.utf8, from: fnvOffset))))
+    }
+
+    private static func mix(_ value: UInt64) -> UInt64 {
+        var hash = value
         hash ^= hash >> 33
         hash = hash &* 0xff51_afd7_ed55_8ccd
         hash ^= hash >> 33

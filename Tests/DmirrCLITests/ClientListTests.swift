@@ -56,17 +56,20 @@ import Testing
     static let repo = "el9/x86_64"
 
     @Test func dnfFollowsTheFleetsMetalinkAndNeverReadsAStaleOrAlteredMirror() throws {
-        let names = (0..<4).map { "m\($0)" }
+        let names = (0..<5).map { "m\($0)" }
         // Ports for the trees' HTTP servers first: each member's public_url names its own.
         let ports = try names.map { _ in try FreePort.pick() }
         var extra: [String: String] = [:]
         for (i, name) in names.enumerated() {
             extra[name] = "public_url = \"http://127.0.0.1:\(ports[i])\"\nregion = \"\(i % 2 == 0 ? "DE" : "US")\""
         }
-        // m3 is held back: its upstream is a module frozen at push-1, so it stays alive, gossiping, and behind.
+        // Two mirrors are held back from push-2. m4's agent is stopped before the push (as the issue has it); the
+        // others judge it suspect, then down, before they converge (its silence holds up their plan until then), so
+        // the lists would leave it out for its silence alone. m3 exercises the token rule itself: its upstream is a
+        // module frozen at push-1, so it stays alive, gossiping, and behind.
         let frozen = try TestDirectory("frozen")
         defer { frozen.remove() }
-        let fleet = try Fleet(size: 4, serving: true, extraModules: [.init(name: "frozen", path: frozen.path)],
+        let fleet = try Fleet(size: 5, serving: true, extraModules: [.init(name: "frozen", path: frozen.path)],
                               upstreamURLs: ["m3": "rsync://UPSTREAM/frozen"], http: true, mirrorExtraFor: extra)
         defer { fleet.stop(); fleet.dir.remove() }
         // The repository lives at el9/x86_64 in upstream's tree; the token file stays at the top.
@@ -91,7 +94,7 @@ import Testing
             let r = try HTTPListenerTests.get("http://127.0.0.1:\(fleet.httpPorts[agent]!)/\(what)?\(query)")
             return (r.status, r.body)
         }
-        // Every agent lists the same four mirrors for push-1 (each in its own order for this client).
+        // Every agent lists the same five mirrors for push-1 (each in its own order for this client).
         var lists: [Set<String>] = []
         for name in names {
             let list = try get(name, "mirrorlist")
@@ -102,7 +105,7 @@ import Testing
         #expect(lists.allSatisfy { $0 == expected }, "\(lists)")
         // A region puts its members first; unknown paths and bad ones are refused with a reason.
         let german = try get("m1", "mirrorlist", "path=\(Self.repo)&region=DE").body.split(separator: "\n").map(String.init)
-        #expect(Set(german.prefix(2)) == ["http://127.0.0.1:\(ports[0])/\(Self.repo)/", "http://127.0.0.1:\(ports[2])/\(Self.repo)/"], "\(german)")
+        #expect(Set(german.prefix(3)) == Set([0, 2, 4].map { "http://127.0.0.1:\(ports[$0])/\(Self.repo)/" }), "\(german)")
         let unknown = try get("m0", "metalink", "path=el8/x86_64")
         #expect(unknown.status == 404 && unknown.body.contains("no repository at 'el8/x86_64'"), "\(unknown)")
         #expect(try get("m0", "mirrorlist", "path=../etc").status == 400)
@@ -112,23 +115,41 @@ import Testing
         let first = try Dnf.withMetalink(metalink, ["-q", "repoquery", "--available", "--qf", "%{name}-%{version}"])
         #expect(first.exitCode == 0 && first.stdout.contains("alpha-1.0") && first.stdout.contains("beta-1.0"), "\(first.stdout)\(first.stderr)")
 
-        // The push reaches everyone but m3, which stays alive on push-1: the lists drop it once the target moves.
+        // The push reaches everyone but m3 and m4: the lists drop both once the target moves.
+        fleet.agents["m4"]!.killGroup()
         try YumRepo.buildRPMs([.init("gamma", "1.0")], into: nested + "/Packages")
         try YumRepo.createrepo(nested)
         try fleet.upstream.setToken("push-2")
         let live = ["m0", "m1", "m2"]
         #expect(fleet.waitUntil(seconds: 90) { fleet.allInSync("push-2", among: live) }, "\(fleet.logs())")
         let m3 = (fleet.status("m0")?["members"] as? [[String: Any]])?.first { $0["node"] as? String == "m3" }
-        #expect(m3?["token"] as? String == "push-1" && m3?["state"] as? String != "down" && m3?["state"] as? String != "suspect",
+        #expect(m3?["token"] as? String == "push-1" && !["down", "suspect"].contains(m3?["state"] as? String ?? "down"),
                 "m3 must be alive and behind for this check: \(m3 ?? [:])")
+        // Every agent whose target is push-2 answers the same set.
+        let current = expected.subtracting(["http://127.0.0.1:\(ports[3])/\(Self.repo)/", "http://127.0.0.1:\(ports[4])/\(Self.repo)/"])
         for name in live {
             let list = Set(try get(name, "mirrorlist").body.split(separator: "\n").map(String.init))
-            #expect(list == expected.subtracting(["http://127.0.0.1:\(ports[3])/\(Self.repo)/"]), "\(name): \(list)")
+            #expect(list == current, "\(name): \(list)")
+            let metalink = try get(name, "metalink")
+            let urls = Set(metalink.body.split(separator: "\n").filter { $0.contains("<url ") }.compactMap { line in
+                line.split(separator: ">").dropFirst().first?.split(separator: "<").first.map { String($0.dropLast("repodata/repomd.xml".count)) }
+            })
+            #expect(metalink.status == 200 && urls == current, "\(name): \(metalink.status) \(urls)")
         }
+        // m3's own upstream says push-1, and an agent takes no member's word over its upstream's (the rumour of push-2
+        // is refuted by its own fetch): its target is push-1, so it lists the holders of push-1, itself alone. It hands
+        // out no checksums for them: only m3 attests that tree now, fewer than `attestations` (2).
+        #expect((fleet.status("m3")?["target"] as? [String: Any])?["token"] as? String == "push-1")
+        let m3list = try get("m3", "mirrorlist")
+        #expect(m3list.body.split(separator: "\n").map(String.init) == ["http://127.0.0.1:\(ports[3])/\(Self.repo)/"], "\(m3list)")
+        let m3metalink = try get("m3", "metalink")
+        #expect(m3metalink.status == 503 && m3metalink.body.contains("attested"), "\(m3metalink)")
         servers.values.forEach { $0.clearLog() }
         let second = try Dnf.withMetalink(metalink, ["-q", "repoquery", "--available", "--qf", "%{name}-%{version}"])
         #expect(second.exitCode == 0 && second.stdout.contains("gamma-1.0"), "\(second.stdout)\(second.stderr)")
-        #expect(servers["m3"]!.requests().isEmpty, "dnf read the held-back mirror: \(servers["m3"]!.requests())")
+        for behind in ["m3", "m4"] {
+            #expect(servers[behind]!.requests().isEmpty, "dnf read the held-back \(behind): \(servers[behind]!.requests())")
+        }
 
         // The mirror this client is sent to first has its repomd.xml altered on disk: dnf refuses it (the metalink's
         // SHA-256 does not match) and takes repomd.xml from the next one. Without the metalink's checksum it would

@@ -43,14 +43,23 @@ import Testing
         let mirrorExtraFor: [String: String]
         /// Each member's HTTP listener (`[listen] metrics`) port, when the fleet has them.
         var httpPorts: [String: Int] = [:]
+        /// Extra lines for every member's `[listen]` table.
+        let listenExtra: String
+        /// `[peers] suspect_after` and `down_after`: short, so that tests of failure detection finish quickly.
+        let suspectAfter: String
+        let downAfter: String
 
         /// - Parameters:
         ///   - upstreamMaxConnections: the upstream daemon's own `max connections` (0: none).
         ///   - extraModules: more modules on upstream's daemon (point a member at one with ``upstreamURLs``).
         init(size: Int, mirrorExtra: String = "", serving: Bool = false, upstreamSlots: Int = 2, poll: String = "1s",
              upstreamMaxConnections: Int = 0, extraModules: [RsyncDaemon.Module] = [], upstreamURLs: [String: String] = [:],
-             peersExtra: String = "", http: Bool = false, mirrorExtraFor: [String: String] = [:]) throws {
+             peersExtra: String = "", http: Bool = false, mirrorExtraFor: [String: String] = [:], listenExtra: String = "",
+             suspectAfter: String = "2s", downAfter: String = "5s") throws {
             self.mirrorExtra = mirrorExtra
+            self.listenExtra = listenExtra
+            self.suspectAfter = suspectAfter
+            self.downAfter = downAfter
             self.mirrorExtraFor = mirrorExtraFor
             self.peersExtra = peersExtra
             self.upstreamSlots = upstreamSlots
@@ -104,6 +113,7 @@ import Testing
             [listen]
             peer = "127.0.0.1:\(ports[name]!)"
             \(httpPorts[name].map { "metrics = \"127.0.0.1:\($0)\"" } ?? "")
+            \(listenExtra)
             [tls]
             ca = "\(dir.sub("ca/ca.pem"))"
             cert = "\(dir.sub("certs/\(name).pem"))"
@@ -112,8 +122,8 @@ import Testing
             [peers]
             seeds = [\(seeds.map { "\"\($0)\"" }.joined(separator: ", "))]
             gossip = "200ms"
-            suspect_after = "2s"
-            down_after = "5s"
+            suspect_after = "\(suspectAfter)"
+            down_after = "\(downAfter)"
             \(peersExtra)
             [state]
             dir = "\(dir.sub("state-\(name)"))"

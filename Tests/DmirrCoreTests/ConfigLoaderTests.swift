@@ -63,6 +63,8 @@ import Testing
             peer    = "0.0.0.0:7873"
             control = "/run/dmirr/control.sock"
             metrics = "127.0.0.1:9873"
+            client_rate  = 0                   # behind a reverse proxy that limits clients
+            client_burst = 100
 
             [tls]
             ca   = "/etc/dmirr/ca.pem"
@@ -85,6 +87,11 @@ import Testing
         #expect(config.peers.seeds == ["mirror-b.example.org:7873"])
         #expect(config.peers.downAfter == .seconds(60))
         #expect(config.listen.control == "/run/dmirr/control.sock")
+        #expect(config.listen.clientRate == 0 && config.listen.clientBurst == 100)
+        let defaults = try ConfigLoader.load(text: Self.minimal, file: "t.toml", purpose: .sync).get()
+        #expect(defaults.listen.clientRate == 10 && defaults.listen.clientBurst == 40)
+        let p = problems(Self.minimal + "\n[listen]\nclient_burst = 0\n")
+        #expect(p.first?.key == "listen.client_burst" && p.first?.message.contains("out of range") == true, "\(p)")
     }
 
     @Test func unknownKeyNamesKeyAndLine() {
