@@ -6,15 +6,19 @@ in_sync with the new token; then, idle, per agent: gossip bytes/s and messages-e
 peer sockets, TLS included, from `ss -tin` bytes_acked over a window), RSS (VmRSS) and CPU (utime+stime).
 
 Usage: scripts/bench-fleet.py [--dmirr .build/release/dmirr] [--agents 20] [--gossip 1s] [--window 60]
-                              [--http] [--scrapes 200] [--screenshot FILE]
+                              [--http] [--scrapes 200] [--screenshot FILE] [--lists]
 With --http every agent also runs its HTTP listener (`[listen] metrics`), and after the idle window the benchmark
 scrapes one agent's /metrics and /status.json `--scrapes` times each (a new connection each, as a scraper without
 keep-alive does): latency percentiles and the agent's CPU per scrape. --screenshot saves the fleet page (needs
 Playwright and Debian's chromium).
+With --lists (implies --http) every mirror has a `public_url`, and from the push on the benchmark asks one agent's
+/mirrorlist every 50 ms: for each mirror, the time from its publishing the push (`finished_at` in its history) to its
+first appearance in a list of push-2 (the answer's `X-Dmirr-Token` header says which token a list is of).
 (The window should cover a record refresh, the larger of down_after / 2 and 2 s per member: 40 s for 20 agents with
 the default down_after, or it under-counts gossip.)
 """
-import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, datetime, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
+import urllib.request
 from benchlib import free_port, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,6 +106,40 @@ def scrape(a, pid, port):
             browser.close()
 
 
+class ListWatcher(threading.Thread):
+    """Asks one agent's /mirrorlist every 50 ms; records when each URL first appears in a list of `token`."""
+
+    def __init__(self, port, token, expected, seconds=180):
+        super().__init__(daemon=True)
+        self.url, self.token, self.expected, self.seconds = f"http://127.0.0.1:{port}/mirrorlist?path=", token, set(expected), seconds
+        self.first_seen, self.requests, self.errors = {}, 0, 0
+
+    def run(self):
+        end = time.time() + self.seconds
+        while time.time() < end and set(self.first_seen) != self.expected:
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
+                    body, token = r.read().decode(), r.headers.get("X-Dmirr-Token")
+                self.requests += 1
+                now = time.time()
+                if token == self.token:
+                    for line in body.splitlines():
+                        if line and not line.startswith("#"):
+                            self.first_seen.setdefault(line, now)
+            except OSError:
+                self.errors += 1
+            time.sleep(0.05)
+
+
+def published_at(dmirr, cfg, token):
+    """When this mirror finished its pull of `token` (its history's `finished_at`, Unix seconds), or None."""
+    r = subprocess.run([dmirr, "history", "-c", cfg, "--json"], capture_output=True, text=True)
+    for row in json.loads(r.stdout or "[]"):
+        if row["token"] == token and row["outcome"] == "synced" and row.get("finished_at"):
+            return datetime.datetime.fromisoformat(row["finished_at"].replace("Z", "+00:00")).timestamp()
+    return None
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dmirr", default=os.path.join(ROOT, ".build/release/dmirr"))
@@ -111,7 +149,9 @@ def main():
     ap.add_argument("--http", action="store_true")
     ap.add_argument("--scrapes", type=int, default=200)
     ap.add_argument("--screenshot")
+    ap.add_argument("--lists", action="store_true")
     a = ap.parse_args()
+    a.http = a.http or a.lists
     work = tempfile.mkdtemp(prefix="dmirr-fleet-bench-")
     procs, daemon, serving = {}, None, {}
     try:
@@ -144,8 +184,11 @@ def main():
             run([a.dmirr, "cert", "issue", "--ca", f"{work}/ca", "--node", n, "--out", f"{work}/certs"])
             seed = names[(i - 1) % len(names)]
             metrics_line = f'\nmetrics = "127.0.0.1:{http[n]}"' if a.http else ""
+            # The watcher polls 20 times a second from one address: past the default per-client limit.
+            metrics_line += "\nclient_rate = 0" if a.lists else ""
+            public = f'\npublic_url = "http://{n}.mirror.test"' if a.lists else ""
             cfg = f"""node = "{n}"\nfleet = "bench"\n[upstream]\nurl = "rsync://127.0.0.1:{port}/repo"\npoll = "2s"
-[mirror]\npath = "{work}/mirror-{n}"\nrsync_url = "rsync://127.0.0.1:{serving[n][0]}/mirror"\nserve_slots = 2\n[listen]\npeer = "127.0.0.1:{ports[n]}"{metrics_line}
+[mirror]\npath = "{work}/mirror-{n}"\nrsync_url = "rsync://127.0.0.1:{serving[n][0]}/mirror"\nserve_slots = 2{public}\n[listen]\npeer = "127.0.0.1:{ports[n]}"{metrics_line}
 [tls]\nca = "{work}/ca/ca.pem"\ncert = "{work}/certs/{n}.pem"\nkey = "{work}/certs/{n}.key"
 [peers]\nseeds = ["127.0.0.1:{ports[seed]}"]\ngossip = "{a.gossip}"\n[state]\ndir = "{work}/state-{n}"\n"""
             open(f"{work}/{n}.toml", "w").write(cfg)
@@ -175,7 +218,13 @@ def main():
               f"{(t_first or float('nan')) + (t_members or 0):.1f} s after start", flush=True)
         run(["bash", MAKE_REPO, "build-rpms", os.path.join(up, "Packages"), "gamma:1.0:64"])
         run(["bash", MAKE_REPO, "createrepo", up])
+        watcher = None
+        if a.lists:
+            watcher = ListWatcher(http[names[0]], "push-2", [f"http://{n}.mirror.test/" for n in names])
+        pushed = time.time()
         open(os.path.join(up, "CURRENT"), "w").write("push-2\n")
+        if watcher:
+            watcher.start()
         t_push = wait(lambda: all_in_sync("push-2"), 120)
         print(f"push-2 on every agent: {t_push:.1f} s after the push (poll = 2s, upstream slots = 2, serve slots = 2)", flush=True)
 
@@ -204,6 +253,22 @@ def main():
         print(f"| of which anonymous (heap, stacks) / file-backed (code, shared) | {statistics.median(anon):.1f} / "
               f"{statistics.median(filebacked):.1f} MiB |")
         print(f"| idle CPU per agent: median / max | {statistics.median(cpu):.2f} / {max(cpu):.2f} % of a core |")
+        if watcher:
+            watcher.join()
+            missing = watcher.expected - set(watcher.first_seen)
+            if missing:
+                sys.exit(f"bench-fleet: {len(missing)} mirrors never appeared in {names[0]}'s list of push-2: {sorted(missing)}")
+            delays, seen = [], sorted(watcher.first_seen.values())
+            for n in names:
+                done = published_at(a.dmirr, f"{work}/{n}.toml", "push-2")
+                if done is None:
+                    sys.exit(f"bench-fleet: {n} has no synced run of push-2 in its history")
+                delays.append(watcher.first_seen[f"http://{n}.mirror.test/"] - done)
+            delays.sort()
+            print(f"\n| {names[0]}'s /mirrorlist after the push (asked every 50 ms, {watcher.requests} answers) | value |\n|---|---|")
+            print(f"| push → first mirror listed / all {len(names)} listed | {seen[0] - pushed:.1f} / {seen[-1] - pushed:.1f} s |")
+            print(f"| a mirror publishes → listed: median / p95 / max | {statistics.median(delays):.2f} / "
+                  f"{delays[max(0, int(len(delays) * 0.95) - 1)]:.2f} / {delays[-1]:.2f} s |", flush=True)
         if a.http:
             scrape(a, procs[names[0]].pid, http[names[0]])
         logs = "".join(open(f"{work}/{n}.log").read() for n in names)

@@ -14,6 +14,8 @@ final class ClientLists: Sendable {
         var contentType: String
         /// For 429: when to come back (seconds).
         var retryAfter: Int? = nil
+        /// The token every listed mirror publishes (the `X-Dmirr-Token` header).
+        var token: String? = nil
     }
 
     /// Per client address: `rate` requests a second (0: no limit), bursts of `burst`; at most `clients` addresses
@@ -32,12 +34,21 @@ final class ClientLists: Sendable {
 
     private struct State {
         /// The member view, reused for a second (a busy listener asks the actor once a second, not per request).
-        var view: (at: Duration, target: String, members: [MirrorList.Member], roots: Set<String>)?
+        var view: View?
         /// `repomd.xml` entries of our own manifest, per token and root.
         var manifest: (token: String, root: String, repomds: [String: TreeManifest.Entry])?
         var buckets: [String: (tokens: Double, at: Duration)] = [:]
     }
     private let state = Mutex(State())
+
+    /// The fleet as the answers need it, refreshed once a second at most: the target, who may be listed for it (the
+    /// same for every client), and the manifest roots enough members attest.
+    struct View {
+        var at: Duration
+        var target: String
+        var candidates: MirrorList.Candidates?
+        var roots: Set<String>
+    }
 
     init(node: FleetNode, clock: any AgentClock, tree: String, attestations: Int, limits: Limits = .init()) {
         self.node = node
@@ -53,10 +64,12 @@ final class ClientLists: Sendable {
         guard let path = raw.flatMap(MirrorList.repositoryPath) else { return Self.badPath(raw) }
         guard isRepository(path) else { return Self.unknown(path) }
         let view = await currentView()
-        guard let answer = MirrorList.select(view.members, target: view.target, client: client, region: region) else {
+        guard let candidates = view.candidates else {
             return Reply(status: 503, body: "no member of the fleet has a [mirror] public_url yet\n", contentType: "text/plain; charset=utf-8")
         }
-        return Reply(status: 200, body: MirrorList.text(answer, path: path, target: view.target), contentType: "text/plain; charset=utf-8")
+        let answer = MirrorList.order(candidates, client: client, region: region)
+        return Reply(status: 200, body: MirrorList.text(answer, path: path, target: view.target), contentType: "text/plain; charset=utf-8",
+                     token: answer.token)
     }
 
     /// `GET /metalink?path=…`: the metalink 3.0 document for `PATH/repodata/repomd.xml`.
@@ -66,17 +79,18 @@ final class ClientLists: Sendable {
         guard isRepository(path) else { return Self.unknown(path) }
         let view = await currentView()
         guard !view.target.isEmpty else { return Self.unavailable("the fleet's target token is not known yet") }
-        guard let answer = MirrorList.select(view.members, target: view.target, client: client, region: region), answer.current else {
+        guard let candidates = view.candidates, candidates.current else {
             return Self.unavailable("no member with a [mirror] public_url publishes the target token \(view.target) yet")
         }
         switch repomd(path: path, token: view.target, roots: view.roots) {
         case .missing(let why):
             return Self.unavailable(why)
         case .found(let entry):
+            let answer = MirrorList.order(candidates, client: client, region: region)
             let document = Metalink.document(
                 file: .init(size: entry.size, mtime: entry.mtime, sha256: entry.sha256), members: answer.members, path: path,
                 published: Self.rfc1123(clock.wallNow))
-            return Reply(status: 200, body: document, contentType: "application/metalink+xml; charset=utf-8")
+            return Reply(status: 200, body: document, contentType: "application/metalink+xml; charset=utf-8", token: answer.token)
         }
     }
 
@@ -110,12 +124,13 @@ final class ClientLists: Sendable {
                                      contentType: "text/plain; charset=utf-8", retryAfter: 1)
     }
 
-    private func currentView() async -> (target: String, members: [MirrorList.Member], roots: Set<String>) {
+    private func currentView() async -> View {
         let now = clock.now
-        if let view = state.withLock({ $0.view }), now - view.at < .seconds(1) { return (view.target, view.members, view.roots) }
+        if let view = state.withLock({ $0.view }), now - view.at < .seconds(1) { return view }
         let fresh = await node.clientView(attestations: attestations)
-        state.withLock { $0.view = (now, fresh.target, fresh.members, fresh.roots) }
-        return fresh
+        let view = View(at: now, target: fresh.target, candidates: MirrorList.candidates(fresh.members, target: fresh.target), roots: fresh.roots)
+        state.withLock { $0.view = view }
+        return view
     }
 
     /// Whether this mirror's tree has a yum repository at `path` (its `repodata/repomd.xml`).

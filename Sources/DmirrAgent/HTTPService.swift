@@ -71,9 +71,12 @@ extension HTTPService {
         return (address, given.flatMap { MirrorList.isValidRegion($0) ? $0 : nil })
     }
 
+    static let tokenHeader = HTTPFields.Element.Name("X-Dmirr-Token")!
+
     static func response(_ reply: ClientLists.Reply) -> Response {
         var headers: HTTPFields = [.contentType: reply.contentType, .cacheControl: "no-store"]
         if let retry = reply.retryAfter { headers[.retryAfter] = "\(retry)" }
+        if let token = reply.token { headers[Self.tokenHeader] = token }
         return Response(status: .init(code: reply.status), headers: headers, body: .init(byteBuffer: ByteBuffer(string: reply.body)))
     }
 }

@@ -34,12 +34,21 @@ public enum MirrorList {
         public var members: [Member]
     }
 
-    /// The members to list for a client: those holding `target` (with a public URL), else those holding the token
-    /// published most recently. Nil when no member has a public URL at all.
-    /// - Parameters:
-    ///   - client: what tells clients apart for the order (their address); the same client gets the same order.
-    ///   - region: the client's region, when it said; members tagged with it come first.
-    public static func select(_ members: [Member], target: String, client: String, region: String?) -> Answer? {
+    /// Who may be listed at all, before any client's order: the members holding `target` (with a public URL), else
+    /// those holding the token published most recently. The same for every client until the member view changes, so
+    /// a busy listener computes it once per view, with each member's half of the order key.
+    public struct Candidates: Sendable, Equatable {
+        public var token: String
+        public var current: Bool
+        /// Sorted by node name.
+        public var members: [Member]
+        /// Per member: a hash of its node name, and its region lowercased.
+        var nodeHashes: [UInt64]
+        var regions: [String]
+    }
+
+    /// Nil when no member has a public URL at all.
+    public static func candidates(_ members: [Member], target: String) -> Candidates? {
         let listed = members.filter { !$0.publicURL.isEmpty && !$0.publishedToken.isEmpty }
         var token = target
         var current = true
@@ -48,22 +57,39 @@ public enum MirrorList {
             token = newest.publishedToken
             current = false
         }
+        let holders = listed.filter { $0.publishedToken == token }.sorted { $0.node < $1.node }
+        return Candidates(token: token, current: current, members: holders, nodeHashes: holders.map { mix(fnv($0.node.utf8, from: fnvOffset)) },
+                          regions: holders.map { $0.region.lowercased() })
+    }
+
+    /// The members to list for a client (see ``candidates(_:target:)``). Nil when no member has a public URL at all.
+    /// - Parameters:
+    ///   - client: what tells clients apart for the order (their address); the same client gets the same order.
+    ///   - region: the client's region, when it said; members tagged with it come first.
+    public static func select(_ members: [Member], target: String, client: String, region: String?) -> Answer? {
+        candidates(members, target: target).map { order($0, client: client, region: region) }
+    }
+
+    /// One client's answer from the candidates: its own stable order, its region first, at most ``maxURLs``.
+    ///
+    /// Each member's position key is `mix(mix(hash(client)) ^ hash(node))`: stable per client and node, spread by the
+    /// finalizer. The keys are packed with the region flag on top and the member's index at the bottom, so one sort of
+    /// integers orders a thousand members (ties of the truncated key fall back to the index, that is the node name).
+    public static func order(_ candidates: Candidates, client: String, region: String?) -> Answer {
+        let count = candidates.members.count
         let wanted = region?.lowercased() ?? ""
-        // The client's part of every key is hashed once; per member only its name is added (a thousand members cost
-        // one pass over their names and one sort of integers).
-        let seed = Self.fnv(CollectionOfOne(0), from: Self.fnv(client.utf8, from: Self.fnvOffset))
-        var ordered: [(rank: UInt64, near: Bool, index: Int)] = []
-        ordered.reserveCapacity(listed.count)
-        for (index, member) in listed.enumerated() where member.publishedToken == token {
-            let near = !wanted.isEmpty && member.region.utf8.count == wanted.utf8.count && member.region.lowercased() == wanted
-            ordered.append((Self.mix(Self.fnv(member.node.utf8, from: seed)), near, index))
+        let seed = mix(fnv(client.utf8, from: fnvOffset))
+        let indexBits = UInt64(max(1, Int.bitWidth - max(0, count - 1).leadingZeroBitCount))
+        var keys = [UInt64](repeating: 0, count: count)
+        for index in 0..<count {
+            let far: UInt64 = !wanted.isEmpty && candidates.regions[index] == wanted ? 0 : 1
+            let rank = mix(seed ^ candidates.nodeHashes[index]) >> (1 + indexBits)
+            keys[index] = far << 63 | rank << indexBits | UInt64(index)
         }
-        ordered.sort { a, b in
-            if a.near != b.near { return a.near }
-            if a.rank != b.rank { return a.rank < b.rank }
-            return listed[a.index].node < listed[b.index].node
-        }
-        return Answer(token: token, current: current, members: ordered.prefix(maxURLs).map { listed[$0.index] })
+        keys.sort()
+        let mask: UInt64 = (1 << indexBits) - 1
+        return Answer(token: candidates.token, current: candidates.current,
+                      members: keys.prefix(maxURLs).map { candidates.members[Int($0 & mask)] })
     }
 
     private static let fnvOffset: UInt64 = 0xcbf2_9ce4_8422_2325
@@ -77,12 +103,7 @@ public enum MirrorList {
         return hash
     }
 
-    /// A client's stable position key for a member: FNV-1a over the client, a zero byte and the node, then a 64-bit
-    /// finalizer (FNV alone barely mixes addresses that differ in their last byte). For spreading, not secrecy.
-    static func orderKey(client: String, node: String) -> UInt64 {
-        mix(fnv(node.utf8, from: fnv(CollectionOfOne(0), from: fnv(client.utf8, from: fnvOffset))))
-    }
-
+    /// The 64-bit finalizer of MurmurHash3: FNV alone barely mixes inputs that differ in their last byte (addresses).
     private static func mix(_ value: UInt64) -> UInt64 {
         var hash = value
         hash ^= hash >> 33
@@ -183,7 +204,7 @@ public enum Metalink {
             """
         for (index, member) in members.enumerated() {
             let url = MirrorList.url(member, path: path) + "repodata/repomd.xml"
-            let scheme = url.lowercased().hasPrefix("https://") ? "https" : "http"
+            let scheme = url.prefix(6).lowercased() == "https:" ? "https" : "http"
             let location = member.region.isEmpty ? "" : " location=\"\(escape(member.region.uppercased()))\""
             // Preference 100 for this client's first, falling by one, never below 1.
             out += "    <url protocol=\"\(scheme)\" type=\"\(scheme)\"\(location) preference=\"\(max(1, 100 - index))\">\(escape(url))</url>\n"
@@ -199,6 +220,9 @@ public enum Metalink {
     }
 
     static func escape(_ s: String) -> String {
+        // Most values need nothing: look at the bytes before walking characters.
+        guard s.utf8.contains(where: { $0 == UInt8(ascii: "&") || $0 == UInt8(ascii: "<") || $0 == UInt8(ascii: ">") || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "'") })
+        else { return s }
         var out = ""
         for c in s {
             switch c {

@@ -59,6 +59,23 @@ import Testing
         }
     }
 
+    /// The order packs each member's index into its key: every member appears exactly once, whatever the count.
+    @Test func everyHolderAppearsOnceForAnyCount() throws {
+        for count in [1, 2, 3, 4, 5, 63, 64, 65, 100, 129, 1_025] {
+            let members = (0..<count).map { Self.member("n\($0)", "T", region: $0 % 3 == 0 ? "DE" : "US") }
+            for region in [nil, "DE"] {
+                let answer = try #require(MirrorList.select(members, target: "T", client: "198.51.100.7", region: region))
+                let names = answer.members.map(\.node)
+                #expect(names.count == min(count, MirrorList.maxURLs) && Set(names).count == names.count, "\(count) \(region ?? "-")")
+                if region != nil {
+                    // Members of the region first.
+                    let firstOther = answer.members.firstIndex { $0.region != "DE" } ?? answer.members.count
+                    #expect(answer.members[firstOther...].allSatisfy { $0.region != "DE" }, "\(count)")
+                }
+            }
+        }
+    }
+
     @Test func answersAreBounded() throws {
         let members = (0..<1_000).map { Self.member("m\($0)", "T") }
         #expect(try #require(MirrorList.select(members, target: "T", client: "x", region: nil)).members.count == MirrorList.maxURLs)
