@@ -35,17 +35,19 @@ final class ClientLists: Sendable {
     private struct State {
         /// The member view, reused for a second (a busy listener asks the actor once a second, not per request).
         var view: View?
-        /// `repomd.xml` entries of our own manifest, per token and root.
+        /// `repomd.xml` entries of the last manifest of our own tree that enough members attested (it stays, for the
+        /// transition to the next token, until another replaces it).
         var manifest: (token: String, root: String, repomds: [String: TreeManifest.Entry])?
         var buckets: [String: (tokens: Double, at: Duration)] = [:]
     }
     private let state = Mutex(State())
 
     /// The fleet as the answers need it, refreshed once a second at most: the target, who may be listed for it (the
-    /// same for every client), and the manifest roots enough members attest.
+    /// same for every client), and the manifest roots of the listed token that enough members attest.
     struct View {
         var at: Duration
         var target: String
+        var members: [MirrorList.Member]
         var candidates: MirrorList.Candidates?
         var roots: Set<String>
     }
@@ -78,20 +80,36 @@ final class ClientLists: Sendable {
         guard let path = raw.flatMap(MirrorList.repositoryPath) else { return Self.badPath(raw) }
         guard isRepository(path) else { return Self.unknown(path) }
         let view = await currentView()
-        guard !view.target.isEmpty else { return Self.unavailable("the fleet's target token is not known yet") }
-        guard let candidates = view.candidates, candidates.current else {
-            return Self.unavailable("no member with a [mirror] public_url publishes the target token \(view.target) yet")
-        }
-        switch repomd(path: path, token: view.target, roots: view.roots) {
-        case .missing(let why):
-            return Self.unavailable(why)
+        guard let candidates = view.candidates else { return Self.unavailable("no member of the fleet has a [mirror] public_url yet") }
+        // Right after a push, until a mirror publishes the target, the answer is of the newest token held (as the
+        // mirrorlist's): its mirrors are consistent with the checksums of that token's manifest.
+        let target = view.target.isEmpty ? "(unknown yet)" : view.target
+        switch repomd(path: path, token: candidates.token, roots: view.roots) {
         case .found(let entry):
-            let answer = MirrorList.order(candidates, client: client, region: region)
-            let document = Metalink.document(
-                file: .init(size: entry.size, mtime: entry.mtime, sha256: entry.sha256), members: answer.members, path: path,
-                published: Self.rfc1123(clock.wallNow))
-            return Reply(status: 200, body: document, contentType: "application/metalink+xml; charset=utf-8", token: answer.token)
+            let note = candidates.current ? nil : "no mirror publishes the fleet's target token \(target) yet; these publish \(candidates.token)"
+            return metalink(entry, candidates, path: path, client: client, region: region, note: note)
+        case .missing(let why):
+            // The newest tree is not attested yet (fewer upstream pulls of it than `attestations`), or this mirror does
+            // not publish it yet: while mirrors still publish the tree this agent last served, answer with that one.
+            // It was attested when it was accepted, and its checksums match what those mirrors serve.
+            let file = (path.isEmpty ? "" : path + "/") + "repodata/repomd.xml"
+            if let previous = state.withLock({ $0.manifest }), previous.token != candidates.token, let entry = previous.repomds[file],
+                let held = MirrorList.candidates(view.members, target: previous.token), held.current
+            {
+                return metalink(entry, held, path: path, client: client, region: region,
+                                note: "the fleet's target is \(target), but \(why); these publish \(previous.token)")
+            }
+            return Self.unavailable(why)
         }
+    }
+
+    private func metalink(_ entry: TreeManifest.Entry, _ candidates: MirrorList.Candidates, path: String, client: String, region: String?,
+                          note: String?) -> Reply {
+        let answer = MirrorList.order(candidates, client: client, region: region)
+        let document = Metalink.document(
+            file: .init(size: entry.size, mtime: entry.mtime, sha256: entry.sha256), members: answer.members, path: path,
+            published: Self.rfc1123(clock.wallNow), note: note)
+        return Reply(status: 200, body: document, contentType: "application/metalink+xml; charset=utf-8", token: answer.token)
     }
 
     // MARK: Parts
@@ -127,8 +145,10 @@ final class ClientLists: Sendable {
     private func currentView() async -> View {
         let now = clock.now
         if let view = state.withLock({ $0.view }), now - view.at < .seconds(1) { return view }
-        let fresh = await node.clientView(attestations: attestations)
-        let view = View(at: now, target: fresh.target, candidates: MirrorList.candidates(fresh.members, target: fresh.target), roots: fresh.roots)
+        let fresh = await node.clientView()
+        let candidates = MirrorList.candidates(fresh.members, target: fresh.target)
+        let roots = candidates.map { Attestations.acceptedRoots(for: $0.token, claims: fresh.claims, needed: attestations) } ?? []
+        let view = View(at: now, target: fresh.target, members: fresh.members, candidates: candidates, roots: roots)
         state.withLock { $0.view = view }
         return view
     }

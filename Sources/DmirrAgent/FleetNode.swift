@@ -69,8 +69,8 @@ public actor FleetNode {
     }
 
     /// What the mirrorlist and metalink are made from: our advertised target (confirmed or attested), the members
-    /// alive now and ourselves, and the manifest roots of the target that `attestations` members attest.
-    public func clientView(attestations: Int) -> (target: String, members: [MirrorList.Member], roots: Set<String>) {
+    /// alive now and ourselves, and what each of them attests (token and manifest root of its last upstream pull).
+    public func clientView() -> (target: String, members: [MirrorList.Member], claims: [Attestations.Claim]) {
         let own = membership.own
         var records = [own]
         records += membership.entries.values.filter { $0.record.node != identity.name && $0.liveness == .alive }.map(\.record)
@@ -79,8 +79,7 @@ public actor FleetNode {
                               lastSyncMillis: $0.lastSyncMillis ?? 0)
         }
         let claims = records.map { Attestations.Claim(node: $0.node, token: $0.attestToken, root: $0.attestRoot) }
-        let roots = own.targetToken.isEmpty ? [] : Attestations.acceptedRoots(for: own.targetToken, claims: claims, needed: attestations)
-        return (own.targetToken, members, roots)
+        return (own.targetToken, members, claims)
     }
 
     /// A member's record as we hold it (nil: unknown), with its liveness.

@@ -186,11 +186,14 @@ public enum Metalink {
         }
     }
 
-    /// - Parameter published: when the document was made, as an RFC 1123 date (`pubdate`).
-    public static func document(file: File, members: [MirrorList.Member], path: String, published: String) -> String {
+    /// - Parameters:
+    ///   - published: when the document was made, as an RFC 1123 date (`pubdate`).
+    ///   - note: said in an XML comment after the declaration (when the mirrors are not of the fleet's target).
+    public static func document(file: File, members: [MirrorList.Member], path: String, published: String, note: String? = nil) -> String {
+        let comment = note.map { "<!-- dmirr: \(commentText($0)) -->\n" } ?? ""
         var out = """
             <?xml version="1.0" encoding="utf-8"?>
-            <metalink version="3.0" xmlns="http://www.metalinker.org/" type="dynamic" pubdate="\(escape(published))" \
+            \(comment)<metalink version="3.0" xmlns="http://www.metalinker.org/" type="dynamic" pubdate="\(escape(published))" \
             generator="dmirr" xmlns:mm0="http://fedorahosted.org/mirrormanager">
              <files>
               <file name="repomd.xml">
@@ -216,6 +219,16 @@ public enum Metalink {
             </metalink>
 
             """
+        return out
+    }
+
+    /// Text an XML comment may hold: no two hyphens in a row (a space goes between them).
+    static func commentText(_ s: String) -> String {
+        var out = ""
+        for c in s {
+            if c == "-", out.last == "-" { out.append(" ") }
+            out.append(c)
+        }
         return out
     }
 

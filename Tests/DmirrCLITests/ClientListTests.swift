@@ -117,16 +117,52 @@ import Testing
 
         // The push reaches everyone but m3 and m4: the lists drop both once the target moves.
         fleet.agents["m4"]!.killGroup()
+        func sha256(_ path: String) throws -> String {
+            String(try CLI.run("sha256sum", [path]).stdout.prefix(64))
+        }
+        let repomdSHA = ["push-1": try sha256(nested + "/repodata/repomd.xml")]
         try YumRepo.buildRPMs([.init("gamma", "1.0")], into: nested + "/Packages")
         try YumRepo.createrepo(nested)
+        let sha2 = try sha256(nested + "/repodata/repomd.xml")
         try fleet.upstream.setToken("push-2")
         let live = ["m0", "m1", "m2"]
+        // Through the transition, every metalink m0 serves is of one token throughout: the checksum of that token's
+        // repomd.xml (the X-Dmirr-Token header names it), never one token's checksum with another's mirrors. Until a
+        // mirror publishes push-2, and then until push-2's tree is attested by two members' upstream pulls and m0
+        // publishes it, the answer is push-1's, with a comment saying so (the checksums m0 last served, and the
+        // mirrors that still publish push-1).
+        var answers: [String: Int] = [:]
+        let transition = Date()
+        while Date().timeIntervalSince(transition) < 90 {
+            let r = try CLI.run("curl", ["-sS", "-D", "-", "http://127.0.0.1:\(fleet.httpPorts["m0"]!)/metalink?path=\(Self.repo)"], timeout: 30)
+            let head = r.stdout.lowercased()
+            let status = head.hasPrefix("http/1.1 200") ? 200 : head.hasPrefix("http/1.1 503") ? 503 : 0
+            let token = head.split(separator: "\r\n").first { $0.hasPrefix("x-dmirr-token: ") }.map { String($0.dropFirst("x-dmirr-token: ".count)) }
+            #expect(status != 0, "\(r.stdout)")
+            if status == 200 {
+                let expected = token == "push-2" ? sha2 : token.flatMap { repomdSHA[$0] }
+                #expect(expected != nil && r.stdout.contains(">\(expected!)</hash>"), "a metalink of \(token ?? "?") carries another checksum:\n\(r.stdout)")
+                #expect(token != "push-2" || !r.stdout.contains("<!--"), "\(r.stdout.prefix(600))")
+            }
+            let flagged = r.stdout.contains("<!-- dmirr: ") && r.stdout.contains("these publish push-1 -->")
+            let reason = status == 503 ? ": " + (r.stdout.components(separatedBy: "\r\n\r\n").last ?? "").prefix(60) : ""
+            answers["\(status) \(token ?? "-")\(flagged ? " (flagged)" : "")\(reason)", default: 0] += 1
+            if token == "push-2" && fleet.allInSync("push-2", among: live) { break }
+            usleep(100_000)
+        }
+        print("dnfFollowsTheFleetsMetalink: m0's metalink answers through the push: \(answers)")
+        // And none was refused: m3 holds push-1 throughout, so there is always a consistent answer to give.
+        #expect(answers.keys.allSatisfy { $0.hasPrefix("200 ") }, "\(answers)")
         #expect(fleet.waitUntil(seconds: 90) { fleet.allInSync("push-2", among: live) }, "\(fleet.logs())")
         let m3 = (fleet.status("m0")?["members"] as? [[String: Any]])?.first { $0["node"] as? String == "m3" }
         #expect(m3?["token"] as? String == "push-1" && !["down", "suspect"].contains(m3?["state"] as? String ?? "down"),
                 "m3 must be alive and behind for this check: \(m3 ?? [:])")
-        // Every agent whose target is push-2 answers the same set.
+        // Every agent whose target is push-2 answers the same set (within a second or two of their statuses: the
+        // last record travels to each, and a listener reuses its member view for up to a second).
         let current = expected.subtracting(["http://127.0.0.1:\(ports[3])/\(Self.repo)/", "http://127.0.0.1:\(ports[4])/\(Self.repo)/"])
+        #expect(fleet.waitUntil(seconds: 10) {
+            live.allSatisfy { name in (try? get(name, "mirrorlist")).map { Set($0.body.split(separator: "\n").map(String.init)) == current } ?? false }
+        })
         for name in live {
             let list = Set(try get(name, "mirrorlist").body.split(separator: "\n").map(String.init))
             #expect(list == current, "\(name): \(list)")

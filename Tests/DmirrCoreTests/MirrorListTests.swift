@@ -131,5 +131,12 @@ import Testing
         #expect(urls.first?["location"] == "DE")
         #expect(xml.contains(">http://a.example.org/ius/el9/x86_64/repodata/repomd.xml</url>"))
         #expect(xml.contains("https://b.example.org/x&amp;y/el9/x86_64/repodata/repomd.xml"), "\(xml)")
+
+        // Not of the target: said in a comment, which stays a well-formed one whatever the tokens hold.
+        let noted = Metalink.document(file: .init(size: 1, mtime: 1, sha256: sha), members: members, path: "",
+                                      published: "Wed, 02 Dec 2026 02:00:00 GMT", note: "target T--->2 not held; these publish T")
+        let again = XMLParser(data: Data(noted.utf8))
+        #expect(again.parse(), "\(noted)")
+        #expect(noted.contains("<!-- dmirr: target T- - ->2 not held; these publish T -->"), "\(noted)")
     }
 }
