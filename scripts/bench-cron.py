@@ -129,11 +129,26 @@ def push(tree):
     run(["bash", MAKE_REPO, "createrepo", tree])
     with open(f"{tree}/CURRENT", "w") as f:
         f.write("push-2\n")
-    # "push-2" has push-1's size; if the push lands in the same second as the base tree was written, rsync's quick
-    # check (size and whole-second mtime) would skip CURRENT and the cron mirrors would never see the push. Real
-    # upstreams' tokens differ in mtime by far more than a second.
-    later = time.time() + 2
-    os.utime(f"{tree}/CURRENT", (later, later))
+
+
+def age(tree, seconds=3600):
+    """Dates every file of `tree` `seconds` back. "push-2\n" has the size of "push-1\n" (and a regenerated metadata
+    file may keep its size): a push written within the same second as the base tree would look unchanged to rsync's
+    quick check (size and whole-second mtime), and the cron mirrors would never take it. A real upstream's pushes are
+    far more than a second apart; an hour-old base tree makes that so here, for every file."""
+    for directory, dirs, files in os.walk(tree):
+        for name in files + dirs:
+            os.utime(os.path.join(directory, name), (time.time() - seconds,) * 2, follow_symlinks=False)
+    os.utime(tree, (time.time() - seconds,) * 2)
+
+
+def finished(system, reached, names, detail):
+    """Exits, naming what is missing, unless every mirror of `system` took the push: a comparison with a side that
+    did not finish is not a result."""
+    missing = [n for n in names if n not in reached]
+    if missing:
+        sys.exit(f"bench-cron: {system}: {len(missing)} of {len(names)} mirrors never took push-2 ({', '.join(missing)}); "
+                 f"no table printed.\n{detail}")
 
 
 def main():
@@ -156,6 +171,7 @@ def main():
         run(["bash", MAKE_REPO, "build-rpms", f"{base}/Packages"] + [f"base{i}:1.0:512" for i in range(16)])
         run(["bash", MAKE_REPO, "createrepo", base])
         open(f"{base}/CURRENT", "w").write("push-1\n")
+        age(base)
         names = [f"m{i}" for i in range(a.mirrors)]
 
         # --- cron ---
@@ -185,6 +201,8 @@ def main():
             os.killpg(p.pid, signal.SIGKILL)
         results["cron"] = (reached, daemon_log(f"{cron}/upstream.log", pushed), ok)
         print(f"cron: {len(reached)} of {len(names)} mirrors took push-2", flush=True)
+        finished("cron", reached, names, "".join(f"--- {n}\n" + (open(f"{cron}/{n}.log").read() if os.path.exists(f"{cron}/{n}.log") else "(no rsync run)\n")
+                                                for n in names if n not in reached))
 
         # --- dmirr ---
         fleet = f"{work}/dmirr"
@@ -261,6 +279,10 @@ dir = "{fleet}/state-{n}"
         results["dmirr"] = (reached, daemon_log(f"{fleet}/upstream.log", pushed), ok)
         print(f"dmirr: {len(reached)} of {len(names)} mirrors took push-2 ({sources['upstream']} from upstream, "
               f"{sources['peer']} from peers)", flush=True)
+        finished("dmirr", reached, names, "".join(f"--- {n}\n" + open(f"{fleet}/{n}.log").read()[-2000:] for n in names if n not in reached))
+        for system, (_, _, equal) in results.items():
+            if not equal:
+                sys.exit(f"bench-cron: {system}: a mirror's tree differs from upstream's after the push; no table printed")
 
         print(f"\n{a.mirrors} mirrors, time scale 1/{a.scale:g} (cron period {period:g} s, sleep < {maxsleep} s; dmirr poll "
               f"{poll} s), {a.bwlimit} KB/s per mirror, upstream max connections 2, push of 8 MB\n")

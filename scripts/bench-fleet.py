@@ -212,10 +212,19 @@ def main():
                     return False
             return True
 
+        def give_up(what):
+            """A side that did not finish is not a result: exit naming it, with the first agent's view and log."""
+            r = subprocess.run([a.dmirr, "status", "-c", f"{work}/{names[0]}.toml"], capture_output=True, text=True)
+            sys.exit(f"bench-fleet: {what}; no table printed.\n{r.stdout}{r.stderr}\n" + open(f"{work}/{names[0]}.log").read()[-3000:])
+
         t_members = wait(all_members, 120)
+        if t_members is None:
+            give_up(f"not every agent listed all {len(names)} members within 120 s")
         t_first = wait(lambda: all_in_sync("push-1"), 120)
+        if t_first is None:
+            give_up("the fleet did not reach push-1 within 120 s")
         print(f"membership converged: {t_members:.1f} s after start; all in_sync push-1: "
-              f"{(t_first or float('nan')) + (t_members or 0):.1f} s after start", flush=True)
+              f"{t_first + t_members:.1f} s after start", flush=True)
         run(["bash", MAKE_REPO, "build-rpms", os.path.join(up, "Packages"), "gamma:1.0:64"])
         run(["bash", MAKE_REPO, "createrepo", up])
         watcher = None
@@ -226,6 +235,8 @@ def main():
         if watcher:
             watcher.start()
         t_push = wait(lambda: all_in_sync("push-2"), 120)
+        if t_push is None:
+            give_up("push-2 did not reach every agent within 120 s")
         print(f"push-2 on every agent: {t_push:.1f} s after the push (poll = 2s, upstream slots = 2, serve slots = 2)", flush=True)
 
         sources = {"upstream": 0, "peer": 0}

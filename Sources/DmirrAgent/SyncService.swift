@@ -48,6 +48,8 @@ struct SyncService: Service {
         var logger = self.logger
         logger[metadataKey: "service"] = "sync"
         let pipeline = SyncPipeline(config: config, store: store)
+        let recovered = pipeline.recoverInterruptedRuns(logger: logger)
+        if recovered > 0 { logger.notice("a sync run was killed before this start; recorded it as interrupted and removed its leftovers") }
         let publishedRow = try? store.published()
         let published = publishedRow?.token ?? ""
         // The published token is where we start: gossip of an older one must not take a restarted mirror back.

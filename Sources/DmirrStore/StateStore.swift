@@ -175,6 +175,14 @@ public final class StateStore: Sendable {
         try write("record the end of a sync run") { db in try run.update(db) }
     }
 
+    /// Records the token a run is syncing as soon as it is known, so that a run killed before it ends still says which
+    /// token it was on.
+    public func setRunToken(_ id: Int64, token: String) throws(StoreError) {
+        try write("record the token of a sync run") { db in
+            try db.execute(sql: "UPDATE sync_run SET token = ? WHERE id = ?", arguments: [token, id])
+        }
+    }
+
     /// Marks runs still `running` as `interrupted`. Call it while holding the sync lock: no other run is alive then.
     @discardableResult
     public func markInterruptedRuns(at date: Date) throws(StoreError) -> Int {

@@ -42,6 +42,17 @@ public final class SyncLock: Sendable {
         _ = pid.withCString { pwrite(fd, $0, strlen($0), 0) }
     }
 
+    /// Whether a run holds the lock now. Takes nothing and writes nothing (for readers such as `dmirr history`); no
+    /// lock file means no run has ever held it.
+    public static func isHeld(stateDirectory: String) -> Bool {
+        let fd = open(stateDirectory + "/" + fileName, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        guard flock(fd, LOCK_SH | LOCK_NB) == 0 else { return errno == EWOULDBLOCK }
+        _ = flock(fd, LOCK_UN)
+        return false
+    }
+
     private static func readPID(fd: Int32) -> Int32? {
         var buffer = [UInt8](repeating: 0, count: 32)
         let n = pread(fd, &buffer, 31, 0)

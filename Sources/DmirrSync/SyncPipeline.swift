@@ -135,6 +135,23 @@ public struct SyncPipeline: Sendable {
         return report
     }
 
+    /// What a process that starts while no run holds the lock does first (the agent, at start): a run that was killed
+    /// is recorded as `interrupted` and its leftovers are removed now, not at the next pull, which may be hours away.
+    /// Does nothing while a run holds the lock. Returns how many runs it marked.
+    public func recoverInterruptedRuns(logger: Logger) -> Int {
+        guard let lock = try? SyncLock(stateDirectory: config.state.dir) else { return 0 }
+        defer { withExtendedLifetime(lock) {} }
+        do {
+            let store = try self.store ?? StateStore(directory: config.state.dir)
+            let interrupted = try store.markInterruptedRuns(at: Date())
+            if interrupted > 0 { try cleanLeftovers(afterInterruptedRun: true, logger: logger) }
+            return interrupted
+        } catch {
+            logger.warning("cannot recover from an interrupted run before the next one: \(error)")
+            return 0
+        }
+    }
+
     private func runResolved(options: Options, logger: Logger, onEvent: @escaping @Sendable (SyncEvent) -> Void) async -> SyncReport {
         let sourceName = options.peer?.node ?? "upstream"
         var logger = logger
@@ -258,6 +275,7 @@ public struct SyncPipeline: Sendable {
         // 2. Token check.
         var target = try await fetchToken(logger: logger)
         run.token = target.value
+        if let id = run.id { try store.setRunToken(id, token: target.value) }
         if let pinned = options.peer?.token, target.value != pinned {
             var report = SyncReport(
                 outcome: .failed, exitCode: 1,
@@ -331,6 +349,7 @@ public struct SyncPipeline: Sendable {
                           metadata: ["sync.token.new": "\(after.value)", "sync.pass": "\(pass)"])
             target = after
             run.token = target.value
+            if let id = run.id { try store.setRunToken(id, token: target.value) }
             logger[metadataKey: "sync.token"] = "\(target.value)"
         }
         guard stable else {

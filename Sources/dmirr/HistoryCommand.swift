@@ -1,6 +1,7 @@
 import ArgumentParser
 import DmirrCore
 import DmirrStore
+import DmirrSync
 import Foundation
 
 struct HistoryCommand: ParsableCommand {
@@ -21,12 +22,20 @@ struct HistoryCommand: ParsableCommand {
             if json { print("[]") } else { print("no sync runs recorded yet in \(config.state.dir)") }
             return
         }
-        let runs: [SyncRun]
+        var runs: [SyncRun]
         do {
             runs = try StateStore(directory: config.state.dir).recentRuns(limit: max(1, limit))
         } catch {
             printError("error: \(error)")
             throw ExitCode(1)
+        }
+        // A run still `running` while nothing holds the sync lock was killed; the next run (or the agent's start) will
+        // record it so. Shown as such now, without writing: history only reads.
+        if runs.contains(where: { $0.outcome == SyncRun.Outcome.running.rawValue }), !SyncLock.isHeld(stateDirectory: config.state.dir) {
+            for i in runs.indices where runs[i].outcome == SyncRun.Outcome.running.rawValue {
+                runs[i].outcome = SyncRun.Outcome.interrupted.rawValue
+                runs[i].error = runs[i].error ?? "the process ended before the run finished (killed or crashed)"
+            }
         }
         if json {
             print(HistoryFormat.json(runs))

@@ -155,6 +155,46 @@ import Testing
         }
     }
 
+    /// A run killed before the agent started (a `dmirr sync`, or the agent's own pull before a crash) is recorded as
+    /// interrupted, with its token, and its leftovers removed when the agent starts, not at the next pull.
+    @Test func theAgentRecordsAKilledRunWhenItStarts() async throws {
+        let h = try await Harness()
+        defer { h.dir.remove() }
+        let mirror = h.dir.sub("mirror")
+        try FileManager.default.createDirectory(atPath: mirror + "/.dmirr-tmp", withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: mirror + "/.dmirr-tmp/half-a-package.rpm", contents: Data(count: 100))
+        var killed = SyncRun(token: nil, source: "upstream", startedAt: Date(timeIntervalSinceNow: -60))
+        killed.id = try h.store.beginRun(killed)
+        try h.store.setRunToken(killed.id!, token: "push-7")
+        let text = """
+            node = "m1"
+            fleet = "ius"
+            [upstream]
+            url = "rsync://127.0.0.1:1/nothing"
+            [mirror]
+            path = "\(mirror)"
+            [listen]
+            peer = "127.0.0.1:0"
+            [tls]
+            ca = "\(h.dir.sub("ca.pem"))"
+            cert = "\(h.dir.sub("m1.pem"))"
+            key = "\(h.dir.sub("m1.key"))"
+            [state]
+            dir = "\(h.dir.sub("state"))"
+            """
+        let config = try ConfigLoader.load(text: text, file: "m1.toml", purpose: .agent).get()
+        let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+        let service = SyncService(config: config, node: h.node, store: h.store, clock: h.clock, metrics: AgentMetrics(), logger: logger)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await service.run() }
+            try await eventually("the killed run recorded") { try h.store.recentRuns(limit: 5).first?.outcome == "interrupted" }
+            group.cancelAll()
+        }
+        let run = try #require(try h.store.recentRuns(limit: 5).first)
+        #expect(run.token == "push-7" && run.error?.contains("killed or crashed") == true, "\(run)")
+        #expect(!FileManager.default.fileExists(atPath: mirror + "/.dmirr-tmp/half-a-package.rpm"))
+    }
+
     /// The sync service on the manual clock against a real upstream (rsync daemon, yum repo): a member alone polls at
     /// once, starts its upstream pull only when the agreement deadline (5 gossip rounds here) has passed, and, with
     /// `poll = 60s`, fetches upstream's token again only once 60 s of agent time have gone by.

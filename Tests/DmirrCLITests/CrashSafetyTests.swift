@@ -75,6 +75,13 @@ import Testing
         #expect(reached, "\(step): never reached the kill point; dmirr said: \(victim.stderr)")
         victim.killGroup()
 
+        // Before any next run: history already shows the killed run as interrupted (nothing holds the lock), with the
+        // token it was syncing; the database still says `running` until a run or an agent's start records it.
+        let shown = try JSONSerialization.jsonObject(with: Data(try CLI.dmirr(["history", "-c", rig.config, "--json"]).stdout.utf8)) as? [[String: Any]] ?? []
+        #expect(shown.first?["outcome"] as? String == "interrupted" && shown.first?["token"] as? String == "push-2", "\(step): \(shown.first ?? [:])")
+        let raw = try CLI.run("sqlite3", [rig.dir.sub("state/state.sqlite"), "SELECT outcome, token FROM sync_run ORDER BY id DESC LIMIT 1"])
+        #expect(raw.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "running|push-2", "\(step): \(raw.stdout)\(raw.stderr)")
+
         // The published token did not advance, and the live tree is push-1 (snapshot) or push-1's token (in place).
         #expect(rig.token() == "push-1", "\(step)")
         if publish == "snapshot" {
@@ -94,6 +101,7 @@ import Testing
         let history = try CLI.dmirr(["history", "-c", rig.config, "--json"])
         let runs = try JSONSerialization.jsonObject(with: Data(history.stdout.utf8)) as? [[String: Any]] ?? []
         #expect(runs.compactMap { $0["outcome"] as? String } == ["synced", "interrupted", "synced"], "\(step)")
+        #expect(runs.compactMap { $0["token"] as? String } == ["push-2", "push-2", "push-1"], "\(step): the interrupted run keeps its token")
     }
 
     @Test(arguments: Step.allCases) func inPlace(step: Step) throws {
