@@ -1,13 +1,13 @@
 /// Which extra rsync arguments (`[mirror] rsync_args`) an operator may add.
 ///
-/// The pipeline's guarantees rest on the arguments dmirr itself passes (no deletions in stage 1, delayed updates in
-/// stage 2, a token written last, temp files in one known place). Arguments that would undo one of those are refused
-/// with the reason, instead of silently breaking the pipeline.
+/// The pipeline's guarantees rest on the arguments dmirr itself passes (no deletions before the publish, delayed
+/// updates in stage 2, a token written last, temp files in one known place). Arguments that would undo one of those
+/// are refused with the reason, instead of silently breaking the pipeline.
 public enum RsyncArgumentPolicy {
     /// Long options refused, by prefix (so `--delete-after` is caught by `--delete`), with why.
     static let deniedLong: [(prefix: String, reason: String)] = [
-        ("--delete", "dmirr decides when deletions happen (stage 2 only, delayed)"),
-        ("--del", "dmirr decides when deletions happen (stage 2 only, delayed)"),
+        ("--delete", "dmirr decides when deletions happen (listed before the publish, removed after it)"),
+        ("--del", "dmirr decides when deletions happen (listed before the publish, removed after it)"),
         ("--remove-source-files", "it would delete files on the source"),
         ("--inplace", "clients would see half-written files"),
         ("--append", "it would trust partial files and skip checks"),

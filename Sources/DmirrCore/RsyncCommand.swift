@@ -12,8 +12,11 @@ public struct RsyncCommand: Sendable, Equatable {
     public enum Stage: Sendable, Equatable {
         /// Stage 1 of in-place: everything but metadata and the token; no deletions.
         case content
-        /// Stage 2 of in-place: metadata and deletions, updates delayed to the end.
-        case metadataAndDeletions
+        /// Stage 2 of in-place: metadata (and anything stage 1 missed), updates delayed to the end; no deletions.
+        case metadata
+        /// The end of an in-place pass: a dry run that only lists what the source no longer has. dmirr removes those
+        /// files itself, after the new token is published, so the tree always holds every file of the token it names.
+        case listDeletions
         /// Snapshot mode: the whole tree into a staging directory, hard-linking unchanged files to the live snapshot.
         case snapshot(linkDest: String?)
         /// Metadata only, compared by checksum instead of size and mtime: run after verification failed, because
@@ -42,8 +45,10 @@ public struct RsyncCommand: Sendable, Equatable {
         switch stage {
         case .content:
             args += config.mirror.metadata.map { "--exclude=\($0)" }
-        case .metadataAndDeletions:
-            args += ["--delete", "--delete-delay", "--delay-updates"]
+        case .metadata:
+            args += ["--delay-updates"]
+        case .listDeletions:
+            args += ["--dry-run", "--delete", "--existing", "--ignore-existing"]
         case .snapshot(let linkDest):
             args += ["--delete"]
             if let linkDest { args += ["--link-dest=\(linkDest)"] }

@@ -88,6 +88,15 @@ public final class StateStore: Sendable {
                 t.column("signed", .blob).notNull()
             }
         }
+        migrator.registerMigration("v5: deletions pending after a publish") { db in
+            // In place, files the source no longer has are removed only after the new token is published (the tree
+            // always holds every file of the token it names). The list is recorded with the publish, in the same
+            // transaction, so a run killed before it finished removing them leaves the rest to the next start.
+            try db.create(table: "pending_deletion") { t in
+                t.primaryKey("path", .text)
+                t.column("token", .text).notNull()
+            }
+        }
         return migrator
     }
 
@@ -196,8 +205,15 @@ public final class StateStore: Sendable {
 
     /// Remembers the token this mirror now publishes, and the root of the manifest published with it. The tree is
     /// verified from here on: a mark left by ``markTreeUnchecked(reason:at:)`` is cleared in the same transaction.
-    public func setPublished(token: String, source: String, at date: Date, manifestRoot: String? = nil) throws(StoreError) {
+    /// - Parameter pendingDeletions: paths (relative to the tree) of files the source no longer has, to remove now
+    ///   that the token is published; they replace any list left before.
+    public func setPublished(token: String, source: String, at date: Date, manifestRoot: String? = nil,
+                             pendingDeletions: [String] = []) throws(StoreError) {
         try write("record the published token") { db in
+            try db.execute(sql: "DELETE FROM pending_deletion")
+            for path in pendingDeletions {
+                try db.execute(sql: "INSERT OR IGNORE INTO pending_deletion (path, token) VALUES (?, ?)", arguments: [path, token])
+            }
             try db.execute(
                 sql: """
                     INSERT INTO published_token (id, token, published_at, source, manifest_root) VALUES (1, ?, ?, ?, ?)
@@ -230,6 +246,21 @@ public final class StateStore: Sendable {
             let earlier = try String.fetchAll(db, sql: "SELECT DISTINCT token FROM sync_run WHERE outcome = 'synced' AND token IS NOT NULL")
             return Set(earlier).subtracting(current.map { [$0] } ?? [])
         }
+    }
+
+    /// Files left to remove after the publish of `token` (``setPublished(token:source:at:manifestRoot:pendingDeletions:)``),
+    /// or nil when none are.
+    public func pendingDeletions() throws(StoreError) -> (token: String, paths: [String])? {
+        try read("read the deletions pending") { db in
+            let rows = try Row.fetchAll(db, sql: "SELECT path, token FROM pending_deletion ORDER BY path")
+            guard let first = rows.first else { return nil }
+            return (first["token"], rows.map { $0["path"] })
+        }
+    }
+
+    /// The pending deletions are done.
+    public func clearPendingDeletions() throws(StoreError) {
+        try write("clear the deletions pending") { db in try db.execute(sql: "DELETE FROM pending_deletion") }
     }
 
     /// Notes that the live tree is about to change without a verified publish to cover it yet. Kept until the next

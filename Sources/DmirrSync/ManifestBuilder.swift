@@ -20,6 +20,9 @@ struct ManifestBuilder {
     /// Where the fetched token file is: its content, mode and mtime go into the manifest.
     let tokenSource: String
     let cache: [String: StateStore.CachedDigest]
+    /// Paths (relative to the root) that stay in the tree only until the publish: what the source no longer has, in
+    /// place. Left out, with everything under them, so the manifest describes the tree as it is once they are gone.
+    var leaving: Set<String> = []
 
     struct Result {
         var manifest: TreeManifest
@@ -64,6 +67,7 @@ struct ManifestBuilder {
         closedir(dir)
         for name in names {
             let path = relative.isEmpty ? name : relative + "/" + name
+            if leaving.contains(path) { continue }
             let full = root + "/" + path
             var st = stat()
             guard lstat(full, &st) == 0 else { throw TreeFiles.ioError("stat", full) }

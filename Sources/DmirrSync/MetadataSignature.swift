@@ -68,9 +68,10 @@ public struct MetadataSignature: Sendable {
     }
 
     /// Nil when `repomd.xml.asc` beside `repomd` is a good signature by the key, else what is wrong.
-    public func check(repomd: String) async -> String? {
+    /// - Parameter signatureLeaving: the `.asc` is one the source no longer has (it goes after the publish): as missing.
+    public func check(repomd: String, signatureLeaving: Bool = false) async -> String? {
         let signature = repomd + ".asc"
-        guard FileManager.default.fileExists(atPath: signature) else {
+        guard !signatureLeaving, FileManager.default.fileExists(atPath: signature) else {
             return "no repomd.xml.asc beside it, and [upstream] signing_key requires one"
         }
         do {

@@ -38,6 +38,11 @@ public struct RepoVerifier: Sendable {
     /// Where compressed metadata is decompressed to while it is parsed (the state directory; default: the system's
     /// temporary directory).
     public var scratch: String?
+    /// Paths (relative to the root) that the source no longer has and that go once the token is published (in place):
+    /// the new tree does not hold them, so a `repomd.xml` that lists one, or a repository whose `repomd.xml` is one,
+    /// is judged as if they were gone already. (This is what catches a stale `repomd.xml` that rsync's quick check
+    /// kept: the files it lists are the ones the source dropped.)
+    public var leaving: Set<String> = []
 
     /// The most a `repomd.xml` may weigh (real ones are a few KiB).
     static let repomdLimit = 16 << 20
@@ -56,10 +61,10 @@ public struct RepoVerifier: Sendable {
         var report = VerificationReport()
         // Deepest repositories first: a package under a nested repository (`x86_64/Packages/…` beside a root one) is
         // checked against the nested one's metadata, the one that lists it, not against the first prefix that matches.
-        let repomdPaths = Self.findRepomd(root: root).sorted { ($0.count, $1) > ($1.count, $0) }
+        let repomdPaths = Self.findRepomd(root: root).filter { !leaving.contains($0) }.sorted { ($0.count, $1) > ($1.count, $0) }
         if let signature {
             for repomd in repomdPaths {
-                if let problem = await signature.check(repomd: root + "/" + repomd) {
+                if let problem = await signature.check(repomd: root + "/" + repomd, signatureLeaving: leaving.contains(repomd + ".asc")) {
                     report.problems.append(.init(path: repomd, message: problem))
                 }
             }
@@ -86,7 +91,9 @@ public struct RepoVerifier: Sendable {
             var primary: ExpectedFile?
             for entry in entries where entry.base == nil {
                 report.metadataFiles += 1
-                if let problem = Self.check(entry, repoRoot: repoRoot) {
+                if leaving.contains(repoRelative + entry.href) {
+                    report.problems.append(.init(path: repoRelative + entry.href, message: "missing: the source no longer has it"))
+                } else if let problem = Self.check(entry, repoRoot: repoRoot) {
                     report.problems.append(.init(path: repoRelative + entry.href, message: problem))
                 } else if entry.type == "primary" {
                     primary = entry

@@ -19,6 +19,8 @@ public struct RsyncRun: Sendable {
     /// How many regular files arrived, and how many paths were deleted.
     public var receivedFiles: Int
     public var deletions: Int
+    /// The paths deleted (or, in a dry run, that would be), relative to the transfer root, without a trailing slash.
+    public var deletedPaths: [String] = []
     /// The last lines rsync wrote to stderr.
     public var stderrTail: [String]
 }
@@ -64,6 +66,7 @@ public struct RsyncRunner: Sendable {
                 var packages: [String] = []
                 var received = 0
                 var deletions = 0
+                var deleted: [String] = []
                 for try await line in execution.standardOutput.strings() {
                     switch RsyncOutput.classify(Substring(line)) {
                     case .progress(let p): onProgress(p)
@@ -74,14 +77,15 @@ public struct RsyncRunner: Sendable {
                             if item.path.hasSuffix(".rpm") { packages.append(item.path) }
                         } else if item.isDeletion {
                             deletions += 1
+                            deleted.append(item.path.hasSuffix("/") ? String(item.path.dropLast()) : item.path)
                         }
                     case .stat(let key, let value): RsyncOutput.accumulate(key, value, into: &stats)
                     case .other: break
                     }
                 }
-                return (stats, packages, received, deletions, try await errors)
+                return (stats, packages, received, deleted, try await errors)
             }
-            let (stats, packages, received, deletions, tail) = result.closureResult
+            let (stats, packages, received, deleted, tail) = result.closureResult
             let termination: RsyncOutcome.Termination
             var exitCode: Int32?
             switch result.terminationStatus {
@@ -93,7 +97,7 @@ public struct RsyncRunner: Sendable {
             }
             return RsyncRun(
                 outcome: RsyncOutcome.classify(termination, stderr: tail), exitCode: exitCode, stats: stats,
-                receivedPackages: packages, receivedFiles: received, deletions: deletions, stderrTail: tail)
+                receivedPackages: packages, receivedFiles: received, deletions: deleted.count, deletedPaths: deleted, stderrTail: tail)
         } catch {
             throw SyncError(.launch, "cannot run \(executable); is rsync installed? (apt-get install rsync)", underlying: error)
         }

@@ -9,7 +9,7 @@ import Logging
 
 /// Something the pipeline reports while it works, for a progress line or a log.
 public enum SyncEvent: Sendable {
-    /// A transfer pass started: `stage` is a short label such as `content` or `metadata+deletions`.
+    /// A transfer pass started: `stage` is a short label such as `content`, `metadata` or `deletions`.
     case stageStarted(stage: String, pass: Int)
     case progress(stage: String, RsyncOutput.Progress)
     case stageFinished(stage: String, stats: RsyncOutput.Stats)
@@ -20,6 +20,8 @@ public enum SyncEvent: Sendable {
 public enum SyncCheckpoint: String, Sendable, CaseIterable {
     /// The tree is transferred and verified; the token is not yet published.
     case beforePublish = "before-publish"
+    /// The token is published; in place, the files the source no longer has are not removed yet.
+    case afterPublish = "after-publish"
 }
 
 /// How a sync ended: the outcome recorded in the history, the process exit code (docs/architecture.md §5) and a sentence.
@@ -145,6 +147,7 @@ public struct SyncPipeline: Sendable {
             let store = try self.store ?? StateStore(directory: config.state.dir)
             let interrupted = try store.markInterruptedRuns(at: Date())
             if interrupted > 0 { try cleanLeftovers(afterInterruptedRun: true, logger: logger) }
+            try finishPendingDeletions(logger: logger, store: store)
             return interrupted
         } catch {
             logger.warning("cannot recover from an interrupted run before the next one: \(error)")
@@ -191,6 +194,7 @@ public struct SyncPipeline: Sendable {
             // Leftovers first: a killed run must not leave anything behind for this one to trip over.
             let interrupted = try store.markInterruptedRuns(at: Date())
             try cleanLeftovers(afterInterruptedRun: interrupted > 0, logger: logger)
+            try finishPendingDeletions(logger: logger, store: store)
             run.id = try store.beginRun(run)
             report = try await syncPasses(options: options, run: &run, store: store, logger: logger, onEvent: onEvent)
         } catch let error as SyncError {
@@ -333,6 +337,8 @@ public struct SyncPipeline: Sendable {
         // 3–4. Transfer passes, until the source's token holds still across a whole pass.
         var totals = (bytes: Int64(0), files: 0)
         var packages = Set<String>()
+        // In place: what the source no longer has, as the last (stable) pass listed it; removed after the publish.
+        var leaving: [String] = []
         var stable = false
         for pass in 1...config.mirror.maxPasses {
             let received = try await transfer(pass: pass, snapshot: snapshot, fromPeer: options.peer != nil, arrived: arrived,
@@ -340,6 +346,7 @@ public struct SyncPipeline: Sendable {
             totals.bytes += received.bytes
             totals.files += received.files
             packages.formUnion(received.packages)
+            leaving = received.leaving
             let after = try await fetchToken(logger: logger)
             if after == target {
                 stable = true
@@ -363,7 +370,7 @@ public struct SyncPipeline: Sendable {
 
         // 5. Verify.
         if config.mirror.verify != .none || config.upstream.signingKey != nil {
-            var verification = await verify(tree: tree, packages: packages, logger: logger, onEvent: onEvent)
+            var verification = await verify(tree: tree, packages: packages, leaving: leaving, logger: logger, onEvent: onEvent)
             if !verification.isClean {
                 // rsync's quick check (size + mtime) can keep a stale metadata file whose replacement has the same
                 // size and mtime. Fetch the metadata once more by checksum before calling the tree bad.
@@ -380,7 +387,7 @@ public struct SyncPipeline: Sendable {
                         outcome: .busy, exitCode: 75, message: "the source's token changed during the metadata check; "
                             + "the token was not published, retry later", token: target, bytes: totals.bytes, files: totals.files)
                 }
-                verification = await verify(tree: tree, packages: packages, logger: logger, onEvent: onEvent)
+                verification = await verify(tree: tree, packages: packages, leaving: leaving, logger: logger, onEvent: onEvent)
             }
             guard verification.isClean else {
                 // The bad files have the size and mtime the metadata promises, so rsync's quick check would keep them
@@ -413,7 +420,7 @@ public struct SyncPipeline: Sendable {
             let stored = try store.digestCache()
             let builder = ManifestBuilder(
                 root: tree, tokenFile: config.upstream.tokenFile, tokenSource: fetchedTokenPath,
-                cache: stored.merging(fresh ?? [:]) { _, new in new })
+                cache: stored.merging(fresh ?? [:]) { _, new in new }, leaving: Set(leaving))
             var built = try builder.build(token: target.value)
             if let expected {
                 let problems = try reconcile(tree: tree, expected: expected.manifest, actual: &built, peer: options.peer!, logger: logger)
@@ -453,7 +460,12 @@ public struct SyncPipeline: Sendable {
         } else {
             try TreeFiles.writeAtomically(target.bytes, to: tokenPath, like: fetchedTokenPath)
         }
-        try store.setPublished(token: target.value, source: options.peer?.node ?? "upstream", at: Date(), manifestRoot: manifest.root)
+        // The token names the new tree now; only then do the files the source dropped go (recorded with the publish,
+        // so a run killed meanwhile leaves them to the next start).
+        try store.setPublished(token: target.value, source: options.peer?.node ?? "upstream", at: Date(), manifestRoot: manifest.root,
+                               pendingDeletions: snapshot == nil ? leaving : [])
+        await checkpoint(.afterPublish)
+        try finishPendingDeletions(logger: logger, store: store)
         var report = SyncReport(
             outcome: .synced, exitCode: 0,
             message: "synced \(config.upstream.tokenFile) \(published?.value ?? "(none)") → \(target.value)",
@@ -462,13 +474,14 @@ public struct SyncPipeline: Sendable {
         return report
     }
 
-    private func verify(tree: String, packages: Set<String>, logger: Logger, onEvent: @Sendable (SyncEvent) -> Void) async
+    private func verify(tree: String, packages: Set<String>, leaving: [String], logger: Logger, onEvent: @Sendable (SyncEvent) -> Void) async
         -> VerificationReport
     {
         onEvent(.verifying)
         let started = ContinuousClock.now
         var verifier = self.verifier
         verifier.scratch = config.state.dir
+        verifier.leaving = Set(leaving)
         if let key = config.upstream.signingKey {
             do { verifier.signature = try MetadataSignature.prepare(key: key, in: config.state.dir) } catch {
                 var report = VerificationReport()
@@ -630,6 +643,8 @@ public struct SyncPipeline: Sendable {
         var bytes: Int64 = 0
         var files = 0
         var packages: [String] = []
+        /// In place: the paths the listing stage found the source no longer has.
+        var leaving: [String] = []
     }
 
     /// One pass: stage 1 + stage 2 in place, or one staging transfer in snapshot mode.
@@ -640,7 +655,7 @@ public struct SyncPipeline: Sendable {
     ) async throws -> PassResult {
         let destination = snapshot?.staging ?? config.mirror.path
         let stages = stages ?? (snapshot.map { [("snapshot", .snapshot(linkDest: $0.liveSnapshot()))] }
-            ?? [("content", .content), ("metadata+deletions", .metadataAndDeletions)])
+            ?? [("content", .content), ("metadata", .metadata), ("deletions", .listDeletions)])
         try TreeFiles.emptyDirectory(destination + "/" + RsyncCommand.tempDirName)
         var result = PassResult()
         for (label, stage) in stages {
@@ -672,6 +687,7 @@ public struct SyncPipeline: Sendable {
             result.bytes += run.stats.bytesReceived
             result.files += run.stats.filesTransferred
             result.packages += run.receivedPackages
+            if stage == .listDeletions { result.leaving = run.deletedPaths }
         }
         return result
     }
@@ -680,6 +696,55 @@ public struct SyncPipeline: Sendable {
     static func seconds(_ d: Duration) -> String {
         let ms = d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000
         return "\(ms / 1000).\(String(repeating: "0", count: 3 - String(ms % 1000).count))\(ms % 1000)"
+    }
+
+    /// Removes the files left to delete after the last publish (in place): each path the source no longer had, deepest
+    /// first, unless the published manifest lists it (then it is part of the tree the token names, whatever the list
+    /// said). A directory that is not empty (it holds something rsync was told to leave alone, such as an excluded
+    /// file) stays. Returns how many paths went.
+    @discardableResult
+    func finishPendingDeletions(logger: Logger, store: StateStore) throws -> Int {
+        guard let pending = try store.pendingDeletions() else { return 0 }
+        let root = config.mirror.path
+        let manifest = FileManager.default.contents(atPath: root + "/" + TreeManifest.fileName).flatMap { try? TreeManifest.decode([UInt8]($0)) }
+        guard let manifest, manifest.token == pending.token else {
+            // The tree's manifest is not that publish's: something else changed the tree since. Deleting by an old list
+            // could take what the tree now needs; the next run's own listing will find what is extra.
+            logger.warning("not removing files left from the publish of \(pending.token): the tree's manifest is not of that token any more")
+            try store.clearPendingDeletions()
+            return 0
+        }
+        let listed = Set(manifest.entries.map(\.path))
+        var removed = 0
+        var kept: [String] = []
+        for path in pending.paths.sorted(by: { $0.split(separator: "/").count > $1.split(separator: "/").count }) {
+            let parts = path.split(separator: "/", omittingEmptySubsequences: false)
+            guard !path.isEmpty, !path.hasPrefix("/"), !parts.contains(".."), !parts.contains("."), !parts.contains(""),
+                !listed.contains(path), path != config.upstream.tokenFile, path != TreeManifest.fileName
+            else {
+                kept.append(path)
+                continue
+            }
+            let full = root + "/" + path
+            var st = stat()
+            guard lstat(full, &st) == 0 else { continue }
+            if (st.st_mode & S_IFMT) == S_IFDIR ? rmdir(full) == 0 : unlink(full) == 0 {
+                removed += 1
+            } else {
+                kept.append(path)
+            }
+        }
+        try store.clearPendingDeletions()
+        if removed > 0 || !kept.isEmpty {
+            logger.info("removed what the source no longer has, after publishing", metadata: [
+                "sync.token": "\(pending.token)", "sync.removed": "\(removed)", "sync.kept": "\(kept.count)",
+            ])
+        }
+        if !kept.isEmpty {
+            logger.notice("kept paths the source no longer has (listed in the manifest, not empty, or not removable)",
+                          metadata: ["sync.kept.first": "\(kept.prefix(5).joined(separator: ", "))"])
+        }
+        return removed
     }
 
     /// Removes what a killed run leaves: rsync temp files (in `.dmirr-tmp/`), a half-written token, and, after an

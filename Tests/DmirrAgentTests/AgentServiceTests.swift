@@ -245,9 +245,9 @@ import Testing
             #expect(await h.node.own.syncState != .syncing)
             try await round()
             try await eventually("push-1 published from upstream") { try h.store.published()?.token == "push-1" }
-            // Both stages of the one pull (content, then metadata and deletions).
+            // The three stages of the one pull (content, metadata, the listing of what the source no longer has).
             let pulls = try treePulls()
-            #expect(pulls == 2, "\(pulls) tree sessions")
+            #expect(pulls == 3, "\(pulls) tree sessions")
             try await eventually("the record says in sync") { await h.node.own.syncState == .inSync }
             let fetches = try tokenFetches()
             // The last poll was at 0 s: the next is due at 60 s of agent time, not before.

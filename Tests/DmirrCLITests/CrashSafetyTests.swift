@@ -47,6 +47,26 @@ import Testing
         }
     }
 
+    /// What a client could not get from `tree` right now: the packages of `reference` (the tree of the token the
+    /// tree's CURRENT names) missing or different, and the files its repomd.xml lists missing or with another
+    /// SHA-256. Empty when the served tree is consistent.
+    static func clientProblems(_ tree: String, reference: String) throws -> [String] {
+        var problems: [String] = []
+        for name in try FileManager.default.contentsOfDirectory(atPath: reference + "/Packages") where name.hasSuffix(".rpm") {
+            let want = FileManager.default.contents(atPath: reference + "/Packages/" + name)
+            if FileManager.default.contents(atPath: tree + "/Packages/" + name) != want { problems.append("Packages/\(name) missing or different") }
+        }
+        let repomd = (try? String(contentsOfFile: tree + "/repodata/repomd.xml", encoding: .utf8)) ?? ""
+        for block in repomd.components(separatedBy: "<data ").dropFirst() {
+            guard let sum = block.components(separatedBy: "<checksum type=\"sha256\">").dropFirst().first?.components(separatedBy: "<").first,
+                let href = block.components(separatedBy: "<location href=\"").dropFirst().first?.components(separatedBy: "\"").first
+            else { continue }
+            let have = try CLI.run("sha256sum", [tree + "/" + href]).stdout.prefix(64)
+            if have != sum { problems.append("\(href) listed in repomd.xml: missing or another checksum") }
+        }
+        return problems
+    }
+
     static func hasFiles(_ dir: String) -> Bool {
         !((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).isEmpty
     }
@@ -84,6 +104,10 @@ import Testing
 
         // The published token did not advance, and the live tree is push-1 (snapshot) or push-1's token (in place).
         #expect(rig.token() == "push-1", "\(step)")
+        // And a client can use it: every package of push-1 (which CURRENT names) is there, push-2 removes beta, and
+        // whatever repomd.xml is served lists only files that are there. (In place, stage 2 swaps in push-2's
+        // metadata before the token; until 2026-12 it also deleted beta then, leaving push-1 without it.)
+        #expect(try Self.clientProblems(rig.live, reference: rig.pushOne) == [], "\(step)")
         if publish == "snapshot" {
             #expect(TreeComparison.differences(rig.pushOne, rig.live) == [], "\(step): live snapshot changed")
         }
@@ -106,6 +130,32 @@ import Testing
 
     @Test(arguments: Step.allCases) func inPlace(step: Step) throws {
         try Self.run(step: step, publish: "in-place")
+    }
+
+    /// Killed after the publish, before the files push-2 dropped are removed (in place): the tree names push-2 and
+    /// holds all of it (beta, which push-2 dropped, is still there); the next run's start removes beta from the list
+    /// recorded with the publish, and finds the tree up to date.
+    @Test func inPlaceKilledAfterThePublish() throws {
+        let rig = try Rig(label: "kill-after-publish", publish: "in-place")
+        defer { rig.cleanup() }
+        let victim = try SpawnedDmirr(["sync", "-c", rig.config], environment: ["DMIRR_TEST_PAUSE_AT": "after-publish"], logDirectory: rig.dir.path)
+        #expect(victim.wait(upTo: 60) { victim.stderr.contains("paused at after-publish") }, "\(victim.stderr)")
+        victim.killGroup()
+        #expect(rig.token() == "push-2")
+        #expect(try Self.clientProblems(rig.live, reference: rig.upstream.tree) == [])
+        #expect(FileManager.default.fileExists(atPath: rig.live + "/Packages/beta-1.0-1.noarch.rpm"), "removed before the publish")
+        // Recorded with the publish: beta and push-1's metadata files, nothing that push-2 has.
+        let pending = try CLI.run("sqlite3", [rig.dir.sub("state/state.sqlite"), "SELECT token || ' ' || path FROM pending_deletion"])
+        let rows = pending.stdout.split(separator: "\n").map(String.init)
+        #expect(rows.contains("push-2 Packages/beta-1.0-1.noarch.rpm"), "\(pending.stdout)\(pending.stderr)")
+        #expect(rows.allSatisfy { $0.hasPrefix("push-2 ") && !FileManager.default.fileExists(atPath: rig.upstream.tree + "/" + $0.dropFirst(7)) }, "\(rows)")
+
+        let next = try CLI.dmirr(["sync", "-c", rig.config])
+        #expect(next.exitCode == 0, "\(next.stderr)")
+        #expect(next.stdout.contains("up to date"), "\(next.stdout)")
+        #expect(TreeComparison.differences(rig.upstream.tree, rig.live) == [])
+        let left = try CLI.run("sqlite3", [rig.dir.sub("state/state.sqlite"), "SELECT count(*) FROM pending_deletion"])
+        #expect(left.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "0")
     }
 
     @Test(arguments: [Step.stage1, .beforePublish]) func snapshot(step: Step) throws {

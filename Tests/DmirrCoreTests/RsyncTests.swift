@@ -32,14 +32,23 @@ import Testing
         #expect(args.starts(with: ["-aH", "--numeric-ids"]))
     }
 
-    @Test func metadataStageDeletesLateAndDelaysUpdates() throws {
+    @Test func metadataStageDelaysUpdatesAndDeletesNothing() throws {
         let c = try config("rsync_args = [\"--bwlimit=10\"]\nexclude_from = \"/etc/x\"")
-        let args = RsyncCommand.transfer(stage: .metadataAndDeletions, source: c.upstream.url, destination: "/srv/m/", config: c).arguments
-        #expect(args.contains("--delete") && args.contains("--delete-delay") && args.contains("--delay-updates"))
+        let args = RsyncCommand.transfer(stage: .metadata, source: c.upstream.url, destination: "/srv/m/", config: c).arguments
+        #expect(args.contains("--delay-updates") && !args.contains { $0.hasPrefix("--del") && $0 != "--delay-updates" })
         #expect(!args.contains("--exclude=repodata/"))
         #expect(args.contains("--exclude=/CURRENT"))
         #expect(args.contains("--exclude-from=/etc/x") && args.contains("--bwlimit=10"))
         #expect(args.last == "/srv/m/")
+    }
+
+    /// The listing stage changes nothing: a dry run that would only delete, with the same exclusions as the transfer
+    /// (so what the operator excluded is never listed).
+    @Test func theDeletionListingIsADryRunThatTransfersNothing() throws {
+        let c = try config("exclude_from = \"/etc/x\"")
+        let args = RsyncCommand.transfer(stage: .listDeletions, source: c.upstream.url, destination: "/srv/m/", config: c).arguments
+        #expect(args.contains("--dry-run") && args.contains("--delete") && args.contains("--existing") && args.contains("--ignore-existing"))
+        #expect(args.contains("--exclude-from=/etc/x") && args.contains("--exclude=/CURRENT") && args.contains("--exclude=/.dmirr-manifest"))
     }
 
     @Test func snapshotStageLinksToLive() throws {
