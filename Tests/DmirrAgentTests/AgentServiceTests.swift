@@ -51,6 +51,33 @@ import Testing
             try RecordSigner(caPath: dir.sub("ca.pem"), certPath: dir.sub("\(name).pem"), keyPath: dir.sub("\(name).key"))
         }
 
+        /// m1's sync service on the harness's clock and store, for an upstream at `url` (`upstreamExtra` and
+        /// `peersExtra`: more lines for those tables).
+        func syncService(upstream url: String, upstreamExtra: String = "", peersExtra: String = "") throws -> SyncService {
+            let text = """
+                node = "m1"
+                fleet = "ius"
+                [upstream]
+                url = "\(url)"
+                \(upstreamExtra)
+                [mirror]
+                path = "\(dir.sub("mirror"))"
+                [listen]
+                peer = "127.0.0.1:0"
+                [tls]
+                ca = "\(dir.sub("ca.pem"))"
+                cert = "\(dir.sub("m1.pem"))"
+                key = "\(dir.sub("m1.key"))"
+                [peers]
+                \(peersExtra)
+                [state]
+                dir = "\(dir.sub("state"))"
+                """
+            let config = try ConfigLoader.load(text: text, file: "m1.toml", purpose: .agent).get()
+            let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+            return SyncService(config: config, node: node, store: store, clock: clock, metrics: AgentMetrics(), logger: logger)
+        }
+
         func liveness(of member: String) async -> String? {
             await node.status().members.first { $0.record.node == member }?.liveness
         }
@@ -166,25 +193,7 @@ import Testing
         var killed = SyncRun(token: nil, source: "upstream", startedAt: Date(timeIntervalSinceNow: -60))
         killed.id = try h.store.beginRun(killed)
         try h.store.setRunToken(killed.id!, token: "push-7")
-        let text = """
-            node = "m1"
-            fleet = "ius"
-            [upstream]
-            url = "rsync://127.0.0.1:1/nothing"
-            [mirror]
-            path = "\(mirror)"
-            [listen]
-            peer = "127.0.0.1:0"
-            [tls]
-            ca = "\(h.dir.sub("ca.pem"))"
-            cert = "\(h.dir.sub("m1.pem"))"
-            key = "\(h.dir.sub("m1.key"))"
-            [state]
-            dir = "\(h.dir.sub("state"))"
-            """
-        let config = try ConfigLoader.load(text: text, file: "m1.toml", purpose: .agent).get()
-        let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
-        let service = SyncService(config: config, node: h.node, store: h.store, clock: h.clock, metrics: AgentMetrics(), logger: logger)
+        let service = try h.syncService(upstream: "rsync://127.0.0.1:1/nothing")
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await service.run() }
             try await eventually("the killed run recorded") { try h.store.recentRuns(limit: 5).first?.outcome == "interrupted" }
@@ -203,29 +212,7 @@ import Testing
         defer { h.dir.remove() }
         let upstream = try Upstream(in: h.dir, packages: [.init("alpha", "1.0"), .init("beta", "1.0")], token: "push-1")
         defer { upstream.stop() }
-        let text = """
-            node = "m1"
-            fleet = "ius"
-            [upstream]
-            url = "\(upstream.url)"
-            poll = "60s"
-            timeout = "20s"
-            [mirror]
-            path = "\(h.dir.sub("mirror"))"
-            [listen]
-            peer = "127.0.0.1:0"
-            [tls]
-            ca = "\(h.dir.sub("ca.pem"))"
-            cert = "\(h.dir.sub("m1.pem"))"
-            key = "\(h.dir.sub("m1.key"))"
-            [peers]
-            gossip = "1s"
-            [state]
-            dir = "\(h.dir.sub("state"))"
-            """
-        let config = try ConfigLoader.load(text: text, file: "m1.toml", purpose: .agent).get()
-        let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
-        let service = SyncService(config: config, node: h.node, store: h.store, clock: h.clock, metrics: AgentMetrics(), logger: logger)
+        let service = try h.syncService(upstream: upstream.url, upstreamExtra: "poll = \"60s\"\ntimeout = \"20s\"", peersExtra: "gossip = \"1s\"")
         /// Token fetches upstream's daemon logged (the pull's own read of the token file counts as one).
         func tokenFetches() throws -> Int { try upstream.sessions().sessions.filter { !$0.isTreePull }.count }
         func treePulls() throws -> Int { try upstream.sessions().sessions.filter(\.isTreePull).count }
