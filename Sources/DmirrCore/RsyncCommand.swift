@@ -44,9 +44,11 @@ public struct RsyncCommand: Sendable, Equatable {
         args += ["--exclude=/\(config.upstream.tokenFile)", "--exclude=/\(TreeManifest.fileName)"]
         switch stage {
         case .content:
-            args += config.mirror.metadata.map { "--exclude=\($0)" }
+            // --force: a directory upstream replaced with a file must make way, or rsync exits 23 on every run. (It
+            // goes before the publish, with what it held: the one exception to "nothing is deleted before the token".)
+            args += ["--force"] + config.mirror.metadata.map { "--exclude=\($0)" }
         case .metadata:
-            args += ["--delay-updates"]
+            args += ["--force", "--delay-updates"]
         case .listDeletions:
             args += ["--dry-run", "--delete", "--existing", "--ignore-existing"]
         case .snapshot(let linkDest):

@@ -228,6 +228,30 @@ import Testing
         #expect(TreeComparison.differences(rig.upstream.tree, rig.mirror) == [])
     }
 
+    /// Upstream replaces a directory with a regular file of the same name (and a file with a directory). Without
+    /// `--force` and with no deletions before the publish, rsync cannot make way for the file ("cannot delete
+    /// non-empty directory", exit 23) and every run would fail.
+    @Test(arguments: ["in-place", "snapshot"]) func aDirectoryReplacedByAFileIsSynced(publish: String) async throws {
+        let rig = try Rig(label: "dir-to-file-\(publish)", publish: publish)
+        defer { rig.cleanup() }
+        let tree = rig.upstream.tree
+        try FileManager.default.createDirectory(atPath: tree + "/extras/nested", withIntermediateDirectories: true)
+        try Data("inside\n".utf8).write(to: URL(fileURLWithPath: tree + "/extras/nested/note.txt"))
+        try Data("a file for now\n".utf8).write(to: URL(fileURLWithPath: tree + "/later-a-dir"))
+        try rig.upstream.setToken("push-1b")
+        #expect(await rig.sync().exitCode == 0)
+        try FileManager.default.removeItem(atPath: tree + "/extras")
+        try Data("now a file\n".utf8).write(to: URL(fileURLWithPath: tree + "/extras"))
+        try FileManager.default.removeItem(atPath: tree + "/later-a-dir")
+        try FileManager.default.createDirectory(atPath: tree + "/later-a-dir", withIntermediateDirectories: true)
+        try Data("inside\n".utf8).write(to: URL(fileURLWithPath: tree + "/later-a-dir/x.txt"))
+        try rig.upstream.setToken("push-2")
+        let report = await rig.sync()
+        #expect(report.exitCode == 0, "\(report.message)")
+        #expect(rig.publishedToken() == "push-2")
+        #expect(TreeComparison.differences(tree, realPath(rig.mirror)) == [])
+    }
+
     /// A regenerated repomd.xml with the old one's size and mtime fools rsync's quick check; verification notices,
     /// the metadata is fetched again by checksum, and the sync completes.
     @Test(arguments: ["in-place", "snapshot"]) func quickCheckCollisionIsRepaired(publish: String) async throws {
