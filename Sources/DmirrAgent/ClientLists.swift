@@ -92,7 +92,7 @@ final class ClientLists: Sendable {
             // The newest tree is not attested yet (fewer upstream pulls of it than `attestations`), or this mirror does
             // not publish it yet: while mirrors still publish the tree this agent last served, answer with that one.
             // It was attested when it was accepted, and its checksums match what those mirrors serve.
-            let file = (path.isEmpty ? "" : path + "/") + "repodata/repomd.xml"
+            let file = Self.repomdFile(path)
             if let previous = state.withLock({ $0.manifest }), previous.token != candidates.token, let entry = previous.repomds[file],
                 let held = MirrorList.candidates(view.members, target: previous.token), held.current
             {
@@ -153,9 +153,14 @@ final class ClientLists: Sendable {
         return view
     }
 
+    /// `PATH/repodata/repomd.xml` relative to the tree (`repodata/repomd.xml` for the root).
+    private static func repomdFile(_ path: String) -> String {
+        (path.isEmpty ? "" : path + "/") + "repodata/repomd.xml"
+    }
+
     /// Whether this mirror's tree has a yum repository at `path` (its `repodata/repomd.xml`).
     private func isRepository(_ path: String) -> Bool {
-        FileManager.default.fileExists(atPath: tree + "/" + (path.isEmpty ? "" : path + "/") + "repodata/repomd.xml")
+        FileManager.default.fileExists(atPath: tree + "/" + Self.repomdFile(path))
     }
 
     enum Lookup {
@@ -166,8 +171,10 @@ final class ClientLists: Sendable {
     /// The manifest entry of `PATH/repodata/repomd.xml` for `token`, from our own published manifest, whose root must
     /// be one that enough members attest.
     private func repomd(path: String, token: String, roots: Set<String>) -> Lookup {
-        let file = (path.isEmpty ? "" : path + "/") + "repodata/repomd.xml"
-        if let cached = state.withLock({ $0.manifest }), cached.token == token, roots.contains(cached.root) {
+        let file = Self.repomdFile(path)
+        // A root accepted for this token stays accepted when its attesters move on to a newer token (their records
+        // then attest that one, and no root of this token is attested any more); a different attested root replaces it.
+        if let cached = state.withLock({ $0.manifest }), cached.token == token, roots.isEmpty || roots.contains(cached.root) {
             return cached.repomds[file].map { .found($0) } ?? .missing("the manifest of \(token) has no \(file)")
         }
         guard !roots.isEmpty else {
