@@ -198,7 +198,7 @@ public final class StateStore: Sendable {
         try write("mark interrupted runs") { db in
             try db.execute(
                 sql: "UPDATE sync_run SET outcome = 'interrupted', finished_at = ?, error = COALESCE(error, ?) WHERE outcome = 'running'",
-                arguments: [date, "the process ended before the run finished (killed or crashed)"])
+                arguments: [date, SyncRun.interruptedError])
             return db.changesCount
         }
     }

@@ -53,6 +53,9 @@ public struct SyncRun: Sendable, Equatable, Codable {
         case cancelled
     }
 
+    /// The error an interrupted run is recorded (or shown) with.
+    public static let interruptedError = "the process ended before the run finished (killed or crashed)"
+
     enum CodingKeys: String, CodingKey {
         case id, token, source, outcome, bytes, files, error
         case startedAt = "started_at"

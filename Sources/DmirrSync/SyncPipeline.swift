@@ -700,7 +700,7 @@ public struct SyncPipeline: Sendable {
 
     /// Removes the files left to delete after the last publish (in place): each path the source no longer had, deepest
     /// first, unless the published manifest lists it (then it is part of the tree the token names, whatever the list
-    /// said). A directory that is not empty (it holds something rsync was told to leave alone, such as an excluded
+    /// said) or it lies under a symlink (it would not be in the tree). A directory that is not empty (it holds something rsync was told to leave alone, such as an excluded
     /// file) stays. Returns how many paths went.
     @discardableResult
     func finishPendingDeletions(logger: Logger, store: StateStore) throws -> Int {
@@ -722,6 +722,21 @@ public struct SyncPipeline: Sendable {
             guard !path.isEmpty, !path.hasPrefix("/"), !parts.contains(".."), !parts.contains("."), !parts.contains(""),
                 !listed.contains(path), path != config.upstream.tokenFile, path != TreeManifest.fileName
             else {
+                kept.append(path)
+                continue
+            }
+            // Every directory on the way must be a real one in the tree: through a symlink the path would leave it.
+            var inside = true
+            var parent = root
+            for part in parts.dropLast() {
+                parent += "/" + part
+                var dir = stat()
+                if lstat(parent, &dir) != 0 || (dir.st_mode & S_IFMT) != S_IFDIR {
+                    inside = false
+                    break
+                }
+            }
+            guard inside else {
                 kept.append(path)
                 continue
             }

@@ -34,7 +34,7 @@ struct HistoryCommand: ParsableCommand {
         if runs.contains(where: { $0.outcome == SyncRun.Outcome.running.rawValue }), !SyncLock.isHeld(stateDirectory: config.state.dir) {
             for i in runs.indices where runs[i].outcome == SyncRun.Outcome.running.rawValue {
                 runs[i].outcome = SyncRun.Outcome.interrupted.rawValue
-                runs[i].error = runs[i].error ?? "the process ended before the run finished (killed or crashed)"
+                runs[i].error = runs[i].error ?? SyncRun.interruptedError
             }
         }
         if json {

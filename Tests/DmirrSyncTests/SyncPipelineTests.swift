@@ -252,6 +252,29 @@ import Testing
         #expect(TreeComparison.differences(tree, realPath(rig.mirror)) == [])
     }
 
+    /// A recorded deletion never reaches outside the tree: a path under a symlinked directory is kept, whatever the
+    /// list says; a path the published manifest lists is kept; an extra file is removed.
+    @Test func pendingDeletionsStayInsideTheTree() async throws {
+        let rig = try Rig(label: "pending-inside")
+        defer { rig.cleanup() }
+        #expect(await rig.sync().exitCode == 0)
+        let outside = rig.dir.sub("outside")
+        try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: true)
+        try Data("keep me\n".utf8).write(to: URL(fileURLWithPath: outside + "/victim"))
+        try FileManager.default.createSymbolicLink(atPath: rig.mirror + "/link", withDestinationPath: outside)
+        try Data("extra\n".utf8).write(to: URL(fileURLWithPath: rig.mirror + "/extra"))
+        let store = try StateStore(directory: rig.dir.sub("state"))
+        let published = try #require(try store.published())
+        try store.setPublished(token: published.token, source: "upstream", at: Date(), manifestRoot: nil,
+                               pendingDeletions: ["link/victim", "extra", "repodata/repomd.xml"])
+        let removed = try SyncPipeline(config: rig.config, store: store).finishPendingDeletions(logger: SyncPipelineTests.logger, store: store)
+        #expect(removed == 1)
+        #expect(FileManager.default.fileExists(atPath: outside + "/victim"), "deleted through a symlink")
+        #expect(!FileManager.default.fileExists(atPath: rig.mirror + "/extra"))
+        #expect(FileManager.default.fileExists(atPath: rig.mirror + "/repodata/repomd.xml"))
+        #expect(try store.pendingDeletions() == nil)
+    }
+
     /// A regenerated repomd.xml with the old one's size and mtime fools rsync's quick check; verification notices,
     /// the metadata is fetched again by checksum, and the sync completes.
     @Test(arguments: ["in-place", "snapshot"]) func quickCheckCollisionIsRepaired(publish: String) async throws {
