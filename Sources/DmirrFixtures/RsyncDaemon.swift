@@ -5,7 +5,8 @@ import Synchronization
     import Glibc
 #endif
 
-/// A real `rsync --daemon` on a loopback port, for the demo, tests and benchmarks. Stop it with ``stop()``.
+/// A real `rsync --daemon` on a loopback port (or, for the namespaced test fleet, on a namespace's own address), for the
+/// demo, tests and benchmarks. Stop it with ``stop()``.
 public final class RsyncDaemon: Sendable {
     /// One module the daemon serves.
     public struct Module: Sendable {
@@ -25,18 +26,24 @@ public final class RsyncDaemon: Sendable {
     }
 
     public let port: Int
+    /// The address it listens on: 127.0.0.1 unless it was started inside a network namespace.
+    public let address: String
     public let directory: String
     /// The daemon's log (`transfer logging = yes`): one line per file sent, plus connects and refusals.
     public var logPath: String { directory + "/rsyncd.log" }
     /// Foundation's `Process` is not Sendable: every use goes through the lock (`stop()` may race `deinit` otherwise).
     private let process: Mutex<Process>
 
-    /// The `rsync://127.0.0.1:PORT/NAME` URL of a module.
-    public func url(_ module: String) -> String { "rsync://127.0.0.1:\(port)/\(module)" }
+    /// The `rsync://ADDRESS:PORT/NAME` URL of a module.
+    public func url(_ module: String) -> String { "rsync://\(address):\(port)/\(module)" }
 
     /// Writes a config into `directory`, starts the daemon on a free loopback port and waits until it accepts.
-    public init(directory: String, modules: [Module], timeoutSeconds: Int = 5) throws {
+    ///
+    /// - Parameter namespace: run it inside this network namespace (`ip netns exec`), listening on `address` at port
+    ///   873, which is free in a namespace of its own; readiness is then read from its log, which says when it listens.
+    public init(directory: String, modules: [Module], timeoutSeconds: Int = 5, namespace: (name: String, address: String)? = nil) throws {
         self.directory = directory
+        address = namespace?.address ?? "127.0.0.1"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         var config = """
             use chroot = no
@@ -65,15 +72,18 @@ public final class RsyncDaemon: Sendable {
         // Bind-then-release picks a free port; retry if another process grabs it before rsync binds.
         var lastError: any Error = FixtureError("rsync --daemon did not start")
         for _ in 0..<5 {
-            let port = try FreePort.pick()
+            let port = namespace == nil ? try FreePort.pick() : 873
             let process = Process()
             process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = ["rsync", "--daemon", "--no-detach", "--config=\(configPath)", "--address=127.0.0.1", "--port=\(port)"]
+            let daemon = ["rsync", "--daemon", "--no-detach", "--config=\(configPath)", "--address=\(address)", "--port=\(port)"]
+            process.arguments = namespace.map { ["ip", "netns", "exec", $0.name] + daemon } ?? daemon
             process.standardInput = FileHandle.nullDevice
             process.standardOutput = FileHandle.nullDevice
             process.standardError = FileHandle.nullDevice
             try process.run()
-            if FreePort.waitUntilAccepting(port: port, seconds: 5), process.isRunning {
+            let ready = namespace == nil
+                ? FreePort.waitUntilAccepting(port: port, seconds: 5) : Self.waitUntilLogged("listening on port \(port)", in: directory + "/rsyncd.log", seconds: 5)
+            if ready, process.isRunning {
                 self.port = port
                 self.process = Mutex(process)
                 return
@@ -83,6 +93,15 @@ public final class RsyncDaemon: Sendable {
             lastError = FixtureError("rsync --daemon did not accept connections on port \(port); see \(directory)/rsyncd.log")
         }
         throw lastError
+    }
+
+    private static func waitUntilLogged(_ text: String, in path: String, seconds: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if let log = try? String(contentsOfFile: path, encoding: .utf8), log.contains(text) { return true }
+            usleep(20_000)
+        }
+        return false
     }
 
     /// The daemon's process id.

@@ -48,6 +48,9 @@ import Testing
         /// `[peers] suspect_after` and `down_after`: short, so that tests of failure detection finish quickly.
         let suspectAfter: String
         let downAfter: String
+        /// Separate hosts: upstream (host `upstream`) and every member in a network namespace of their own, so that the
+        /// fault campaigns can cut links. Nil: everything on loopback.
+        let lab: NetLab?
 
         /// - Parameters:
         ///   - upstreamMaxConnections: the upstream daemon's own `max connections` (0: none).
@@ -55,7 +58,8 @@ import Testing
         init(size: Int, mirrorExtra: String = "", serving: Bool = false, upstreamSlots: Int = 2, poll: String = "1s",
              upstreamMaxConnections: Int = 0, extraModules: [RsyncDaemon.Module] = [], upstreamURLs: [String: String] = [:],
              peersExtra: String = "", http: Bool = false, mirrorExtraFor: [String: String] = [:], listenExtra: String = "",
-             suspectAfter: String = "2s", downAfter: String = "5s") throws {
+             suspectAfter: String = "2s", downAfter: String = "5s", lab: NetLab? = nil) throws {
+            self.lab = lab
             self.mirrorExtra = mirrorExtra
             self.listenExtra = listenExtra
             self.suspectAfter = suspectAfter
@@ -65,14 +69,19 @@ import Testing
             self.upstreamSlots = upstreamSlots
             self.poll = poll
             dir = try TestDirectory("fleet")
+            names = (0..<size).map { "m\($0)" }
+            if let lab {
+                for host in ["upstream"] + names { try lab.add(host) }
+            }
             upstream = try Upstream(in: dir, packages: [.init("alpha", "1.0"), .init("beta", "1.0")], token: "push-1",
-                                    maxConnections: upstreamMaxConnections, extraModules: extraModules)
-            self.upstreamURLs = upstreamURLs.mapValues { $0.replacingOccurrences(of: "UPSTREAM", with: "127.0.0.1:\(upstream.daemon.port)") }
+                                    maxConnections: upstreamMaxConnections, extraModules: extraModules, host: lab?.host("upstream"))
+            self.upstreamURLs = upstreamURLs.mapValues {
+                $0.replacingOccurrences(of: "UPSTREAM", with: "\(upstream.daemon.address):\(upstream.daemon.port)")
+            }
             let ca = try CLI.dmirr(["cert", "ca", "--fleet", "test", "--out", dir.sub("ca")])
             guard ca.exitCode == 0 else { throw TestFailure(ca.stderr) }
-            names = (0..<size).map { "m\($0)" }
             for name in names {
-                let issued = try CLI.dmirr(["cert", "issue", "--ca", dir.sub("ca"), "--node", name, "--ip", "127.0.0.1", "--out", dir.sub("certs")])
+                let issued = try CLI.dmirr(["cert", "issue", "--ca", dir.sub("ca"), "--node", name, "--ip", address(name), "--out", dir.sub("certs")])
                 guard issued.exitCode == 0 else { throw TestFailure(issued.stderr) }
                 ports[name] = try FreePort.pick()
                 if http { httpPorts[name] = try FreePort.pick() }
@@ -83,15 +92,19 @@ import Testing
                     if !mirrorExtra.contains("snapshot") {
                         try FileManager.default.createDirectory(atPath: mirror(name), withIntermediateDirectories: true)
                     }
-                    servers[name] = try RsyncDaemon(directory: dir.sub("rsyncd-\(name)"), modules: [.init(name: "mirror", path: mirror(name), maxConnections: 2)])
+                    servers[name] = try RsyncDaemon(directory: dir.sub("rsyncd-\(name)"), modules: [.init(name: "mirror", path: mirror(name), maxConnections: 2)],
+                                                    namespace: lab.map { ($0.host(name).namespace, $0.host(name).address) })
                 }
             }
             for (i, name) in names.enumerated() {
                 // Each seeds the previous one (the first seeds the last): a ring to start from, not a mesh.
                 let seed = names[(i + size - 1) % size]
-                try config(name, seeds: ["127.0.0.1:\(ports[seed]!)"]).write(toFile: configPath(name), atomically: true, encoding: .utf8)
+                try config(name, seeds: ["\(address(seed)):\(ports[seed]!)"]).write(toFile: configPath(name), atomically: true, encoding: .utf8)
             }
         }
+
+        /// Where a member listens: its own host's address, or loopback.
+        func address(_ name: String) -> String { lab?.hosts[name]?.address ?? "127.0.0.1" }
 
         func configPath(_ name: String) -> String { dir.sub("\(name).toml") }
         func mirror(_ name: String) -> String { dir.sub("mirror-\(name)") }
@@ -111,8 +124,8 @@ import Testing
             \(mirrorExtra)
             \(mirrorExtraFor[name] ?? "")
             [listen]
-            peer = "127.0.0.1:\(ports[name]!)"
-            \(httpPorts[name].map { "metrics = \"127.0.0.1:\($0)\"" } ?? "")
+            peer = "\(address(name)):\(ports[name]!)"
+            \(httpPorts[name].map { "metrics = \"\(address(name)):\($0)\"" } ?? "")
             \(listenExtra)
             [tls]
             ca = "\(dir.sub("ca/ca.pem"))"
@@ -131,7 +144,8 @@ import Testing
         }
 
         func start(_ name: String, environment: [String: String] = [:], wrapper: [String] = []) throws {
-            agents[name] = try SpawnedDmirr(["agent", "-c", configPath(name)], environment: environment, wrapper: wrapper, logDirectory: dir.path)
+            agents[name] = try SpawnedDmirr(["agent", "-c", configPath(name)], environment: environment,
+                                            wrapper: (lab?.host(name).wrapper ?? []) + wrapper, logDirectory: dir.path)
         }
 
         func status(_ name: String) -> [String: Any]? {
@@ -167,6 +181,7 @@ import Testing
             for agent in agents.values { agent.killGroup() }
             for server in servers.values { server.stop() }
             upstream.stop()
+            lab?.close()
         }
 
         struct Run {

@@ -9,13 +9,14 @@ public final class Upstream: @unchecked Sendable {
 
     public init(
         in directory: TestDirectory, packages: [YumRepo.Package], token: String, maxConnections: Int = 0,
-        users: [(user: String, password: String)] = [], extraModules: [RsyncDaemon.Module] = []
+        users: [(user: String, password: String)] = [], extraModules: [RsyncDaemon.Module] = [], host: NetLab.Host? = nil
     ) throws {
         tree = directory.sub("upstream")
         try YumRepo.make(at: tree, packages: packages, token: token)
         daemon = try RsyncDaemon(
             directory: directory.sub("rsyncd"),
-            modules: [.init(name: "repo", path: tree, maxConnections: maxConnections, users: users)] + extraModules)
+            modules: [.init(name: "repo", path: tree, maxConnections: maxConnections, users: users)] + extraModules,
+            namespace: host.map { ($0.namespace, $0.address) })
     }
 
     /// An upstream push: adds packages, removes others, regenerates the metadata, then writes the new token.
@@ -55,7 +56,7 @@ public final class Upstream: @unchecked Sendable {
         public var isTreePull: Bool { request.split(separator: " ").contains { !$0.hasSuffix("/CURRENT") } }
     }
 
-    /// The daemon's finished sessions ("rsync on REQUEST from …" to "sent … bytes"), and when it refused a connection
+    /// The daemon's finished sessions ("rsync on REQUEST from …" to "sent … bytes" or the error that ended it), and when it refused a connection
     /// at `max connections`.
     public func sessions() throws -> (sessions: [Session], refused: [Date]) {
         let log = try String(contentsOfFile: daemon.logPath, encoding: .utf8)
@@ -77,7 +78,11 @@ public final class Upstream: @unchecked Sendable {
                 refused.append(at)
             } else if text.hasPrefix("rsync on "), let from = text.range(of: " from ") {
                 open[pid] = (String(text[text.index(text.startIndex, offsetBy: 9)..<from.lowerBound]), at)
-            } else if text.hasPrefix("sent "), let started = open.removeValue(forKey: pid) {
+            } else if text.hasPrefix("sent ") || text.hasPrefix("rsync error"),
+                let started = open.removeValue(forKey: pid)
+            {
+                // A session ends with its byte count, or with the error that ended it (a client killed or cut off,
+                // the daemon's own timeout): those held a connection too.
                 done.append(Session(pid: pid, request: started.request, started: started.at, ended: at))
             }
         }
