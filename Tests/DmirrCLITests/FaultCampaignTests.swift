@@ -193,4 +193,148 @@ import Testing
         }
         print("partitions: \(rounds) rounds, seed \(seed)")
     }
+
+    /// Who says of itself that it is pulling from upstream now.
+    static func pullingFromUpstream(_ fleet: FleetTests.Fleet, among names: [String]) -> String? {
+        names.first { name in
+            let me = (fleet.status(name)?["members"] as? [[String: Any]] ?? []).first { $0["node"] as? String == name }
+            return me?["state"] as? String == "syncing" && me?["source"] as? String == "upstream"
+        }
+    }
+
+    /// Members that `viewer` shows as suspect or down, among `healthy`.
+    static func wronglySuspected(_ fleet: FleetTests.Fleet, by viewer: String, among healthy: [String]) -> [String] {
+        let view = fleet.view(viewer)
+        return healthy.filter { ["suspect", "down"].contains(view[$0]?.state ?? "") }
+    }
+
+    /// The slot campaign: `[upstream] slots = 1`, no member serves (so every pull is an upstream pull and the slot is
+    /// the only way to upstream), and each round kills (SIGKILL to its process group: the agent and its rsync) the
+    /// member pulling from upstream in mid-transfer. The slot must be used again within rsync's `timeout` (20 s) plus
+    /// the failure-detection bound (`down_after`, 5 s here), and upstream's log must never show two tree pulls at once.
+    /// The killed member restarts and catches up.
+    ///
+    /// `DMIRR_SLOT_ROUNDS` (2 in the suite).
+    @Test func aMemberKilledHoldingTheUpstreamSlotFreesItInBoundAndNeverTwice() throws {
+        let rounds = Self.setting("DMIRR_SLOT_ROUNDS", 2)
+        let replay = "DMIRR_SLOT_ROUNDS=\(rounds) swift test --skip-build --filter 'FaultCampaignTests/aMemberKilled'"
+        let lab = try NetLab(tag: "slt")
+        // 1 MB at 300 KB/s: each pull holds the slot for about 3.5 s, long enough to be killed in.
+        let fleet = try FleetTests.Fleet(size: 4, mirrorExtra: "rsync_args = [\"--bwlimit=300\"]", upstreamSlots: 1, lab: lab)
+        defer { fleet.stop(); fleet.dir.remove() }
+        for name in fleet.names { try fleet.start(name) }
+        let first = fleet.waitUntil(seconds: 90) { fleet.allInSync("push-1", among: fleet.names) }
+        #expect(first, "\(fleet.names.map { "\($0): \(fleet.view($0))" })\n\(fleet.logs())")
+        guard first else { return }
+        let bound = 20.0 + 5.0
+        var gaps: [Double] = []
+        for round in 1...rounds {
+            sleep(1)
+            let token = "push-\(round + 1)"
+            let pushed = Date()
+            try fleet.upstream.push(add: [.init("s\(round)", "1.0", sizeKB: 1024)], remove: round > 1 ? ["s\(round - 1)-1.0-1.noarch.rpm"] : [],
+                                    token: token)
+            var victim: String?
+            _ = fleet.waitUntil(seconds: 30) {
+                victim = Self.pullingFromUpstream(fleet, among: fleet.names)
+                return victim != nil
+            }
+            guard let victim else {
+                Issue.record("round \(round): nobody pulled from upstream within 30 s of the push\n\(fleet.logs())")
+                return
+            }
+            fleet.agents[victim]!.killGroup()
+            let killed = Date()
+            let others = fleet.names.filter { $0 != victim }
+            let othersTookIt = fleet.waitUntil(seconds: 90) { others.allSatisfy { Self.published(fleet, $0) == token } }
+            #expect(othersTookIt, "round \(round): after \(victim) was killed: \(others.map { "\($0)=\(Self.published(fleet, $0) ?? "-")" })\nreplay: \(replay)")
+            let next = try fleet.runs().filter { $0.token == token && $0.source == "upstream" && $0.node != victim && $0.started >= killed }
+                .map(\.started).min()
+            let gap = next.map { $0.timeIntervalSince(killed) }
+            #expect(gap.map { $0 <= bound } == true, "round \(round): the slot \(victim) held was next used \(gap.map { "\($0) s" } ?? "never") after the kill (bound \(bound) s)\nreplay: \(replay)")
+            if let gap { gaps.append(gap) }
+            try fleet.start(victim)
+            let all = fleet.waitUntil(seconds: 60) { fleet.allInSync(token, among: fleet.names) }
+            #expect(all, "round \(round): \(victim) did not catch up after its restart: \(fleet.view(victim))\nreplay: \(replay)")
+            let log = try fleet.upstream.sessions()
+            let pulls = log.sessions.filter { $0.isTreePull && $0.started >= pushed.addingTimeInterval(-1) }
+            let peak = peakOverlap(pulls.map { ($0.started, $0.ended) })
+            #expect(peak == 1, "round \(round): upstream served \(peak) tree pulls at once: \(pulls.map { "\($0.request) \($0.started.timeIntervalSince(pushed))…\($0.ended.timeIntervalSince(pushed))" })\nreplay: \(replay)")
+            print("slot: round \(round): killed \(victim) pulling from upstream; the slot was used again after \(gap.map { String(format: "%.1f", $0) } ?? "never") s; "
+                  + "\(pulls.count) upstream tree sessions, peak \(peak)")
+        }
+        print("slot: \(rounds) rounds, slot reused after \(gaps.map { String(format: "%.1f", $0) }.joined(separator: ", ")) s (bound \(bound) s)")
+    }
+
+    /// The stall campaign: a member frozen (SIGSTOP to its process group: the agent and any rsync it runs) for each of
+    /// the durations, once while idle with a push arriving during the freeze and once in the middle of its own pull.
+    /// Checked: no member other than the frozen one is ever shown suspect or down, by anyone, including by the frozen
+    /// one once it runs again (it heard nothing for the whole freeze); upstream never serves more than `[upstream]
+    /// slots` tree pulls at once; the frozen member catches up after SIGCONT.
+    ///
+    /// `DMIRR_STALL_SECONDS` (a comma-separated list; "5,30" in the suite, "5,30,120" for the full campaign).
+    @Test func aFrozenMemberCatchesUpAndNoHealthyOneIsSuspected() throws {
+        let durations = (ProcessInfo.processInfo.environment["DMIRR_STALL_SECONDS"] ?? "5,30").split(separator: ",").compactMap { Int($0) }
+        let replay = "DMIRR_STALL_SECONDS=\(durations.map(String.init).joined(separator: ",")) swift test --skip-build --filter 'FaultCampaignTests/aFrozenMember'"
+        let lab = try NetLab(tag: "stl")
+        let victim = "m4"
+        // The victim pulls slowly (1 MB at 150 KB/s, about 7 s), so it can be frozen mid-pull.
+        let fleet = try FleetTests.Fleet(size: 5, serving: true, upstreamSlots: 2,
+                                         mirrorExtraFor: [victim: "rsync_args = [\"--bwlimit=150\"]"], lab: lab)
+        defer { fleet.stop(); fleet.dir.remove() }
+        for name in fleet.names { try fleet.start(name) }
+        let first = fleet.waitUntil(seconds: 90) { fleet.allInSync("push-1", among: fleet.names) }
+        #expect(first, "\(fleet.names.map { "\($0): \(fleet.view($0))" })\n\(fleet.logs())")
+        guard first else { return }
+        let healthy = fleet.names.filter { $0 != victim }
+        var round = 0
+        for seconds in durations {
+            for midPull in [false, true] {
+                round += 1
+                let describe = "freeze of \(seconds) s \(midPull ? "mid-pull" : "while idle")"
+                sleep(1)
+                let token = "push-\(round + 1)"
+                let pushed = Date()
+                func push() throws {
+                    try fleet.upstream.push(add: [.init("f\(round)", "1.0", sizeKB: 1024)], remove: round > 1 ? ["f\(round - 1)-1.0-1.noarch.rpm"] : [],
+                                            token: token)
+                }
+                if midPull {
+                    try push()
+                    let pulling = fleet.waitUntil(seconds: 30) { fleet.view(victim)[victim]?.state == "syncing" }
+                    #expect(pulling, "\(describe): \(victim) never started its pull: \(fleet.view(victim))")
+                }
+                let pid = fleet.agents[victim]!.pid
+                kill(-pid, SIGSTOP)
+                let frozen = Date()
+                if !midPull { try push() }
+                var wrong: Set<String> = []
+                while Date().timeIntervalSince(frozen) < Double(seconds) {
+                    for viewer in healthy { wrong.formUnion(Self.wronglySuspected(fleet, by: viewer, among: healthy).map { "\($0) by \(viewer)" }) }
+                    usleep(300_000)
+                }
+                kill(-pid, SIGCONT)
+                // The frozen one's own view, as soon as it answers again and for a few seconds after.
+                let resumed = Date()
+                while Date().timeIntervalSince(resumed) < 5 {
+                    wrong.formUnion(Self.wronglySuspected(fleet, by: victim, among: healthy).map { "\($0) by \(victim) after SIGCONT" })
+                    for viewer in healthy { wrong.formUnion(Self.wronglySuspected(fleet, by: viewer, among: healthy).map { "\($0) by \(viewer)" }) }
+                    usleep(200_000)
+                }
+                #expect(wrong.isEmpty, "\(describe): healthy members shown suspect or down: \(wrong.sorted())\nreplay: \(replay)")
+                let caughtUp = fleet.waitUntil(seconds: 60) { fleet.allInSync(token, among: fleet.names) }
+                #expect(caughtUp, "\(describe): \(fleet.names.map { "\($0): \(fleet.view($0))" })\nreplay: \(replay)")
+                let after = Date().timeIntervalSince(resumed)
+                let log = try fleet.upstream.sessions()
+                let pulls = log.sessions.filter { $0.isTreePull && $0.started >= pushed.addingTimeInterval(-1) }
+                let peak = peakOverlap(pulls.map { ($0.started, $0.ended) })
+                #expect(peak <= 2, "\(describe): upstream served \(peak) tree pulls at once: \(pulls.map { "\($0.request) \($0.started.timeIntervalSince(pushed))…\($0.ended.timeIntervalSince(pushed))" })\nreplay: \(replay)")
+                for name in fleet.names {
+                    #expect(TreeComparison.differences(fleet.upstream.tree, fleet.mirror(name)) == [], "\(describe): \(name)")
+                }
+                print("stalls: \(describe): \(wrong.count) wrong suspicions; in sync \(String(format: "%.1f", after)) s after SIGCONT; "
+                      + "upstream peak \(peak) (\(pulls.count) tree sessions)")
+            }
+        }
+    }
 }
