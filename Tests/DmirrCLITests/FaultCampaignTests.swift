@@ -332,7 +332,7 @@ import Testing
                 for name in fleet.names {
                     #expect(TreeComparison.differences(fleet.upstream.tree, fleet.mirror(name)) == [], "\(describe): \(name)")
                 }
-                print("stalls: \(describe): \(wrong.count) wrong suspicions; in sync \(String(format: "%.1f", after)) s after SIGCONT; "
+                print("stalls: \(describe): \(wrong.count) wrong suspicions; all in sync \(String(format: "%.1f", after)) s after SIGCONT (5 s of it watching for suspicions); "
                       + "upstream peak \(peak) (\(pulls.count) tree sessions)")
             }
         }
