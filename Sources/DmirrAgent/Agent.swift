@@ -40,7 +40,7 @@ public struct Agent: Sendable {
         let signer = try RecordSigner(caPath: tlsConfig.ca, certPath: tlsConfig.cert, keyPath: tlsConfig.key, verifier: tls.verifier)
         try FileManager.default.createDirectory(atPath: config.state.dir, withIntermediateDirectories: true)
         // The process's one connection pool to the state database (GRDB's rule: one per file), for every service.
-        let store = try StateStore(directory: config.state.dir)
+        let store = try StateStore(directory: config.state.dir, check: true)
         var membershipConfig = Membership.Configuration()
         membershipConfig.gossipInterval = config.peers.gossip
         membershipConfig.suspectAfter = config.peers.suspectAfter

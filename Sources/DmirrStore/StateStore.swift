@@ -9,17 +9,33 @@ public final class StateStore: Sendable {
     private let pool: DatabasePool
     public let path: String
 
+    /// How long a statement waits for a lock another process holds before it fails with ``StoreError/Code/locked``.
+    public static let busySeconds: TimeInterval = 10
+
     /// Opens (creating if needed) the state database in `directory` and applies pending migrations.
-    public init(directory: String) throws(StoreError) {
+    ///
+    /// - Parameter check: run SQLite's `quick_check` first. `dmirr sync` and the agent do, when they start: a damaged
+    ///   file is refused before the tree is touched, instead of failing a write after a transfer (milliseconds for a
+    ///   state of a few MB; it reads every page once).
+    public init(directory: String, check: Bool = false) throws(StoreError) {
         path = directory + "/" + Self.fileName
+        let pool: DatabasePool
         do {
             var configuration = Configuration()
-            configuration.busyMode = .timeout(10)
+            configuration.busyMode = .timeout(Self.busySeconds)
             pool = try DatabasePool(path: path, configuration: configuration)
+            if check {
+                let found = try pool.read { try String.fetchAll($0, sql: "PRAGMA quick_check(5)") }
+                if found != ["ok"] {
+                    let detail = found.joined(separator: "\n").split(whereSeparator: \.isNewline).prefix(3).joined(separator: "; ")
+                    throw StoreError.damaged(path, detail: "quick_check: " + detail)
+                }
+            }
             try Self.migrator.migrate(pool)
         } catch {
-            throw StoreError(code: .cannotOpen, message: "cannot open the state database \(path)", underlying: error)
+            throw StoreError.classify(error, path: path, what: "open the state database", fallback: .cannotOpen)
         }
+        self.pool = pool
     }
 
     /// Append-only, named migrations. Never edit one that has shipped; add a new one.
@@ -346,7 +362,7 @@ public final class StateStore: Sendable {
         do {
             return try pool.write(body)
         } catch {
-            throw StoreError(code: .writeFailed, message: "cannot \(what) in \(path)", underlying: error)
+            throw StoreError.classify(error, path: path, what: "\(what) in", fallback: .writeFailed)
         }
     }
 
@@ -354,7 +370,7 @@ public final class StateStore: Sendable {
         do {
             return try pool.read(body)
         } catch {
-            throw StoreError(code: .readFailed, message: "cannot \(what) from \(path)", underlying: error)
+            throw StoreError.classify(error, path: path, what: "\(what) from", fallback: .readFailed)
         }
     }
 }

@@ -19,7 +19,7 @@ public final class SyncLock: Sendable {
         path = stateDirectory + "/" + Self.fileName
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
-            throw SyncError(.setup, "cannot open the lock file \(path): \(String(cString: strerror(errno)))")
+            throw SyncError(.setup, "cannot open the lock file \(path): \(String(cString: strerror(errno))); [state] dir must be writable")
         }
         if flock(fd, LOCK_EX | LOCK_NB) != 0 {
             let err = errno

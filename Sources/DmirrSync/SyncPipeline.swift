@@ -182,9 +182,9 @@ public struct SyncPipeline: Sendable {
             store = shared
         } else {
             do {
-                store = try StateStore(directory: config.state.dir)
+                store = try StateStore(directory: config.state.dir, check: true)
             } catch {
-                return SyncReport(outcome: .failed, exitCode: 1, message: error.description)
+                return Self.report(for: error)
             }
         }
 
@@ -200,7 +200,7 @@ public struct SyncPipeline: Sendable {
         } catch let error as SyncError {
             report = Self.report(for: error)
         } catch let error as StoreError {
-            report = SyncReport(outcome: .failed, exitCode: 1, message: error.description)
+            report = Self.report(for: error)
         } catch is CancellationError {
             report = SyncReport(outcome: .cancelled, exitCode: 1, message: "cancelled; the published token is unchanged")
         } catch {
@@ -225,6 +225,14 @@ public struct SyncPipeline: Sendable {
             }
         }
         return report
+    }
+
+    /// A lock another process holds on the state database is temporary (75, like a held sync lock); damage and a
+    /// read-only state are the operator's to fix (1).
+    static func report(for error: StoreError) -> SyncReport {
+        error.code == .locked
+            ? SyncReport(outcome: .busy, exitCode: 75, message: error.description)
+            : SyncReport(outcome: .failed, exitCode: 1, message: error.description)
     }
 
     static func report(for error: SyncError) -> SyncReport {
