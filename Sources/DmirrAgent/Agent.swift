@@ -30,6 +30,8 @@ public struct Agent: Sendable {
     }
 
     public func run() async throws {
+        // Every service works in the fleet's time: this host's clock corrected by its peers' (``ClockOffset``).
+        let clock = FleetTimeClock(base: self.clock)
         guard let tlsConfig = config.tls else { throw AgentError("[tls] ca, cert and key are required for the agent") }
         guard let listen = config.listen.peer.flatMap(HostPort.init) else { throw AgentError("[listen] peer is required for the agent") }
         let tls = try FleetTLS(caPath: tlsConfig.ca, certPath: tlsConfig.cert, keyPath: tlsConfig.key)
@@ -45,7 +47,11 @@ public struct Agent: Sendable {
         membershipConfig.gossipInterval = config.peers.gossip
         membershipConfig.suspectAfter = config.peers.suspectAfter
         membershipConfig.downAfter = config.peers.downAfter
-        let generation = UInt64(clock.wallMillis)
+        // Newer than every generation this node signed before, even when the clock went back since (put right after
+        // running fast): members keep the newest generation's record, so a lower one would go unheard until the
+        // older record expired.
+        let previous = (try? store.members())?.first { $0.node == tls.identity.name }?.generation ?? 0
+        let generation = max(UInt64(max(0, clock.wallMillis)), previous &+ 1)
         let node = FleetNode(identity: tls.identity, generation: generation, configuration: membershipConfig, signer: signer,
                              store: store, logger: logger, clock: clock)
         await node.restore()
@@ -57,7 +63,9 @@ public struct Agent: Sendable {
             $0.publicURL = config.mirror.publicURL ?? ""
             $0.region = config.mirror.region ?? ""
             $0.publishedToken = published?.token ?? ""
-            $0.lastSyncMillis = published.map { Int64($0.at.timeIntervalSince1970 * 1000) }
+            // Never later than now (a publish stamped while this host's clock ran fast); the sync service stamps it
+            // again in the fleet's time once peers have shown how far this clock is off.
+            $0.lastSyncMillis = published.map { min(Int64($0.at.timeIntervalSince1970 * 1000), clock.wallMillis) }
             $0.syncState = .behind
         }
 

@@ -283,6 +283,7 @@ public actor FleetNode {
             previous.close()
         }
         sessions[session.peer.name] = session
+        observeClock(of: session)
         certificatesSent[session.id] = [:]
         openedAt[session.id] = now
         membership.onConnected(session.peer.name, now: now)
@@ -292,6 +293,28 @@ public actor FleetNode {
             envelope.revocations = signedRevocations
             send(envelope, to: session.peer.name)
         }
+    }
+
+    /// Takes the peer's `Hello` clock into the fleet-time correction; a change is logged and our record re-signed
+    /// with the corrected times.
+    private func observeClock(of session: PeerSession) {
+        guard session.peerHello.wallUnixMs > 0, let fleetTime = clock as? FleetTimeClock,
+            fleetTime.observe(peer: session.peer.name, helloWallMillis: Int64(clamping: session.peerHello.wallUnixMs))
+        else { return }
+        let (applied, measured) = fleetTime.correction
+        let seconds = Double(applied) / 1000
+        if applied == 0 {
+            logger.notice("this host's clock agrees with its peers' again; records are stamped with it uncorrected")
+        } else {
+            let direction = applied > 0 ? "behind" : "ahead of"
+            logger.warning("this host's clock is \(abs(seconds)) s \(direction) its peers' (the median of their Hellos): records are stamped and judged in the fleet's time meanwhile. Fix the host's clock (NTP).",
+                           metadata: ["clock.correction_ms": "\(applied)", "clock.measured_ms": "\(measured)"])
+        }
+        if measured != applied, applied != 0 {
+            logger.error("this host's clock is further off than dmirr corrects (\(ClockOffset.limit / 3_600_000) h): records it signs may be refused",
+                         metadata: ["clock.measured_ms": "\(measured)"])
+        }
+        membership.resignOwn()
     }
 
     public func detach(_ session: PeerSession) {

@@ -66,6 +66,8 @@ struct SyncService: Service {
         var vouchedBy: String?
         var dispute: String?
         var lastPoll: (millis: Int64, error: String) = (0, "")
+        /// The clock correction our record's times were last stamped with (``FleetTimeClock``).
+        var stampedCorrection: Int64 = 0
         await node.onAnnounce { _ in sink.yield(.announced) }
         await node.onSyncRequest { request in
             await withCheckedContinuation { reply in
@@ -88,21 +90,39 @@ struct SyncService: Service {
             }
             for await event in events {
                 let now = clock.now
-                var directives: [SyncCoordinator.Directive] = []
+                // One reading of the wall clock per event, with the correction it includes: times stamped under an
+                // earlier correction move first, so every time in our record is on the fleet's clock.
+                let wallMillis: Int64
+                var moved: [SyncCoordinator.Directive] = []
+                if let fleetTime = clock as? FleetTimeClock {
+                    let (wall, applied) = fleetTime.wallMillisAndCorrection
+                    wallMillis = wall
+                    if applied != stampedCorrection {
+                        moved = coordinator.wallClockCorrected(by: applied - stampedCorrection)
+                        stampedCorrection = applied
+                        if let published = try? store.published() {
+                            let millis = fleetMillis(published.at)
+                            await node.updateOwn { $0.lastSyncMillis = millis }
+                        }
+                    }
+                } else {
+                    wallMillis = clock.wallMillis
+                }
+                var directives: [SyncCoordinator.Directive] = moved
                 var reply: (CheckedContinuation<String?, Never>, String?)?
                 switch event {
                 case .tick:
                     let view = await node.liveRecords()
                     let suspects = await node.suspectRecords()
-                    directives += coordinator.onView(view, suspects: suspects, wallMillis: clock.wallMillis, now: now)
+                    directives += coordinator.onView(view, suspects: suspects, wallMillis: wallMillis, now: now)
                     directives += coordinator.onTick(now: now)
                 case .polled(.success(let token), let at):
-                    lastPoll = (clock.wallMillis, "")
-                    directives += coordinator.onUpstreamToken(token.value, wallMillis: clock.wallMillis, now: now, polledAt: at)
+                    lastPoll = (wallMillis, "")
+                    directives += coordinator.onUpstreamToken(token.value, wallMillis: wallMillis, now: now, polledAt: at)
                 case .polled(.failure(let error), let at):
                     logger.warning("cannot read the upstream token", metadata: ["error": "\(error.message)"])
                     if error.rsync?.isTemporary == true { metrics.upstreamRefused() }
-                    lastPoll = (clock.wallMillis, error.message)
+                    lastPoll = (wallMillis, error.message)
                     // A dispute between attesters stays in view beside the fetch error: it is why we cannot follow peers.
                     let message = [error.message, dispute].compactMap { $0 }.joined(separator: "; ")
                     await node.updateOwn { $0.lastError = String(message.prefix(RecordPolicy.Limit.errorBytes)) }
@@ -128,7 +148,7 @@ struct SyncService: Service {
                     if report.outcome == .synced, let token = report.token?.value, let target = coordinator.target,
                         target.token == token, target.seenMillis > 0
                     {
-                        metrics.published(afterSeconds: Double(clock.wallMillis - target.seenMillis) / 1000)
+                        metrics.published(afterSeconds: Double(wallMillis - target.seenMillis) / 1000)
                     }
                     if report.source == "upstream", report.exitCode == 0, let token = report.token, let root = report.manifestRoot {
                         coordinator.attest(token: token.value, root: root)
@@ -285,13 +305,21 @@ struct SyncService: Service {
         }
     }
 
+    /// A time the state database recorded (this host's clock), in the fleet's time our records carry, and never later
+    /// than now: a publish stamped while the host's clock ran fast (since put right) did not happen in the future, and
+    /// members refuse a record that says it did.
+    private func fleetMillis(_ hostTime: Date) -> Int64 {
+        let millis = (clock as? FleetTimeClock)?.fleetMillis(hostTime) ?? Int64((hostTime.timeIntervalSince1970 * 1000).rounded(.down))
+        return min(millis, clock.wallMillis)
+    }
+
     private func record(_ report: SyncReport, logger: Logger) async {
         let published = try? store.published()
         await node.updateOwn {
             $0.progress = nil
             $0.source = ""
             $0.publishedToken = published?.token ?? $0.publishedToken
-            $0.lastSyncMillis = published.map { Int64($0.at.timeIntervalSince1970 * 1000) } ?? $0.lastSyncMillis
+            $0.lastSyncMillis = published.map { fleetMillis($0.at) } ?? $0.lastSyncMillis
             switch report.outcome {
             case .synced, .upToDate:
                 $0.syncState = $0.publishedToken == $0.targetToken ? .inSync : .waiting

@@ -219,6 +219,10 @@ public struct Membership: Sendable {
         if Self.matters(from: before, to: own) { ownDirty = true } else { ownLazy = true }
     }
 
+    /// Re-signs our record on the next tick although no field changed: the times in it moved (the agent corrected its
+    /// wall clock to the fleet's, see ``ClockOffset``).
+    public mutating func resignOwn() { ownDirty = true }
+
     public mutating func onConnected(_ peer: String, now: Duration) {
         connected.insert(peer)
         watching.insert(peer)

@@ -257,6 +257,9 @@ public struct SyncCoordinator: Sendable {
         suspected = suspects.filter { $0.node != me }.count
         upstreamInUse = view.contains { $0.syncState == .syncing && $0.source == PlanSource.upstream.recordValue }
         if firstView == nil { firstView = now }
+        // Nothing was seen in the future: a time stamped before the wall clock was corrected back (see
+        // ``wallClockCorrected(by:)``) would otherwise outrank every newer claim until the clock caught up with it.
+        if let seen = target?.seenMillis, seen > wallMillis { target!.seenMillis = wallMillis }
         // A newer token than ours in someone's record: adopt it unconfirmed and confirm it with one fetch. Claims from
         // the future (beyond a minute of clock skew) are ignored.
         if let newest = view.filter({
@@ -279,6 +282,16 @@ public struct SyncCoordinator: Sendable {
         guard running == nil else { return nil }
         mode = .pulling(Running(source: source, token: token, started: now, lastProgress: now, requested: true))
         return [.startPull(source, token: token)] + advertise()
+    }
+
+    /// The agent corrected its wall clock by `deltaMillis` to the fleet's (``ClockOffset``): when we first saw our target,
+    /// stamped by the clock before, moves with it, so that our record does not carry a time the fleet's clock has not
+    /// reached (refused by every member beyond a minute) or one long past.
+    public mutating func wallClockCorrected(by deltaMillis: Int64) -> [Directive] {
+        guard deltaMillis != 0 else { return [] }
+        if target != nil { target!.seenMillis &+= deltaMillis }
+        if shownTarget != nil { shownTarget!.seenMillis &+= deltaMillis }
+        return advertise()
     }
 
     /// What our own fetch of upstream's token file found.

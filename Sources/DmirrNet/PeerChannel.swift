@@ -1,5 +1,6 @@
 import DmirrCore
 import DmirrWire
+import Foundation
 import Logging
 import NIOCore
 import NIOPosix
@@ -40,6 +41,8 @@ enum PeerChannel {
             $0.node = identity.name
             $0.rsyncURL = rsyncURL
             $0.capabilities = identity.role == .node ? ["gossip", "status"] : ["status"]
+            // The host's own clock, uncorrected: peers estimate how far theirs is from it (``ClockOffset``).
+            $0.wallUnixMs = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
         }
         return envelope
     }

@@ -337,4 +337,73 @@ import Testing
             }
         }
     }
+
+    /// The clock campaign: one member of four runs with its clock 10 minutes ahead of the others, then 10 minutes
+    /// behind them (`faketime`; the fleet's certificates were issued an hour earlier, as real ones are). Behind is made
+    /// by setting the other three 10 minutes ahead: under libfaketime a negative offset stalls every Swift
+    /// `ContinuousClock.sleep` for good (checked with a three-line program; a positive one does not), which no real
+    /// host's clock does, and what the members compare is only their clocks' difference. Checked each time: the fleet
+    /// converges with it; nobody is ever shown suspect or down; a push reaches every member, it included, with only
+    /// upstream's tokens in anyone's history; the odd member logs how far off its clock is, and no other member logs a
+    /// correction.
+    @Test func aMemberTenMinutesOffIsNeitherSuspectedNorLeftBehind() throws {
+        let fleet = try FleetTests.Fleet(size: 4, serving: true, certificatesIssuedAgo: "1h")
+        defer { fleet.stop(); fleet.dir.remove() }
+        let odd = "m3"
+        // Only the wall clock: with a shifted monotonic clock too, Swift's sleeps wait for the shift, and with shifted
+        // stat() times rsync would copy files' mtimes shifted; no real host does either.
+        func start(_ name: String, ahead: Bool) throws {
+            if ahead {
+                try fleet.start(name, environment: ["DONT_FAKE_MONOTONIC": "1", "NO_FAKE_STAT": "1"], wrapper: ["/usr/bin/faketime", "-f", "+10m"])
+            } else {
+                try fleet.start(name)
+            }
+        }
+        var token = "push-1"
+        for (round, oddAhead) in [true, false].enumerated() {
+            for name in fleet.names { try start(name, ahead: (name == odd) == oddAhead) }
+            let describe = "\(odd) 10 min \(oddAhead ? "ahead of" : "behind") the others"
+            let joined = fleet.waitUntil(seconds: 60) { fleet.allInSync(token, among: fleet.names) }
+            #expect(joined, "\(describe): \(fleet.names.map { "\($0): \(fleet.view($0))" })\n\(fleet.logs())")
+            var wrong: Set<String> = []
+            let watchUntil = Date().addingTimeInterval(10)
+            while Date() < watchUntil {
+                for viewer in fleet.names { wrong.formUnion(Self.wronglySuspected(fleet, by: viewer, among: fleet.names).map { "\($0) by \(viewer)" }) }
+                usleep(300_000)
+            }
+            token = "push-\(round + 2)"
+            try fleet.upstream.push(add: [.init("k\(round)", "1.0")], token: token)
+            let followed = fleet.waitUntil(seconds: 60) {
+                for viewer in fleet.names { wrong.formUnion(Self.wronglySuspected(fleet, by: viewer, among: fleet.names).map { "\($0) by \(viewer)" }) }
+                return fleet.allInSync(token, among: fleet.names)
+            }
+            #expect(followed, "\(describe): the push did not reach everyone: \(fleet.names.map { "\($0): \(fleet.view($0))" })\n\(fleet.logs())")
+            #expect(wrong.isEmpty, "\(describe): shown suspect or down: \(wrong.sorted())")
+            for name in fleet.names {
+                #expect(TreeComparison.differences(fleet.upstream.tree, fleet.mirror(name)) == [], "\(describe): \(name)")
+            }
+            let tokens = Set(try fleet.runs().map(\.token).filter { !$0.isEmpty })
+            #expect(tokens.isSubset(of: ["push-1", "push-2", "push-3"]), "\(describe): histories name \(tokens.sorted())")
+            let log = fleet.agents[odd]!.stderr
+            let direction = oddAhead ? "ahead of" : "behind"
+            let said = log.components(separatedBy: "this host's clock is ").dropFirst().compactMap { rest -> Double? in
+                rest.contains("s \(direction) its peers'") ? Double(rest.prefix { $0.isNumber || $0 == "." }) : nil
+            }
+            #expect(said.contains { abs($0 - 600) < 5 }, "\(describe): the log says \(said): \(log.suffix(2000))")
+            for name in fleet.names where name != odd {
+                #expect(!fleet.agents[name]!.stderr.contains("this host's clock is"), "\(name) corrected its clock: \(fleet.agents[name]!.stderr.suffix(1500))")
+            }
+            // Records refused for their times, by kind: only the odd member's first ones, signed before its first peer
+            // showed it how far off it is, and the others' first ones at it.
+            var refused: [String: Int] = [:]
+            for name in fleet.names {
+                for line in fleet.agents[name]!.stderr.split(separator: "\n") where line.contains("record.problem=") {
+                    let problem = line.split(separator: "record.problem=")[1].prefix { !$0.isNumber }
+                    refused[String(problem), default: 0] += 1
+                }
+            }
+            print("clocks: \(describe): \(wrong.count) wrong suspicions; push \(token) reached all; records refused: \(refused)")
+            for agent in fleet.agents.values { agent.killGroup() }
+        }
+    }
 }

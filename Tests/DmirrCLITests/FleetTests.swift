@@ -58,7 +58,7 @@ import Testing
         init(size: Int, mirrorExtra: String = "", serving: Bool = false, upstreamSlots: Int = 2, poll: String = "1s",
              upstreamMaxConnections: Int = 0, extraModules: [RsyncDaemon.Module] = [], upstreamURLs: [String: String] = [:],
              peersExtra: String = "", http: Bool = false, mirrorExtraFor: [String: String] = [:], listenExtra: String = "",
-             suspectAfter: String = "2s", downAfter: String = "5s", lab: NetLab? = nil) throws {
+             suspectAfter: String = "2s", downAfter: String = "5s", lab: NetLab? = nil, certificatesIssuedAgo: String? = nil) throws {
             self.lab = lab
             self.mirrorExtra = mirrorExtra
             self.listenExtra = listenExtra
@@ -78,10 +78,15 @@ import Testing
             self.upstreamURLs = upstreamURLs.mapValues {
                 $0.replacingOccurrences(of: "UPSTREAM", with: "\(upstream.daemon.address):\(upstream.daemon.port)")
             }
-            let ca = try CLI.dmirr(["cert", "ca", "--fleet", "test", "--out", dir.sub("ca")])
+            // Certificates issued earlier than now (`faketime`), for members whose clock runs behind.
+            func cert(_ arguments: [String]) throws -> CommandResult {
+                guard let ago = certificatesIssuedAgo else { return try CLI.dmirr(arguments) }
+                return try CLI.run("/usr/bin/faketime", ["-f", "-" + ago, CLI.dmirrPath] + arguments)
+            }
+            let ca = try cert(["cert", "ca", "--fleet", "test", "--out", dir.sub("ca")])
             guard ca.exitCode == 0 else { throw TestFailure(ca.stderr) }
             for name in names {
-                let issued = try CLI.dmirr(["cert", "issue", "--ca", dir.sub("ca"), "--node", name, "--ip", address(name), "--out", dir.sub("certs")])
+                let issued = try cert(["cert", "issue", "--ca", dir.sub("ca"), "--node", name, "--ip", address(name), "--out", dir.sub("certs")])
                 guard issued.exitCode == 0 else { throw TestFailure(issued.stderr) }
                 ports[name] = try FreePort.pick()
                 if http { httpPorts[name] = try FreePort.pick() }

@@ -221,6 +221,9 @@ public nonisolated struct WireHello: Sendable {
 
   public var capabilities: [String] = []
 
+  /// protocol 2.5: the sender's wall clock when it sent this (0: not sent)
+  public var wallUnixMs: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -978,7 +981,7 @@ nonisolated extension WireEnvelope: SwiftProtobuf.Message, SwiftProtobuf._Messag
 
 nonisolated extension WireHello: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Hello"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_major\0\u{3}protocol_minor\0\u{1}fleet\0\u{1}node\0\u{3}rsync_url\0\u{1}capabilities\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_major\0\u{3}protocol_minor\0\u{1}fleet\0\u{1}node\0\u{3}rsync_url\0\u{1}capabilities\0\u{3}wall_unix_ms\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -992,6 +995,7 @@ nonisolated extension WireHello: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
       case 4: try { try decoder.decodeSingularStringField(value: &self.node) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.rsyncURL) }()
       case 6: try { try decoder.decodeRepeatedStringField(value: &self.capabilities) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.wallUnixMs) }()
       default: break
       }
     }
@@ -1016,6 +1020,9 @@ nonisolated extension WireHello: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
     if !self.capabilities.isEmpty {
       try visitor.visitRepeatedStringField(value: self.capabilities, fieldNumber: 6)
     }
+    if self.wallUnixMs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.wallUnixMs, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1026,6 +1033,7 @@ nonisolated extension WireHello: SwiftProtobuf.Message, SwiftProtobuf._MessageIm
     if lhs.node != rhs.node {return false}
     if lhs.rsyncURL != rhs.rsyncURL {return false}
     if lhs.capabilities != rhs.capabilities {return false}
+    if lhs.wallUnixMs != rhs.wallUnixMs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
