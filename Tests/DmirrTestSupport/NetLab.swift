@@ -11,7 +11,7 @@ import Foundation
 ///
 /// Links are cut with blackhole routes inside the hosts: packets to a blocked address are dropped silently, as a
 /// network split would, and established TCP connections stall rather than reset. Bandwidth is limited with `tc tbf`
-/// on the host's interface (this kernel has no `netem`; latency and loss come from ``LagProxy``).
+/// on the host's interface (this kernel has no `netem`; latency and loss need a userspace proxy, not built yet).
 ///
 /// Names carry this process's pid: ``init(tag:)`` first removes namespaces a crashed earlier test process left, and
 /// ``close()`` (also run at `deinit`) removes every namespace this lab made. Processes started inside are the test's
