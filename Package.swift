@@ -99,6 +99,7 @@ let package = Package(
             name: "DmirrAgent",
             dependencies: [
                 "DmirrCore", "DmirrStore", "DmirrSync", "DmirrNet", "DmirrWire",
+                .product(name: "X509", package: "swift-certificates"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

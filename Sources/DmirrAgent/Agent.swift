@@ -54,6 +54,8 @@ public struct Agent: Sendable {
         let generation = max(UInt64(max(0, clock.wallMillis)), previous &+ 1)
         let node = FleetNode(identity: tls.identity, generation: generation, configuration: membershipConfig, signer: signer,
                              store: store, logger: logger, clock: clock)
+        let credentials = FleetCredentials(tls, caPath: tlsConfig.ca, keyPath: tlsConfig.key)
+        await node.useCertificate(path: tlsConfig.cert, notAfter: tls.certificate.notValidAfter)
         await node.restore()
         if let crl = tlsConfig.crl { try await node.watchRevocations(at: crl) }
         let published = try? store.published()
@@ -72,13 +74,14 @@ public struct Agent: Sendable {
         let metrics = AgentMetrics()
         let traffic = PeerTraffic(received: { metrics.gossip(received: $0) }, sent: { metrics.gossip(sent: $0) })
         let readiness = Readiness()
-        let listener = PeerListenerService(config: config, listen: listen, tls: tls, node: node, readiness: readiness, traffic: traffic,
+        let listener = PeerListenerService(config: config, listen: listen, credentials: credentials, node: node, readiness: readiness, traffic: traffic,
                                            logger: logger)
         var services: [any Service] = [
             listener,
             ReadinessService(readiness: readiness, node: node, notifier: SystemdNotifier(), gossipInterval: config.peers.gossip,
                              clock: clock, logger: logger),
-            DialerService(config: config, tls: tls, node: node, clock: clock, traffic: traffic, logger: logger),
+            DialerService(config: config, credentials: credentials, node: node, clock: clock, traffic: traffic, logger: logger),
+            CredentialReloadService(credentials: credentials, node: node, logger: logger),
             GossipService(interval: config.peers.gossip, node: node, clock: clock),
             SyncService(config: config, node: node, store: store, clock: clock, metrics: metrics, logger: logger),
             ControlSocketService(path: Self.controlPath(config), node: node, logger: logger),
@@ -107,14 +110,14 @@ public struct AgentError: Error, CustomStringConvertible, Sendable {
 struct PeerListenerService: Service {
     let config: Config
     let listen: HostPort
-    let tls: FleetTLS
+    let credentials: FleetCredentials
     let node: FleetNode
     let readiness: Readiness
     let traffic: PeerTraffic
     let logger: Logger
 
     func run() async throws {
-        var serverConfig = PeerServer.Configuration(host: listen.host, port: listen.port, tls: tls, rsyncURL: config.mirror.rsyncURL ?? "")
+        var serverConfig = PeerServer.Configuration(host: listen.host, port: listen.port, credentials: credentials, rsyncURL: config.mirror.rsyncURL ?? "")
         serverConfig.traffic = traffic
         // A peer that stops reading loses its link once a write has waited suspect_after (or its queue overflows).
         serverConfig.outbound.stallAfter = config.peers.suspectAfter
@@ -139,7 +142,7 @@ struct PeerListenerService: Service {
 /// Keeps a few outgoing connections (not a full mesh): to known members first, else to the seeds.
 struct DialerService: Service {
     let config: Config
-    let tls: FleetTLS
+    let credentials: FleetCredentials
     let node: FleetNode
     let clock: any AgentClock
     let traffic: PeerTraffic
@@ -149,7 +152,7 @@ struct DialerService: Service {
     func run() async throws {
         let dialing = Dialing()
         // Cancelled as a whole on graceful shutdown, open connections included.
-        await cancelWhenGracefulShutdown { [node, tls, logger, config, clock, traffic] in
+        await cancelWhenGracefulShutdown { [node, credentials, logger, config, clock, traffic] in
         await withDiscardingTaskGroup { group in
             var round = 0
             // Rotate one link every minute of gossip rounds (at least 10 s), so the topology keeps changing.
@@ -177,7 +180,9 @@ struct DialerService: Service {
                 for address in candidates.prefix(max(0, Self.fanout - connected.count - busy.count)) {
                     guard let target = HostPort(address) else { continue }
                     dialing.insert(address)
-                    group.addTask { [node, tls, logger, config, traffic] in
+                    // Read per dial: a reload (SIGHUP) applies to the next connection.
+                    let tls = credentials.current
+                    group.addTask { [node, logger, config, traffic] in
                         defer { dialing.remove(address) }
                         do {
                             try await PeerClient.connect(
@@ -200,6 +205,56 @@ struct DialerService: Service {
         }
         }
     }
+}
+
+/// Re-reads `[tls] cert`, `key` and `ca` on SIGHUP and puts them in force without a restart: new connections use
+/// them, our records carry the new certificate, and the state, the sessions that still pass and the sync in progress
+/// stay. Files that do not load, or a certificate the fleet would refuse, leave the old credentials in force.
+struct CredentialReloadService: Service {
+    let credentials: FleetCredentials
+    let node: FleetNode
+    let logger: Logger
+
+    func run() async throws {
+        let hangups = SignalStream(SIGHUP)
+        defer { hangups.cancel() }
+        let signals = hangups.signals
+        await cancelWhenGracefulShutdown {
+            for await _ in signals {
+                let before = credentials.current
+                do {
+                    let (tls, signer) = try await credentials.reload(now: node.clock.wallNow)
+                    await node.rotate(to: tls, signer: signer)
+                    logger.notice("SIGHUP: reloaded the certificate, key and CA bundle", metadata: [
+                        "tls.cert": "\(tls.certPath)", "tls.serial": "\(tls.certificate.serialNumber)",
+                        "tls.not_after": "\(tls.certificate.notValidAfter.formatted(.iso8601))",
+                        "tls.previous_serial": "\(before.certificate.serialNumber)",
+                    ])
+                } catch {
+                    logger.error("SIGHUP: kept the certificate in force; the new files were not taken", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+    }
+}
+
+/// One signal as an async sequence: from creation on, it no longer has its default effect (SIGHUP would end the
+/// process).
+final class SignalStream {
+    let signals: AsyncStream<Void>
+    private let source: any DispatchSourceSignal
+
+    init(_ signo: Int32) {
+        signal(signo, SIG_IGN)
+        let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        signals = stream
+        source = DispatchSource.makeSignalSource(signal: signo, queue: .global())
+        source.setEventHandler { continuation.yield() }
+        source.setCancelHandler { continuation.finish() }
+        source.resume()
+    }
+
+    func cancel() { source.cancel() }
 }
 
 /// Runs `body` until it returns or a graceful shutdown begins; the cancellation a shutdown causes is a normal end of

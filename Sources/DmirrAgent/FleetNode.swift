@@ -4,13 +4,18 @@ import DmirrStore
 import DmirrWire
 import Foundation
 import Logging
+import X509
 
 /// The agent's membership shell: owns the core ``Membership`` state machine, the open peer sessions and the signer,
 /// and carries out the machine's directives (docs/style.md §2: shells only interpret, exhaustively).
 public actor FleetNode {
     public let identity: PeerIdentity
     private var membership: Membership
-    private let signer: RecordSigner
+    private var signer: RecordSigner
+    /// Our own certificate: its file and when it expires, for the expiry warnings and `dmirr status`.
+    private var ownCertificate: (path: String, notAfter: Date)?
+    /// The expiry stage last logged (0 none, 1 expires soon, 2 expired), so each is logged once per certificate.
+    private var expiryLogged = 0
     private let store: StateStore
     private let logger: Logger
     private var sessions: [String: PeerSession] = [:]
@@ -433,6 +438,66 @@ public actor FleetNode {
 
     private var lastTick: Duration?
 
+    // MARK: Certificates
+
+    /// How long before our certificate expires the agent starts warning.
+    static let expiryWarning: TimeInterval = 14 * 86_400
+
+    /// Our certificate file and its expiry (called at start and after each reload).
+    public func useCertificate(path: String, notAfter: Date) {
+        ownCertificate = (path, notAfter)
+        expiryLogged = 0
+        checkOwnCertificate()
+    }
+
+    /// Puts rotated credentials in force: our records are signed with the new key and carry the new certificate from
+    /// the next round on; sessions whose peer no longer passes the fleet's checks (a CA taken out of the bundle) are
+    /// closed, and their peers come back through a fresh handshake if they can.
+    public func rotate(to tls: FleetTLS, signer: RecordSigner) async {
+        self.signer = signer
+        useCertificate(path: tls.certPath, notAfter: tls.certificate.notValidAfter)
+        membership.resignOwn()
+        await perform(membership.onTick(now: now))
+        for (peer, session) in sessions {
+            guard let certificate = session.certificate else { continue }
+            if case .failure(let rejection) = await signer.verifier.check(certificate, role: nil, now: clock.wallNow) {
+                logger.warning("closed the link to a peer the reloaded CA bundle does not trust", metadata: ["peer.node": "\(peer)", "error": "\(rejection)"])
+                detach(session)
+                session.close()
+            }
+        }
+    }
+
+    /// Logs once when our certificate comes within ``expiryWarning`` of its end, and once when it has expired (peers
+    /// then refuse new connections from us and every record we sign).
+    private func checkOwnCertificate() {
+        guard let own = ownCertificate else { return }
+        let left = own.notAfter.timeIntervalSince(clock.wallNow)
+        let stage = left <= 0 ? 2 : left <= Self.expiryWarning ? 1 : 0
+        guard stage > expiryLogged else { return }
+        expiryLogged = stage
+        let metadata: Logger.Metadata = ["tls.cert": "\(own.path)", "tls.not_after": "\(own.notAfter.formatted(.iso8601))"]
+        if stage == 2 {
+            logger.error("this agent's certificate has expired: peers refuse its connections and its records, so it has left the fleet. Issue a new one (`dmirr cert issue` or `dmirr cert request`/`sign`), put it at the same path and send the agent SIGHUP.", metadata: metadata)
+        } else {
+            logger.warning("this agent's certificate expires in \(Int(left / 86_400)) days; issue a new one and send the agent SIGHUP", metadata: metadata)
+        }
+    }
+
+    /// Closes the links of peers whose certificate has expired since their handshake (TLS checks validity only then),
+    /// naming them.
+    private func closeExpiredPeers() {
+        let wallNow = clock.wallNow
+        for (peer, session) in sessions {
+            guard let certificate = session.certificate, certificate.notValidAfter < wallNow else { continue }
+            logger.warning("closed the link to a peer whose certificate has expired; it is refused until it rotates its certificate",
+                           metadata: ["peer.node": "\(peer)", "tls.not_after": "\(certificate.notValidAfter.formatted(.iso8601))"])
+            session.reject(.certificateExpired, "your certificate expired at \(certificate.notValidAfter.formatted(.iso8601)); issue a new one and reload it (SIGHUP)")
+            detach(session)
+            session.close()
+        }
+    }
+
     /// How long ago the last gossip round ran (nil: none yet).
     public func sinceLastTick() -> Duration? { lastTick.map { now - $0 } }
 
@@ -448,6 +513,8 @@ public actor FleetNode {
         do { try reloadRevocationFile() } catch {
             logger.error("kept the revocation list in force", metadata: ["error": "\(error)"])
         }
+        checkOwnCertificate()
+        closeExpiredPeers()
         // A record past its expiry can no longer be relayed or believed: its member is forgotten (it has been judged
         // down for a while by then, see docs/security.md).
         forget(membership.expired(atWallMillis: wallMillis), why: "its record expired (down since before the expiry)")
@@ -575,6 +642,7 @@ public actor FleetNode {
             $0.planMembers = UInt32(clamping: plan.members)
             $0.lastPollUnixMs = plan.lastPollMillis
             $0.lastPollError = plan.lastPollError
+            $0.certificateNotAfterUnixMs = ownCertificate.map { Int64($0.notAfter.timeIntervalSince1970 * 1000) } ?? 0
             let positions = Dictionary(uniqueKeysWithValues: plan.order.enumerated().map { ($1, $0 + 1) })
             $0.members = membership.entries.values.sorted { $0.record.node < $1.record.node }.map { entry in
                 .with {

@@ -58,8 +58,14 @@ public struct FleetStatusView: Sendable {
         d.formatted(Date.ISO8601FormatStyle(timeZone: .gmt))
     }
 
-    /// The `dmirr status --json` document (docs/architecture.md §5), keys sorted, pretty-printed.
-    public func json() -> String {
+    /// When the answering node's own certificate expires (protocol 2.6; nil from an older agent).
+    public var certificateNotAfter: Date? {
+        response.certificateNotAfterUnixMs > 0 ? Date(timeIntervalSince1970: Double(response.certificateNotAfterUnixMs) / 1000) : nil
+    }
+
+    /// The `dmirr status --json` document (docs/architecture.md §5), keys sorted, pretty-printed; `now` judges whether
+    /// the answering node's certificate has expired.
+    public func json(now: Date = Date()) -> String {
         let members: [[String: Any]] = rows.map { r in
             [
                 "node": r.node, "state": r.state, "token": r.token.isEmpty ? NSNull() as Any : r.token as Any, "position": r.position ?? NSNull() as Any,
@@ -81,6 +87,10 @@ public struct FleetStatusView: Sendable {
                 "agreed": response.planAgreed,
             ],
             "members": members,
+            "certificate": [
+                "not_after": certificateNotAfter.map(Self.rfc3339) ?? NSNull() as Any,
+                "expired": certificateNotAfter.map { $0 <= now } ?? NSNull() as Any,
+            ],
         ]
         // Only strings, numbers, booleans, nulls, arrays and dictionaries: serialization cannot fail.
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])) ?? Data("{}".utf8)

@@ -252,7 +252,9 @@ public enum FleetPKI {
         if fd < 0, errno == EEXIST, unlink(temp) == 0 { fd = open(temp, flags, secret ? 0o600 : 0o644) }
         guard fd >= 0 else { throw PKIError(.io, "cannot create \(temp): \(String(cString: strerror(errno)))") }
         _ = fchmod(fd, secret ? 0o600 : 0o644)
-        let bytes = Array(pem.utf8)
+        // Ending in a newline, as PEM files do: `cat old/ca.pem new/ca.pem > bundle.pem` must give two certificates,
+        // not one unreadable line where the first ends and the second begins.
+        let bytes = Array((pem.hasSuffix("\n") ? pem : pem + "\n").utf8)
         let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
         let synced = fsync(fd) == 0
         close(fd)

@@ -1,6 +1,8 @@
 import DmirrCore
+import Foundation
 import NIOCore
 import NIOSSL
+import Synchronization
 import X509
 
 /// TLS for the fleet: TLS 1.3 only, both sides present certificates, both verify against the fleet CA only.
@@ -15,10 +17,14 @@ public struct FleetTLS: Sendable {
     public let clientContext: NIOSSLContext
     /// Checks each peer's certificate after the handshake (the fleet's rules and its revocation list), on top of the
     /// chain check BoringSSL made during it.
-    public let verifier: FleetVerifier
+    public internal(set) var verifier: FleetVerifier
+    /// Our own certificate, as read from the file.
+    public let certificate: Certificate
+    public let certPath: String
 
     public init(caPath: String, certPath: String, keyPath: String) throws(NetError) {
         verifier = try FleetVerifier(caPath: caPath)
+        self.certPath = certPath
         let cas: [NIOSSLCertificate]
         let chain: [NIOSSLCertificate]
         let key: NIOSSLPrivateKey
@@ -31,9 +37,12 @@ public struct FleetTLS: Sendable {
         do { key = try NIOSSLPrivateKey(file: keyPath, format: .pem) } catch {
             throw NetError(.tls, "cannot read the private key \(keyPath)", underlying: error)
         }
-        guard let leaf = chain.first, let identity = Self.identity(of: leaf) else {
+        guard let leaf = chain.first, let identity = Self.identity(of: leaf),
+            let parsed = try? Certificate(derEncoded: leaf.toDERBytes())
+        else {
             throw NetError(.tls, "\(certPath) has no dmirr identity (URI SAN dmirr://FLEET/node/NAME); issue it with `dmirr cert issue`")
         }
+        certificate = parsed
         let fleets = Set(cas.compactMap { try? FleetPKI.fleet(ofCA: Certificate(derEncoded: $0.toDERBytes())) })
         guard !cas.isEmpty, fleets == [identity.fleet] else {
             throw NetError(.tls, "\(caPath) is not the CA of fleet '\(identity.fleet)' that \(certPath) belongs to")
@@ -74,6 +83,43 @@ public struct FleetTLS: Sendable {
     public static func identity(of certificate: NIOSSLCertificate) -> PeerIdentity? {
         guard let der = try? certificate.toDERBytes(), let cert = try? Certificate(derEncoded: der) else { return nil }
         return FleetPKI.identity(of: cert)
+    }
+}
+
+/// The agent's TLS credentials, replaced as a whole when the operator rotates the certificate, key or CA bundle
+/// (SIGHUP). The listener reads ``current`` at each accept and the dialer at each dial; sessions already open keep
+/// the credentials they were made with.
+public final class FleetCredentials: Sendable {
+    private let state: Mutex<FleetTLS>
+    public let caPath: String
+    public let keyPath: String
+
+    public init(_ tls: FleetTLS, caPath: String, keyPath: String) {
+        state = Mutex(tls)
+        self.caPath = caPath
+        self.keyPath = keyPath
+    }
+
+    public var current: FleetTLS { state.withLock { $0 } }
+
+    /// Reads the three files again (same paths) and puts them in force, keeping the verifier (and so the revocation
+    /// list in force). Refuses, changing nothing, files that do not load, a certificate for another identity, and a
+    /// certificate that does not pass the fleet's checks under the new bundle now (expired, not yet valid, another
+    /// CA). Returns the credentials in force afterwards and a signer for our records made from the same files.
+    public func reload(now: Date) async throws(NetError) -> (tls: FleetTLS, signer: RecordSigner) {
+        let old = current
+        var fresh = try FleetTLS(caPath: caPath, certPath: old.certPath, keyPath: keyPath)
+        guard fresh.identity == old.identity else {
+            throw NetError(.tls, "\(old.certPath) is now for \(fresh.identity), not for \(old.identity) as when the agent started")
+        }
+        if case .failure(let rejection) = await fresh.verifier.check(fresh.certificate, role: .node, now: now) {
+            throw NetError(.tls, "\(old.certPath) would be refused by the fleet: \(rejection)")
+        }
+        let signer = try RecordSigner(caPath: caPath, certPath: old.certPath, keyPath: keyPath, verifier: old.verifier)
+        try old.verifier.trust(bundleAt: caPath)
+        fresh.verifier = old.verifier
+        state.withLock { $0 = fresh }
+        return (fresh, signer)
     }
 }
 

@@ -16,10 +16,25 @@ import Synchronization
 /// last (``adopt(_:)``).
 public final class FleetVerifier: Sendable {
     public let fleet: String
-    let roots: [Certificate]
+    /// The fleet CA certificates trusted now: a bundle may hold an old and a new CA while the fleet moves to the new
+    /// one (``trust(_:)`` replaces them on a reload).
+    private let trusted: Mutex<[Certificate]>
+    var roots: [Certificate] { trusted.withLock { $0 } }
     private let revocations: Mutex<RevocationList?>
 
     public convenience init(caPath: String) throws(NetError) {
+        let (roots, fleet) = try Self.readBundle(caPath)
+        self.init(roots: roots, fleet: fleet)
+    }
+
+    public init(roots: [Certificate], fleet: String) {
+        self.trusted = Mutex(roots)
+        self.fleet = fleet
+        self.revocations = Mutex(nil)
+    }
+
+    /// The CA certificates in a PEM bundle, which must all be of one fleet.
+    static func readBundle(_ caPath: String) throws(NetError) -> (roots: [Certificate], fleet: String) {
         let roots: [Certificate]
         do {
             roots = try PEMDocument.parseMultiple(pemString: String(contentsOfFile: caPath, encoding: .utf8)).map {
@@ -32,13 +47,17 @@ public final class FleetVerifier: Sendable {
         guard !roots.isEmpty, fleets.count == 1, let fleet = fleets.first else {
             throw NetError(.tls, "\(caPath) does not hold the CA certificate of exactly one dmirr fleet")
         }
-        self.init(roots: roots, fleet: fleet)
+        return (roots, fleet)
     }
 
-    public init(roots: [Certificate], fleet: String) {
-        self.roots = roots
-        self.fleet = fleet
-        self.revocations = Mutex(nil)
+    /// Trusts the CA certificates of `caPath` from now on, in place of the ones trusted so far; the revocation list in
+    /// force stays. Refuses, changing nothing, a bundle of another fleet.
+    public func trust(bundleAt caPath: String) throws(NetError) {
+        let (roots, fleet) = try Self.readBundle(caPath)
+        guard fleet == self.fleet else {
+            throw NetError(.tls, "\(caPath) holds the CA of fleet '\(fleet)', not of this fleet '\(self.fleet)'")
+        }
+        trusted.withLock { $0 = roots }
     }
 
     /// Why a certificate was refused.

@@ -11,7 +11,9 @@ public struct PeerServer: Sendable {
     public struct Configuration: Sendable {
         public var host: String
         public var port: Int
-        public var tls: FleetTLS
+        /// Read at each accept, so a reload (SIGHUP) applies to the next connection.
+        public var credentials: FleetCredentials
+        public var tls: FleetTLS { credentials.current }
         /// Advertised in our `Hello`.
         public var rsyncURL: String
         public var frameLimit: Int = Framing.defaultLimit
@@ -28,9 +30,13 @@ public struct PeerServer: Sendable {
         public var traffic = PeerTraffic.none
 
         public init(host: String, port: Int, tls: FleetTLS, rsyncURL: String) {
+            self.init(host: host, port: port, credentials: FleetCredentials(tls, caPath: "", keyPath: ""), rsyncURL: rsyncURL)
+        }
+
+        public init(host: String, port: Int, credentials: FleetCredentials, rsyncURL: String) {
             self.host = host
             self.port = port
-            self.tls = tls
+            self.credentials = credentials
             self.rsyncURL = rsyncURL
         }
     }

@@ -5,7 +5,7 @@ import SwiftProtobuf
 public enum WireVersion {
     public static let major: UInt32 = 2
     /// 2: the control socket's SyncRequest and the status's last poll (proto/PROTOCOL.md, "Versioning").
-    public static let minor: UInt32 = 5
+    public static let minor: UInt32 = 6
 }
 
 /// Encoding and decoding of ``WireEnvelope`` payloads (one per frame).

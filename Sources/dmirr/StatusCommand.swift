@@ -91,6 +91,14 @@ extension FleetStatusView {
                 + "(\(response.planAgreeing) of \(response.planMembers))"
         }
         out += "\n"
+        if let notAfter = certificateNotAfter {
+            let left = notAfter.timeIntervalSinceNow
+            if left <= 0 {
+                out += "certificate of \(response.node) EXPIRED at \(Self.rfc3339(notAfter)): peers refuse it; issue a new one and send its agent SIGHUP\n"
+            } else if left <= 14 * 86_400 {
+                out += "certificate of \(response.node) expires in \(DurationText.format(.seconds(Int64(left)))) (\(Self.rfc3339(notAfter))); issue a new one and send its agent SIGHUP\n"
+            }
+        }
         out += TextTable.render(lines)
         guard color else { return out }
         let colors = ["in_sync": "32", "syncing": "36", "waiting": "33", "behind": "33", "failed": "31", "suspect": "33", "down": "31"]

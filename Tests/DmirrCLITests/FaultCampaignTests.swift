@@ -473,4 +473,93 @@ import Testing
         #expect(TreeComparison.differences(fleet.upstream.tree, fleet.mirror(full)) == [])
         print("full disk: \(full) refused push-2 with '\(lastError.prefix(120))'; recovered after space was freed")
     }
+
+    /// The certificate campaign: one member's certificate expires while the fleet runs, then the operator rotates it,
+    /// moving the fleet to a second CA on the way (a bundle of the old and the new CA). Checked: the member drops out
+    /// with a clear line in its own log and in its peers' and with `certificate.expired` in its status; the others
+    /// carry on and take a push; a rotated certificate and bundle are taken on SIGHUP by the same processes (no
+    /// restart), so the member rejoins with its state; a reload of a damaged file keeps the old certificate in force.
+    @Test func anExpiredCertificateDropsItsMemberAndARotatedOneIsTakenOnSIGHUP() throws {
+        let fleet = try FleetTests.Fleet(size: 3, serving: true)
+        defer { fleet.stop(); fleet.dir.remove() }
+        let expiring = "m2"
+        // Valid for one day, issued a day less 50 s ago: it expires 50 s from now.
+        let lifetime = 50.0
+        let issued = try CLI.run("/usr/bin/faketime", ["-f", "-\(86_400 - Int(lifetime))s", CLI.dmirrPath, "cert", "issue", "--ca", fleet.dir.sub("ca"),
+                                                      "--node", expiring, "--ip", "127.0.0.1", "--days", "1", "--out", fleet.dir.sub("certs"), "--force"])
+        try #require(issued.exitCode == 0, "\(issued.stderr)")
+        let expiresAt = Date().addingTimeInterval(lifetime)
+        for name in fleet.names { try fleet.start(name) }
+        let joined = fleet.waitUntil(seconds: lifetime - 10) { fleet.allInSync("push-1", among: fleet.names) }
+        try #require(joined, "the fleet did not form before the certificate expired: \(fleet.names.map { "\($0): \(fleet.view($0))" })\n\(fleet.logs())")
+        let runsBefore = try fleet.runs().filter { $0.node == expiring }.count
+        let pids = fleet.agents.mapValues(\.pid)
+
+        // Expiry: the member leaves the fleet.
+        let others = fleet.names.filter { $0 != expiring }
+        func out(of viewer: String) -> Bool {
+            guard let state = fleet.view(viewer)[expiring]?.state else { return true }
+            return state == "suspect" || state == "down"
+        }
+        let dropped = fleet.waitUntil(seconds: Date().timeIntervalSince(expiresAt) * -1 + 30) { Date() > expiresAt && others.allSatisfy(out(of:)) }
+        #expect(dropped, "\(expiring) still in the fleet after its certificate expired: \(others.map { "\($0): \(fleet.view($0))" })")
+        let droppedAfter = Date().timeIntervalSince(expiresAt)
+        #expect(fleet.agents[expiring]!.stderr.contains("this agent's certificate has expired"), "\(fleet.agents[expiring]!.stderr.suffix(2000))")
+        let peerLines = others.filter { fleet.agents[$0]!.stderr.contains("closed the link to a peer whose certificate has expired") }
+        // Both held a link to it from before the expiry (three members, each dials up to four): both close it, naming it.
+        #expect(peerLines == others, "peers that logged the expiry: \(peerLines)")
+        let status = try #require(fleet.status(expiring))
+        let certificate = status["certificate"] as? [String: Any]
+        #expect(certificate?["expired"] as? Bool == true, "\(expiring)'s status: \(status)")
+        let table = try CLI.dmirr(["status", "-c", fleet.configPath(expiring)])
+        #expect(table.stdout.contains("certificate of \(expiring) EXPIRED"), "\(table.stdout)")
+        // The others carry on.
+        try fleet.upstream.push(add: [.init("after-expiry", "1.0")], token: "push-2")
+        let carried = fleet.waitUntil(seconds: 60) { fleet.allInSync("push-2", among: others) }
+        #expect(carried, "\(others.map { "\($0): \(fleet.view($0))" })")
+
+        // Rotation to a second CA: every member's bundle holds both, the member's new certificate is from the new one.
+        let ca2 = try CLI.dmirr(["cert", "ca", "--fleet", "test", "--out", fleet.dir.sub("ca2")])
+        try #require(ca2.exitCode == 0, "\(ca2.stderr)")
+        let bundle = try String(contentsOfFile: fleet.dir.sub("ca/ca.pem"), encoding: .utf8) + String(contentsOfFile: fleet.dir.sub("ca2/ca.pem"), encoding: .utf8)
+        try bundle.write(toFile: fleet.dir.sub("ca/ca.pem"), atomically: true, encoding: .utf8)
+        let renewed = try CLI.dmirr(["cert", "issue", "--ca", fleet.dir.sub("ca2"), "--node", expiring, "--ip", "127.0.0.1",
+                                     "--out", fleet.dir.sub("certs"), "--force"])
+        try #require(renewed.exitCode == 0, "\(renewed.stderr)")
+        // Only the member reloads first: the others still trust the old CA alone, so it stays out.
+        kill(fleet.agents[expiring]!.pid, SIGHUP)
+        let reloaded = fleet.agents[expiring]!.wait(upTo: 10) { fleet.agents[expiring]!.stderr.contains("SIGHUP: reloaded the certificate") }
+        #expect(reloaded, "\(fleet.agents[expiring]!.stderr.split(separator: "\n").filter { $0.contains("SIGHUP") || $0.contains("error") && !$0.contains("handshake") })")
+        var admittedEarly = false
+        let watchUntil = Date().addingTimeInterval(6)
+        while Date() < watchUntil {
+            if others.contains(where: { fleet.view($0)[expiring]?.state == "in_sync" || fleet.view($0)[expiring]?.state == "behind" }) { admittedEarly = true }
+            usleep(300_000)
+        }
+        #expect(!admittedEarly, "a member that had not reloaded the bundle admitted a certificate of the new CA")
+        // A damaged file on a reload: the old certificate stays in force and the member stays in the fleet.
+        let goodCert = try String(contentsOfFile: fleet.dir.sub("certs/m1.pem"), encoding: .utf8)
+        try "not a certificate\n".write(toFile: fleet.dir.sub("certs/m1.pem"), atomically: true, encoding: .utf8)
+        kill(fleet.agents["m1"]!.pid, SIGHUP)
+        let kept = fleet.agents["m1"]!.wait(upTo: 10) { fleet.agents["m1"]!.stderr.contains("SIGHUP: kept the certificate in force") }
+        #expect(kept, "\(fleet.agents["m1"]!.stderr.suffix(2000))")
+        try goodCert.write(toFile: fleet.dir.sub("certs/m1.pem"), atomically: true, encoding: .utf8)
+        #expect(fleet.view("m0")["m1"]?.state == "in_sync", "m1 after a failed reload: \(fleet.view("m0"))")
+        // Now the others reload the bundle: the member rejoins and catches up, its state intact.
+        let rotated = Date()
+        for name in others { kill(fleet.agents[name]!.pid, SIGHUP) }
+        let rejoined = fleet.waitUntil(seconds: 60) { fleet.allInSync("push-2", among: fleet.names) }
+        #expect(rejoined, "\(fleet.names.map { "\($0): \(fleet.view($0))" })\n\(fleet.logs())")
+        let rejoinedAfter = Date().timeIntervalSince(rotated)
+        #expect(fleet.agents.mapValues(\.pid) == pids, "an agent was restarted")
+        #expect(try fleet.runs().filter { $0.node == expiring }.count >= runsBefore, "the member's history lost runs")
+        let after = try #require(fleet.status(expiring))
+        #expect((after["certificate"] as? [String: Any])?["expired"] as? Bool == false, "\(after)")
+        for name in fleet.names {
+            #expect(TreeComparison.differences(fleet.upstream.tree, fleet.mirror(name)) == [], "\(name)")
+        }
+        print("certificates: \(expiring) out of every view \(String(format: "%.1f", droppedAfter)) s after its certificate expired "
+              + "(peers logging the expiry: \(peerLines)); rejoined with a certificate of a second CA \(String(format: "%.1f", rejoinedAfter)) s "
+              + "after its peers' SIGHUP; a damaged file on SIGHUP kept the old certificate")
+    }
 }

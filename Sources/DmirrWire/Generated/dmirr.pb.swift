@@ -256,6 +256,9 @@ public nonisolated struct WireErrorFrame: Sendable {
 
     /// protocol 2.1: the sender's certificate is on the fleet's revocation list
     case revoked // = 10
+
+    /// protocol 2.6: the sender's certificate expired during the session
+    case certificateExpired // = 11
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -275,6 +278,7 @@ public nonisolated struct WireErrorFrame: Sendable {
       case 8: self = .helloTimeout
       case 9: self = .forbidden
       case 10: self = .revoked
+      case 11: self = .certificateExpired
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -292,6 +296,7 @@ public nonisolated struct WireErrorFrame: Sendable {
       case .helloTimeout: return 8
       case .forbidden: return 9
       case .revoked: return 10
+      case .certificateExpired: return 11
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -309,6 +314,7 @@ public nonisolated struct WireErrorFrame: Sendable {
       .helloTimeout,
       .forbidden,
       .revoked,
+      .certificateExpired,
     ]
 
   }
@@ -698,6 +704,9 @@ public nonisolated struct WireStatusResponse: Sendable {
   /// protocol 2.2: why that fetch failed ("" when it read the token)
   public var lastPollError: String = String()
 
+  /// protocol 2.6: when the answering node's own certificate expires (0: unknown)
+  public var certificateNotAfterUnixMs: Int64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1075,7 +1084,7 @@ nonisolated extension WireErrorFrame: SwiftProtobuf.Message, SwiftProtobuf._Mess
 }
 
 nonisolated extension WireErrorFrame.Code: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0UNSPECIFIED\0\u{1}FRAME_TOO_LARGE\0\u{1}EMPTY_FRAME\0\u{1}MALFORMED\0\u{1}UNSUPPORTED_VERSION\0\u{1}WRONG_FLEET\0\u{1}IDENTITY_MISMATCH\0\u{1}HELLO_REQUIRED\0\u{1}HELLO_TIMEOUT\0\u{1}FORBIDDEN\0\u{1}REVOKED\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0UNSPECIFIED\0\u{1}FRAME_TOO_LARGE\0\u{1}EMPTY_FRAME\0\u{1}MALFORMED\0\u{1}UNSUPPORTED_VERSION\0\u{1}WRONG_FLEET\0\u{1}IDENTITY_MISMATCH\0\u{1}HELLO_REQUIRED\0\u{1}HELLO_TIMEOUT\0\u{1}FORBIDDEN\0\u{1}REVOKED\0\u{1}CERTIFICATE_EXPIRED\0")
 }
 
 nonisolated extension WireMemberRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -1719,7 +1728,7 @@ nonisolated extension WireStatusRequest: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension WireStatusResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StatusResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}fleet\0\u{1}node\0\u{1}members\0\u{3}target_token\0\u{3}target_seen_unix_ms\0\u{3}plan_token\0\u{3}plan_digest\0\u{3}plan_agreed\0\u{3}plan_agreeing\0\u{3}plan_members\0\u{3}last_poll_unix_ms\0\u{3}last_poll_error\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}fleet\0\u{1}node\0\u{1}members\0\u{3}target_token\0\u{3}target_seen_unix_ms\0\u{3}plan_token\0\u{3}plan_digest\0\u{3}plan_agreed\0\u{3}plan_agreeing\0\u{3}plan_members\0\u{3}last_poll_unix_ms\0\u{3}last_poll_error\0\u{3}certificate_not_after_unix_ms\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1739,6 +1748,7 @@ nonisolated extension WireStatusResponse: SwiftProtobuf.Message, SwiftProtobuf._
       case 10: try { try decoder.decodeSingularUInt32Field(value: &self.planMembers) }()
       case 11: try { try decoder.decodeSingularInt64Field(value: &self.lastPollUnixMs) }()
       case 12: try { try decoder.decodeSingularStringField(value: &self.lastPollError) }()
+      case 13: try { try decoder.decodeSingularInt64Field(value: &self.certificateNotAfterUnixMs) }()
       default: break
       }
     }
@@ -1781,6 +1791,9 @@ nonisolated extension WireStatusResponse: SwiftProtobuf.Message, SwiftProtobuf._
     if !self.lastPollError.isEmpty {
       try visitor.visitSingularStringField(value: self.lastPollError, fieldNumber: 12)
     }
+    if self.certificateNotAfterUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.certificateNotAfterUnixMs, fieldNumber: 13)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1797,6 +1810,7 @@ nonisolated extension WireStatusResponse: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.planMembers != rhs.planMembers {return false}
     if lhs.lastPollUnixMs != rhs.lastPollUnixMs {return false}
     if lhs.lastPollError != rhs.lastPollError {return false}
+    if lhs.certificateNotAfterUnixMs != rhs.certificateNotAfterUnixMs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
