@@ -28,6 +28,9 @@ public struct Config: Sendable, Equatable {
         /// Upstream's OpenPGP public key (armored or binary). When set, every `repodata/repomd.xml` must carry a
         /// `repomd.xml.asc` that `gpgv` accepts under this key before anything is published, from upstream or a peer.
         public var signingKey: String? = nil
+        /// Publish a token this mirror has already superseded, when upstream really went back (an agent's runs, and
+        /// `dmirr sync` without `--allow-rollback`). Off: such a run fails and the mirror keeps its newer tree.
+        public var allowRollback = false
     }
 
     public enum PublishMode: String, Sendable, Equatable, CaseIterable {

@@ -67,7 +67,7 @@ private struct Reader {
 
     static let knownKeys: [String: Set<String>] = [
         "": ["node", "fleet"],
-        "upstream": ["url", "token_file", "poll", "slots", "timeout", "connect_timeout", "password_file", "signing_key"],
+        "upstream": ["url", "token_file", "poll", "slots", "timeout", "connect_timeout", "password_file", "signing_key", "allow_rollback"],
         "mirror": [
             "path", "rsync_url", "serve_slots", "exclude_from", "metadata", "publish", "verify", "rsync_args", "public_url", "region",
             "keep_snapshots", "max_passes",
@@ -137,6 +137,15 @@ private struct Reader {
             return value
         }
         return n
+    }
+
+    mutating func boolean(_ table: String, _ key: String, default value: Bool) -> Bool {
+        guard let e = entry(table, key) else { return value }
+        guard case .boolean(let b) = e.value else {
+            problem(Self.dotted(table, key), line: e.line, "expected true or false, found \(e.value.typeName)")
+            return value
+        }
+        return b
     }
 
     mutating func duration(_ table: String, _ key: String, default value: Duration) -> Duration {
@@ -233,7 +242,8 @@ private struct Reader {
             timeout: duration("upstream", "timeout", default: .seconds(300)),
             connectTimeout: duration("upstream", "connect_timeout", default: .seconds(30)),
             passwordFile: absolutePath("upstream", "password_file"),
-            signingKey: absolutePath("upstream", "signing_key")
+            signingKey: absolutePath("upstream", "signing_key"),
+            allowRollback: boolean("upstream", "allow_rollback", default: false)
         )
 
         let path = absolutePath("mirror", "path", required: mirrorKeysRequired)

@@ -104,6 +104,26 @@ public final class RsyncDaemon: Sendable {
         return false
     }
 
+    /// Starts the daemon again after ``stop()``, on the same address, port and config (upstream coming back).
+    public func restart() throws {
+        try process.withLock { process in
+            guard !process.isRunning else { return }
+            let next = Process()
+            next.executableURL = process.executableURL
+            next.arguments = process.arguments
+            next.standardInput = FileHandle.nullDevice
+            next.standardOutput = FileHandle.nullDevice
+            next.standardError = FileHandle.nullDevice
+            try next.run()
+            let ready = address == "127.0.0.1"
+                ? FreePort.waitUntilAccepting(port: port, seconds: 5) : Self.waitUntilLogged("listening on port \(port)", in: directory + "/rsyncd.log", seconds: 5)
+            process = next
+            guard ready, next.isRunning else {
+                throw FixtureError("rsync --daemon did not accept connections again on port \(port); see \(directory)/rsyncd.log")
+            }
+        }
+    }
+
     /// The daemon's process id.
     public var pid: Int32 { process.withLock { $0.processIdentifier } }
 

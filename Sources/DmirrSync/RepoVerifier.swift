@@ -31,7 +31,8 @@ public struct VerificationReport: Sendable {
 /// Checks a tree against its yum metadata before its token is published (docs/architecture.md §3 step 5).
 ///
 /// `metadata`: every `repodata/repomd.xml` in the tree → each file it references exists with the listed size and
-/// checksum. `packages`: also each given package (the ones this run changed) against `primary.xml`.
+/// checksum, and each package its `primary.xml` lists exists with the listed size. `packages`: also each given package
+/// (the ones this run changed) against its checksum in `primary.xml`.
 public struct RepoVerifier: Sendable {
     /// When set, every `repomd.xml` must carry a good signature by upstream's key, whatever the level.
     public var signature: MetadataSignature?
@@ -99,12 +100,15 @@ public struct RepoVerifier: Sendable {
                     primary = entry
                 }
             }
-            guard level == .packages else { continue }
-            let inRepo = changed.filter { repoRelative.isEmpty || $0.hasPrefix(repoRelative) }
-            guard !inRepo.isEmpty else { continue }
+            // Every package primary.xml lists must be in the tree with its size, at every level: metadata naming a
+            // package upstream does not (yet) have breaks every client that installs it. At `packages`, the packages this
+            // run received are also checked against their checksums.
+            let inRepo = level == .packages ? changed.filter { repoRelative.isEmpty || $0.hasPrefix(repoRelative) } : []
             changed.subtract(inRepo)
             guard let primary else {
-                report.problems.append(.init(path: repomdRelative, message: "no usable primary metadata to check packages against"))
+                if !inRepo.isEmpty {
+                    report.problems.append(.init(path: repomdRelative, message: "no usable primary metadata to check packages against"))
+                }
                 continue
             }
             let packages: [ExpectedFile]
@@ -116,6 +120,19 @@ public struct RepoVerifier: Sendable {
                 report.problems.append(.init(path: repoRelative + primary.href, message: "cannot read: \(error)"))
                 continue
             }
+            var absent = 0
+            for expected in packages where expected.base == nil {
+                // `xml:base` puts the listed file elsewhere (another URL or tree): the file here is not the one listed.
+                guard let problem = Self.presence(expected, repoRoot: repoRoot, leaving: leaving, repoRelative: repoRelative) else { continue }
+                absent += 1
+                if absent <= Self.listedProblems {
+                    report.problems.append(.init(path: repoRelative + expected.href, message: problem + " (listed in \(repoRelative + primary.href))"))
+                }
+            }
+            if absent > Self.listedProblems {
+                report.problems.append(.init(path: repoRelative + primary.href, message: "\(absent - Self.listedProblems) more listed packages missing or of the wrong size"))
+            }
+            guard !inRepo.isEmpty else { continue }
             let byHref = Dictionary(packages.map { ($0.href, $0) }, uniquingKeysWith: { first, _ in first })
             for path in inRepo.sorted() {
                 report.packages += 1
@@ -124,7 +141,6 @@ public struct RepoVerifier: Sendable {
                     logger.debug("package not listed in primary.xml", metadata: ["sync.path": "\(path)"])
                     continue
                 }
-                // `xml:base` puts the listed file elsewhere (another URL or tree): the file here is not the one listed.
                 guard expected.base == nil else { continue }
                 if let problem = Self.check(expected, repoRoot: repoRoot) {
                     report.problems.append(.init(path: path, message: problem))
@@ -151,6 +167,22 @@ public struct RepoVerifier: Sendable {
             }
         }
         return found.sorted()
+    }
+
+    /// How many missing packages a report names one by one (a whole missing repository is summed up after these).
+    static let listedProblems = 20
+
+    /// Nil when a listed package is in the tree with its listed size (no checksum: every package of a large
+    /// repository is stat'ed on every run), else what is wrong.
+    static func presence(_ expected: ExpectedFile, repoRoot: String, leaving: Set<String>, repoRelative: String) -> String? {
+        if expected.href.hasPrefix("/") || expected.href.split(separator: "/").contains("..") {
+            return "refusing a location outside the repository"
+        }
+        if leaving.contains(repoRelative + expected.href) { return "missing: the source no longer has it" }
+        var info = stat()
+        guard stat(repoRoot + expected.href, &info) == 0 else { return "missing" }
+        if let size = expected.size, Int64(info.st_size) != size { return "size \(info.st_size) differs from the metadata's \(size)" }
+        return nil
     }
 
     /// Nil when the file matches, else what is wrong.

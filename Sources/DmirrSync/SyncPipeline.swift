@@ -147,6 +147,7 @@ public struct SyncPipeline: Sendable {
             let store = try self.store ?? StateStore(directory: config.state.dir)
             let interrupted = try store.markInterruptedRuns(at: Date())
             if interrupted > 0 { try cleanLeftovers(afterInterruptedRun: true, logger: logger) }
+            try heldMetadata?.restore(logger: logger)
             try finishPendingDeletions(logger: logger, store: store)
             return interrupted
         } catch {
@@ -194,6 +195,8 @@ public struct SyncPipeline: Sendable {
             // Leftovers first: a killed run must not leave anything behind for this one to trip over.
             let interrupted = try store.markInterruptedRuns(at: Date())
             try cleanLeftovers(afterInterruptedRun: interrupted > 0, logger: logger)
+            // A run killed before it published left the served metadata aside: it goes back first.
+            try heldMetadata?.restore(logger: logger)
             try finishPendingDeletions(logger: logger, store: store)
             run.id = try store.beginRun(run)
             report = try await syncPasses(options: options, run: &run, store: store, logger: logger, onEvent: onEvent)
@@ -209,6 +212,13 @@ public struct SyncPipeline: Sendable {
         if Task.isCancelled, report.outcome != .synced {
             report.outcome = .cancelled
             report.message = "cancelled (\(report.message)); the published token is unchanged"
+        }
+        if report.outcome != .synced {
+            // In place, a run that did not publish puts the served metadata back (a copy exists only then).
+            do { try heldMetadata?.restore(logger: logger) } catch {
+                logger.error("cannot put the served metadata back; the next run does", metadata: ["error": "\(error)"])
+                report.message += "\n(and the served metadata could not be put back: \(error); the next run does)"
+            }
         }
         if run.id != nil {
             run.finishedAt = Date()
@@ -317,12 +327,15 @@ public struct SyncPipeline: Sendable {
             }
         }
         // 2b. Never back in time: a token this mirror already superseded is refused unless the operator says so.
-        if let published, published != target, !options.allowRollback, try store.supersededTokens().contains(target.value) {
+        if let published, published != target, !options.allowRollback, !config.upstream.allowRollback,
+            try store.supersededTokens().contains(target.value)
+        {
             return SyncReport(
                 outcome: .failed, exitCode: 1,
                 message: "\(sourceDescription(options)) serves \(config.upstream.tokenFile) \(target.value), which this mirror "
                     + "published before \(published.value): refusing to go back. If upstream really went back, run "
-                    + "`dmirr sync --allow-rollback` once.", token: target)
+                    + "`dmirr sync --allow-rollback` once (beside an agent: set `[upstream] allow_rollback = true`, "
+                    + "restart the agent, and unset it once the mirror holds the token).", token: target)
         }
         // 2c. A peer's manifest must carry enough attestations before any of its tree is taken.
         var expected: (manifest: TreeManifest, bytes: [UInt8], root: String)?
@@ -341,6 +354,9 @@ public struct SyncPipeline: Sendable {
             // the next run must not call the tree up to date.
             try store.markTreeUnchecked(reason: "a sync of \(target.value) from \(sourceName(options)) changed the tree", at: Date())
         }
+
+        // In place, the served metadata is kept aside before the transfer changes it, and put back unless this run publishes.
+        try heldMetadata?.save()
 
         // 3–4. Transfer passes, until the source's token holds still across a whole pass.
         var totals = (bytes: Int64(0), files: 0)
@@ -458,6 +474,8 @@ public struct SyncPipeline: Sendable {
         // 6. Publish the manifest, then the token last.
         await checkpoint(.beforePublish)
         try Task.checkCancellation()
+        // The new metadata is the one to serve from here on.
+        try heldMetadata?.discard()
         try TreeFiles.writeAtomically(manifest.bytes, to: tree + "/" + TreeManifest.fileName)
         if let snapshot {
             try TreeFiles.writeAtomically(target.bytes, to: snapshot.staging + "/" + config.upstream.tokenFile, like: fetchedTokenPath)
@@ -698,6 +716,12 @@ public struct SyncPipeline: Sendable {
             if stage == .listDeletions { result.leaving = run.deletedPaths }
         }
         return result
+    }
+
+    /// In place: where a run keeps the served metadata while it changes the tree (nil in snapshot mode, where the served
+    /// tree is never written).
+    var heldMetadata: HeldMetadata? {
+        config.mirror.publish == .snapshot ? nil : HeldMetadata(root: config.mirror.path, stateDirectory: config.state.dir)
     }
 
     /// Seconds with millisecond precision, for log metadata that scripts read.

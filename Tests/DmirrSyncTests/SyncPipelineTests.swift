@@ -319,6 +319,32 @@ import Testing
         #expect(try StateStore(directory: rig.config.state.dir).published() == nil)
     }
 
+    /// Upstream's metadata names a package it does not have (metadata written before the package, or the package
+    /// removed after): clients would fail to install it, so the default level refuses the tree, naming the package,
+    /// and the mirror keeps what it published; once upstream has it, the next run publishes.
+    @Test(arguments: ["metadata", "packages"]) func metadataNamingAMissingPackageIsNotPublished(verify: String) async throws {
+        let rig = try Rig(label: "missing", verify: verify)
+        defer { rig.cleanup() }
+        #expect(await rig.sync().exitCode == 0)
+        let served = FileManager.default.contents(atPath: rig.mirror + "/repodata/repomd.xml")
+        try rig.upstream.push(add: [.init("ghost", "1.0")], token: "push-2")
+        let ghost = rig.upstream.tree + "/Packages/ghost-1.0-1.noarch.rpm"
+        let kept = rig.dir.sub("ghost.rpm")
+        try FileManager.default.moveItem(atPath: ghost, toPath: kept)
+        let refused = await rig.sync()
+        #expect(refused.outcome == .verifyFailed, "\(refused.message)")
+        #expect(refused.problems.map(\.path) == ["Packages/ghost-1.0-1.noarch.rpm"], "\(refused.problems)")
+        #expect(refused.message.contains("Packages/ghost-1.0-1.noarch.rpm: missing"), "\(refused.message)")
+        #expect(rig.publishedToken() == "push-1")
+        // In place, stage 2 had swapped push-2's metadata in: it is put back, so clients see push-1's, as CURRENT says.
+        #expect(FileManager.default.contents(atPath: rig.mirror + "/repodata/repomd.xml") == served, "push-2's repomd.xml is still served")
+        #expect(!FileManager.default.fileExists(atPath: rig.config.state.dir + "/held-metadata"))
+        try FileManager.default.moveItem(atPath: kept, toPath: ghost)
+        let fixed = await rig.sync()
+        #expect(fixed.exitCode == 0, "\(fixed.message)")
+        #expect(rig.publishedToken() == "push-2")
+    }
+
     @Test func packagesLevelCatchesATamperedPackage() async throws {
         let rig = try Rig(label: "tamper", verify: "packages")
         defer { rig.cleanup() }
