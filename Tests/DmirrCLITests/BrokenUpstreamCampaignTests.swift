@@ -18,7 +18,10 @@ import Testing
     /// the test fleet; 5 minutes by default).
     static let backoff = 5.0
 
-    @Test(arguments: ["snapshot", "in-place"]) func aBrokenUpstreamIsNeverPublishedNorAmplifiedAndTheFleetConverges(publish: String) throws {
+    /// The publish modes to run (`DMIRR_BROKEN_PUBLISH`, default both).
+    static let modes = (ProcessInfo.processInfo.environment["DMIRR_BROKEN_PUBLISH"] ?? "snapshot,in-place").split(separator: ",").map(String.init)
+
+    @Test(arguments: modes) func aBrokenUpstreamIsNeverPublishedNorAmplifiedAndTheFleetConverges(publish: String) throws {
         let downSeconds = Double(FaultCampaignTests.setting("DMIRR_UPSTREAM_DOWN_SECONDS", 45))
         let flapPushes = FaultCampaignTests.setting("DMIRR_FLAP_PUSHES", 6)
         let slots = 2
@@ -104,7 +107,7 @@ import Testing
         var problems = samplers.flatMap { name, s in s.problems.map { "\(name): \($0)" } }
         var samplers2 = FaultCampaignTests.sample(fleet, references)
         let healed = fleet.waitUntil(seconds: 90) { fleet.allInSync("push-4", among: fleet.names) }
-        #expect(healed, "push-4: \(fleet.names.map { "\($0): \(fleet.view($0))" })")
+        #expect(healed, "push-4: \(fleet.names.map { "\($0): \(fleet.view($0))" })\n\(fleet.logs())")
 
         // 3. A rollback: upstream serves push-1's tree again.
         let back = try CLI.run("/usr/bin/rsync", ["-a", "--delete", references["push-1"]! + "/", fleet.upstream.tree + "/"])
