@@ -179,3 +179,23 @@ public struct TestFailure: Error, CustomStringConvertible {
     public var description: String
     public init(_ d: String) { description = d }
 }
+
+/// Raw IPv4 sockets for tests that play a client or a server below TLS (slow connections, a port that answers and
+/// closes).
+public enum RawSocket {
+    /// Binds `fd` to `ip`:`port` (port 0: any).
+    public static func bind(_ fd: Int32, _ ip: String, port: Int = 0) -> Bool { call(fd, ip, port, Glibc.bind) }
+
+    /// Connects `fd` to `ip`:`port`, blocking.
+    public static func connect(_ fd: Int32, _ ip: String, port: Int) -> Bool { call(fd, ip, port, Glibc.connect) }
+
+    private static func call(_ fd: Int32, _ ip: String, _ port: Int, _ f: (Int32, UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Bool {
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = UInt16(port).bigEndian
+        addr.sin_addr.s_addr = inet_addr(ip)
+        return withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { f(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
+    }
+}
