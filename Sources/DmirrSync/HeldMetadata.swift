@@ -75,7 +75,9 @@ struct HeldMetadata {
         var restored = 0
         for relative in ordered {
             let live = root + "/" + relative
-            guard !Self.sameFile(hold + "/" + relative, live) else { continue }
+            // Only what the run changed is written back: a run that failed before its metadata stage (a full disk, a busy
+            // source) leaves the tree exactly as it was, and writes nothing to a filesystem that may have no room.
+            guard !Self.sameContent(hold + "/" + relative, live) else { continue }
             let temp = (live as NSString).deletingLastPathComponent + "/.dmirr-restore-" + (live as NSString).lastPathComponent
             unlink(temp)
             try Self.place(hold + "/" + relative, at: temp)
@@ -105,18 +107,30 @@ struct HeldMetadata {
         do { try FileManager.default.removeItem(atPath: hold) } catch { throw TreeFiles.ioError("cannot remove", hold) }
     }
 
-    /// A hard link, or a copy where the two paths are on different filesystems.
+    /// A hard link, or, where the two paths are on different filesystems, a copy with the source's mode and mtime
+    /// (so that rsync's quick check and ``sameContent(_:_:)`` see the file as it was).
     private static func place(_ source: String, at destination: String) throws(SyncError) {
         if link(source, destination) == 0 { return }
         guard errno == EXDEV || errno == EPERM else { throw TreeFiles.ioError("cannot link", destination) }
-        do { try FileManager.default.copyItem(atPath: source, toPath: destination) } catch {
+        do {
+            try FileManager.default.copyItem(atPath: source, toPath: destination)
+            let attributes = try FileManager.default.attributesOfItem(atPath: source)
+            try FileManager.default.setAttributes(
+                [.modificationDate: attributes[.modificationDate] as Any, .posixPermissions: attributes[.posixPermissions] as Any],
+                ofItemAtPath: destination)
+        } catch {
+            unlink(destination)
             throw TreeFiles.ioError("cannot copy", destination)
         }
     }
 
-    private static func sameFile(_ a: String, _ b: String) -> Bool {
+    /// Whether the live file is still the kept one: the same inode, or the same size, mtime and bytes.
+    private static func sameContent(_ kept: String, _ live: String) -> Bool {
         var sa = stat()
         var sb = stat()
-        return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino
+        guard stat(kept, &sa) == 0, stat(live, &sb) == 0 else { return false }
+        if sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino { return true }
+        guard sa.st_size == sb.st_size, sa.st_mtim.tv_sec == sb.st_mtim.tv_sec, sa.st_mtim.tv_nsec == sb.st_mtim.tv_nsec else { return false }
+        return FileManager.default.contentsEqual(atPath: kept, andPath: live)
     }
 }
