@@ -79,10 +79,13 @@ import X509
         #expect {
             try FleetPKI.write("x", to: dir.sub("ca.key"), secret: true, force: false)
         } throws: { "\($0)".contains("already exists; pass --force") }
-        #expect(try String(contentsOfFile: dir.sub("ca.key"), encoding: .utf8) == ca.privateKeyPEM)
+        // Written as given, ending in a newline as PEM files do (so that `cat a.pem b.pem` makes a bundle).
+        #expect(try String(contentsOfFile: dir.sub("ca.key"), encoding: .utf8) == Self.withNewline(ca.privateKeyPEM))
         try FleetPKI.write("x", to: dir.sub("ca.key"), secret: true, force: true)
-        #expect(try String(contentsOfFile: dir.sub("ca.key"), encoding: .utf8) == "x")
+        #expect(try String(contentsOfFile: dir.sub("ca.key"), encoding: .utf8) == "x\n")
     }
+
+    static func withNewline(_ pem: String) -> String { pem.hasSuffix("\n") ? pem : pem + "\n" }
 
     @Test func aKeyIsNeverWrittenThroughAFilePlantedAtItsTemporaryName() throws {
         let dir = try TestDirectory("pki4")
@@ -94,7 +97,7 @@ import X509
         let ca = try FleetPKI.makeCA(fleet: "ius")
         try FleetPKI.write(ca.privateKeyPEM, to: dir.sub("node.key"), secret: true, force: false)
         #expect(try String(contentsOfFile: dir.sub("readable"), encoding: .utf8) == "public\n", "the key went through the symlink")
-        #expect(try String(contentsOfFile: dir.sub("node.key"), encoding: .utf8) == ca.privateKeyPEM)
+        #expect(try String(contentsOfFile: dir.sub("node.key"), encoding: .utf8) == Self.withNewline(ca.privateKeyPEM))
         var st = stat()
         #expect(lstat(dir.sub("node.key"), &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG && (st.st_mode & 0o777) == 0o600)
         #expect(!FileManager.default.fileExists(atPath: dir.sub("node.key.dmirr-new")))
