@@ -11,7 +11,7 @@ import Testing
 /// it; the fleet does not amplify the failure (at most `slots` tree pulls at upstream at once, and each member's
 /// retries bounded by the upstream backoff); and it converges once upstream is sound again.
 ///
-/// The outage lasts `DMIRR_UPSTREAM_DOWN_SECONDS` (60 in CI; the full form is 600) and the flapping phase makes
+/// The outage lasts `DMIRR_UPSTREAM_DOWN_SECONDS` (20 in CI; the full form is 600) and the flapping phase makes
 /// `DMIRR_FLAP_PUSHES` pushes (6; full form 40).
 @Suite(.serialized) struct BrokenUpstreamCampaignTests {
     /// How long a member avoids upstream after a failed pull or fetch: the larger of 5 s and `[upstream] poll` (1 s in
@@ -22,7 +22,7 @@ import Testing
     static let modes = (ProcessInfo.processInfo.environment["DMIRR_BROKEN_PUBLISH"] ?? "snapshot,in-place").split(separator: ",").map(String.init)
 
     @Test(arguments: modes) func aBrokenUpstreamIsNeverPublishedNorAmplifiedAndTheFleetConverges(publish: String) throws {
-        let downSeconds = Double(FaultCampaignTests.setting("DMIRR_UPSTREAM_DOWN_SECONDS", 45))
+        let downSeconds = Double(FaultCampaignTests.setting("DMIRR_UPSTREAM_DOWN_SECONDS", 20))
         let flapPushes = FaultCampaignTests.setting("DMIRR_FLAP_PUSHES", 6)
         let slots = 2
         let fleet = try FleetTests.Fleet(size: 4, mirrorExtra: "publish = \"\(publish)\"", serving: true, upstreamSlots: slots)
