@@ -441,7 +441,7 @@ public actor FleetNode {
     // MARK: Certificates
 
     /// How long before our certificate expires the agent starts warning.
-    static let expiryWarning: TimeInterval = 14 * 86_400
+    public static let expiryWarning: TimeInterval = 14 * 86_400
 
     /// Our certificate file and its expiry (called at start and after each reload).
     public func useCertificate(path: String, notAfter: Date) {

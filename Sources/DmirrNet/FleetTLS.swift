@@ -116,7 +116,7 @@ public final class FleetCredentials: Sendable {
             throw NetError(.tls, "\(old.certPath) would be refused by the fleet: \(rejection)")
         }
         let signer = try RecordSigner(caPath: caPath, certPath: old.certPath, keyPath: keyPath, verifier: old.verifier)
-        try old.verifier.trust(bundleAt: caPath)
+        try old.verifier.trust(rootsOf: fresh.verifier)
         fresh.verifier = old.verifier
         state.withLock { $0 = fresh }
         return (fresh, signer)

@@ -50,13 +50,14 @@ public final class FleetVerifier: Sendable {
         return (roots, fleet)
     }
 
-    /// Trusts the CA certificates of `caPath` from now on, in place of the ones trusted so far; the revocation list in
-    /// force stays. Refuses, changing nothing, a bundle of another fleet.
-    public func trust(bundleAt caPath: String) throws(NetError) {
-        let (roots, fleet) = try Self.readBundle(caPath)
-        guard fleet == self.fleet else {
-            throw NetError(.tls, "\(caPath) holds the CA of fleet '\(fleet)', not of this fleet '\(self.fleet)'")
+    /// Trusts the CA certificates `other` trusts from now on, in place of the ones trusted so far (the same roots the
+    /// reloaded TLS contexts were made with, not the file read again); the revocation list in force stays. Refuses,
+    /// changing nothing, the CA of another fleet.
+    public func trust(rootsOf other: FleetVerifier) throws(NetError) {
+        guard other.fleet == fleet else {
+            throw NetError(.tls, "the new CA bundle is of fleet '\(other.fleet)', not of this fleet '\(fleet)'")
         }
+        let roots = other.roots
         trusted.withLock { $0 = roots }
     }
 

@@ -35,6 +35,9 @@ struct HeldMetadata {
         }
         for repomd in RepoVerifier.findRepomd(root: root) {
             let dir = String(repomd.dropLast("/repomd.xml".count))
+            // Only real directories of the tree: through a symlink the source planted, a copy or a put-back would reach
+            // outside it.
+            guard Self.isRealDirectory(dir, under: root) else { continue }
             let names: [String]
             do { names = try FileManager.default.contentsOfDirectory(atPath: root + "/" + dir) } catch {
                 throw TreeFiles.ioError("cannot list", root + "/" + dir)
@@ -88,7 +91,8 @@ struct HeldMetadata {
             restored += 1
         }
         let kept = Set(files)
-        for repomd in RepoVerifier.findRepomd(root: root) where !kept.contains(repomd) {
+        for repomd in RepoVerifier.findRepomd(root: root)
+        where !kept.contains(repomd) && Self.isRealDirectory(String(repomd.dropLast("/repomd.xml".count)), under: root) {
             // A repository the unpublished push added: not served until a push that verifies.
             if unlink(root + "/" + repomd) == 0 { restored += 1 }
         }
@@ -122,6 +126,17 @@ struct HeldMetadata {
             unlink(destination)
             throw TreeFiles.ioError("cannot copy", destination)
         }
+    }
+
+    /// Whether every component of `relative` under `root` is a directory, not a symlink.
+    static func isRealDirectory(_ relative: String, under root: String) -> Bool {
+        var path = root
+        for part in relative.split(separator: "/") {
+            path += "/" + part
+            var st = stat()
+            guard lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { return false }
+        }
+        return true
     }
 
     /// Whether the live file is still the kept one: the same inode, or the same size, mtime and bytes.

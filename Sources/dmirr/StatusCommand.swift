@@ -95,7 +95,7 @@ extension FleetStatusView {
             let left = notAfter.timeIntervalSinceNow
             if left <= 0 {
                 out += "certificate of \(response.node) EXPIRED at \(Self.rfc3339(notAfter)): peers refuse it; issue a new one and send its agent SIGHUP\n"
-            } else if left <= 14 * 86_400 {
+            } else if left <= FleetNode.expiryWarning {
                 out += "certificate of \(response.node) expires in \(DurationText.format(.seconds(Int64(left)))) (\(Self.rfc3339(notAfter))); issue a new one and send its agent SIGHUP\n"
             }
         }
