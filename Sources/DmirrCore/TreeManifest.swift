@@ -1,13 +1,12 @@
-import Crypto
-
 /// A list of everything a mirror's tree holds for one token: each path's type, permission bits, size, mtime, SHA-256
 /// and symlink target. A member that pulled the token from upstream writes it (`.dmirr-manifest` at the tree's root)
 /// and signs its root hash into its member record (an *attestation*); a member that pulls from a peer accepts the
 /// peer's manifest only when its root carries enough attestations, then checks every file of its own tree against it
 /// before it publishes (docs/security.md).
 ///
-/// Pure: encoding, decoding with limits, the root hash and the comparison. Walking and hashing a tree is the sync
-/// module's job.
+/// Pure: encoding, decoding with limits, the root hash (TreeManifestRoot.swift) and the comparison. Walking and hashing a
+/// tree is the sync module's job. This file needs nothing but the standard library and Token.swift, so the fuzzer
+/// (Fuzz/) builds the decoder alone, without swift-crypto.
 ///
 /// The encoding is line-based UTF-8, so an operator can read it:
 /// ```
@@ -93,11 +92,6 @@ public struct TreeManifest: Sendable, Equatable {
             out += "\n"
         }
         return Array(out.utf8)
-    }
-
-    /// Lower-case hex SHA-256 of an encoded manifest: what a member attests.
-    public static func root(of encoded: [UInt8]) -> String {
-        SHA256.hash(data: encoded).map { String($0, radix: 16).leftPadded(to: 2) }.joined()
     }
 
     /// Why a manifest cannot be read, with the line.
@@ -258,17 +252,19 @@ public struct TreeManifest: Sendable, Equatable {
 
     static func escape(_ s: String) -> String {
         guard s.utf8.contains(where: { $0 == 92 || $0 == 9 || $0 == 10 || $0 == 13 }) else { return s }
-        var out = ""
-        for ch in s {
-            switch ch {
-            case "\\": out += "\\\\"
-            case "\t": out += "\\t"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            default: out.append(ch)
+        // By scalar, not by Character: "\r\n" is one Character, and would match neither case and go out raw, splitting
+        // the line (the fuzzer found it).
+        var out = String.UnicodeScalarView()
+        for scalar in s.unicodeScalars {
+            switch scalar {
+            case "\\": out.append(contentsOf: "\\\\".unicodeScalars)
+            case "\t": out.append(contentsOf: "\\t".unicodeScalars)
+            case "\n": out.append(contentsOf: "\\n".unicodeScalars)
+            case "\r": out.append(contentsOf: "\\r".unicodeScalars)
+            default: out.append(scalar)
             }
         }
-        return out
+        return String(out)
     }
 
     static func unescape(_ bytes: ArraySlice<UInt8>) -> String? {

@@ -52,13 +52,17 @@ import Testing
                 usleep(250_000)
             }
             #expect(moved.isEmpty, "\(token): published \(moved)")
-            // What every mirror serves once the refusals are done is exactly the tree of the token it names: in place,
-            // the metadata a refused run had swapped in has been put back.
-            for name in fleet.names {
-                let served = FileManager.default.contents(atPath: fleet.mirror(name) + "/repodata/repomd.xml")
-                let named = FileManager.default.contents(atPath: references[keeping]! + "/repodata/repomd.xml")
-                #expect(served == named, "\(token): \(name) serves another repomd.xml than \(keeping)'s")
+            // What every mirror serves between refused runs is exactly the tree of the token it names: in place, the
+            // metadata a refused run had swapped in has been put back. Members keep retrying (every backoff), and in place
+            // a retry shows its metadata for a moment between stage 2 and the put-back (the pullers of one agreed plan
+            // start together, so two can be in that moment at once); so this waits, boundedly, for a moment when no
+            // member is in one. Metadata that stayed would keep it from ever coming.
+            let named = FileManager.default.contents(atPath: references[keeping]! + "/repodata/repomd.xml")
+            func serving() -> [String] {
+                fleet.names.filter { FileManager.default.contents(atPath: fleet.mirror($0) + "/repodata/repomd.xml") != named }
             }
+            let putBack = fleet.waitUntil(seconds: 3 * Self.backoff) { serving().isEmpty }
+            #expect(putBack, "\(token): \(serving()) serve another repomd.xml than \(keeping)'s for \(Int(3 * Self.backoff)) s")
             let runs = try fleet.runs().filter { $0.token == token && $0.started >= since.addingTimeInterval(-1) }
             let refusals: Set<String> = ["failed", "verify-failed"]
             let failedBy = Set(runs.filter { refusals.contains($0.outcome) }.map(\.node))

@@ -31,6 +31,19 @@ import Testing
         #expect(TreeManifest.root(of: bytes).count == 64)
     }
 
+    /// "\r\n" is one Character in Swift: escaping by Character let it out raw, so a file or token holding a CRLF made
+    /// a manifest whose lines split there (found by `scripts/fuzz.sh`, FuzzManifest). Every line break must be escaped.
+    @Test func aCRLFInAPathOrTokenIsEscapedAndRoundTrips() throws {
+        let m = TreeManifest(token: "push\r\n2", entries: [
+            .init(path: "a\r\nf\t0644\t1\t1", kind: .file, mode: 0o644, size: 1, mtime: 1, sha256: Self.digest),
+            .init(path: "b", kind: .symlink, mode: 0o777, target: "x\r\ny"),
+        ])
+        let bytes = m.encoded()
+        #expect(bytes.filter { $0 == 13 }.isEmpty, "a raw CR in \(String(decoding: bytes, as: UTF8.self))")
+        #expect(bytes.filter { $0 == 10 }.count == 4, "one line each for the header, the token and two entries")
+        #expect(try TreeManifest.decode(bytes) == m)
+    }
+
     @Test(arguments: [
         ("f\t0644\t1\t1\t\(digest)\t../etc/passwd\n", "could leave the tree"),
         ("f\t0644\t1\t1\t\(digest)\t/etc/passwd\n", "absolute path"),

@@ -1,0 +1,1 @@
+../../../Sources/DmirrCore/Token.swift
