@@ -137,7 +137,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "DmirrCoreTests", dependencies: ["DmirrCore"], swiftSettings: strict),
-        .testTarget(name: "DmirrSimTests", dependencies: ["DmirrSim", "DmirrCore"], swiftSettings: strict),
+        .testTarget(name: "DmirrSimTests", dependencies: ["DmirrSim", "DmirrCore", "DmirrTestSupport"], swiftSettings: strict),
         .testTarget(name: "DmirrStoreTests", dependencies: ["DmirrStore"], swiftSettings: strict),
         .testTarget(
             name: "DmirrWireTests",

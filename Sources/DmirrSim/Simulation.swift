@@ -48,14 +48,32 @@ public struct Scenario: Sendable, Equatable {
         /// Fraction cut off from the others (all their links) for `partitionFor` seconds in the window.
         public var partition = 0.0
         public var partitionFor = 60.0
+        /// Fraction of mirrors whose host clock is off, from the start, by up to `skewBy` seconds either way. Each
+        /// corrects to the fleet's time from its peers' `Hello` stamps (``ClockOffset``), as the agent does.
+        public var skew = 0.0
+        public var skewBy = 600.0
+        /// The fleet splits into two random halves for `splitFor` seconds at a random moment in the window: no link
+        /// between the halves; running pulls across the split fail.
+        public var split = false
+        public var splitFor = 90.0
+        /// During the split upstream answers one half only: the other half's polls and upstream pulls fail.
+        public var upstreamOneSide = false
         public var window = 120.0
         public init() {}
     }
 
+    /// Whether members correct their clocks from their peers' `Hello` stamps (the agent always does; a test turns it
+    /// off to show what the correction prevents).
+    public var correctClocks = true
+    /// Whether ``drawFailures()`` chose the failures (`dmirr-sim --random-failures` replays them from the seed).
+    public var failuresDrawn = false
+
     public init() {}
 
     /// A mix of every failure kind drawn from the seed: up to 10 % killed, 5 % stopped for 30 s, 5 % cut off for
-    /// 60 s, 10 % slow sources and 5 % lying peers. The simulator tests and `dmirr-sim --random-failures` use it.
+    /// 60 s, 10 % slow sources, 5 % lying peers, 10 % with a host clock up to 10 minutes off, and in half the runs a
+    /// split into two halves for 90 s (in half of those, upstream reachable from one half only). The simulator tests
+    /// and `dmirr-sim --random-failures` use it.
     public mutating func drawFailures() {
         var rng = SeededRandom(seed: seed)
         failures.kill = Double(Int.random(in: 0...10, using: &rng)) / 100
@@ -63,7 +81,55 @@ public struct Scenario: Sendable, Equatable {
         failures.partition = Double(Int.random(in: 0...5, using: &rng)) / 100
         failures.slow = Double(Int.random(in: 0...10, using: &rng)) / 100
         failures.liars = Double(Int.random(in: 0...5, using: &rng)) / 100
+        failures.skew = Double(Int.random(in: 0...10, using: &rng)) / 100
+        failures.split = Bool.random(using: &rng)
+        failures.upstreamOneSide = failures.split && Bool.random(using: &rng)
+        failuresDrawn = true
     }
+
+    /// The `dmirr-sim` arguments that run exactly this scenario again (what a failing seed prints).
+    public var replayArguments: [String] {
+        let d = Scenario()
+        var out = ["-n", "\(nodes)", "--seed", "\(seed)", "--seeds", "1", "--no-baseline"]
+        func add(_ flag: String, _ value: Double, _ base: Double, scale: Double = 1) {
+            if value != base { out += [flag, Self.number(value * scale)] }
+        }
+        if upstreamSlots != d.upstreamSlots { out += ["-c", "\(upstreamSlots)"] }
+        if serveSlots != d.serveSlots { out += ["-f", "\(serveSlots)"] }
+        if attestations != d.attestations { out += ["-k", "\(attestations)"] }
+        if upstreamMaxConnections != d.upstreamMaxConnections { out += ["--upstream-max", "\(upstreamMaxConnections)"] }
+        add("--latency", latency, d.latency, scale: 1000)
+        add("--mirror-bw", mirrorBandwidth, d.mirrorBandwidth, scale: 1e-6)
+        add("--upstream-bw", upstreamBandwidth, d.upstreamBandwidth, scale: 1e-6)
+        add("--delta", delta, d.delta, scale: 1e-6)
+        add("--gossip", gossip, d.gossip)
+        add("--poll", poll, d.poll)
+        add("--down-after", downAfter, d.downAfter)
+        add("--push-at", pushAt, d.pushAt)
+        add("--horizon-hours", horizon, d.horizon, scale: 1 / 3600)
+        if let refresh { out += ["--refresh", Self.number(refresh)] }
+        if let lazyResign { out += ["--lazy-resign", Self.number(lazyResign)] }
+        if let idleWindow { out += ["--idle", Self.number(idleWindow)] }
+        if failuresDrawn {
+            out.append("--random-failures")
+        } else {
+            let f = failures
+            let base = Failures()
+            add("--kill", f.kill, base.kill)
+            add("--stop", f.stop, base.stop)
+            add("--partition", f.partition, base.partition)
+            add("--slow", f.slow, base.slow)
+            add("--liars", f.liars, base.liars)
+            add("--skew", f.skew, base.skew)
+            add("--skew-by", f.skewBy, base.skewBy)
+            if f.split { out.append("--split") }
+            if f.upstreamOneSide { out.append("--split-upstream-one-side") }
+        }
+        return out
+    }
+
+    /// The shortest text that reads back as `x`.
+    static func number(_ x: Double) -> String { x == x.rounded() && abs(x) < 1e15 ? String(Int64(x)) : "\(x)" }
 }
 
 /// What a run measured.
@@ -95,6 +161,12 @@ public struct RunResult: Sendable {
     /// Upstream pulls started on an agreed plan beside C others, one of which the fleet could not know of: its member was
     /// cut off or stopped before the record saying it had started left it.
     public var unseenStarts = 0
+    /// Member records dropped at receipt by the protocol's rules (``RecordPolicy``): expired ones relayed late after a
+    /// partition are expected; one dated in the future from an honest member is a violation (its clock was not
+    /// corrected to the fleet's).
+    public var refusedRecords = 0
+    /// The largest clock correction any member applied, ms.
+    public var largestCorrection: Int64 = 0
     /// Invariant violations (empty when the run was clean).
     public var violations: [String] = []
 }
@@ -116,6 +188,8 @@ public struct Simulation {
         case resume(Int)
         case cut(Int, healAt: Double)
         case heal(Int)
+        case split(healAt: Double)
+        case unsplit
 
         /// Whether the fleet can have converged after this event: only a finished pull or a death changes who holds the
         /// token (checking after every event would cost a pass over all mirrors per gossip frame).
@@ -146,6 +220,13 @@ public struct Simulation {
         /// The membership revision the coordinator last saw.
         var viewRevision: UInt64 = .max
         var tampered = false
+        /// This host's clock minus true time (ms), and its correction to the fleet's time from its peers' Hellos.
+        var clockError: Int64 = 0
+        var clock = ClockOffset()
+        /// The correction the coordinator's stamped times were made with.
+        var stampedCorrection: Int64 = 0
+        /// Its half while the fleet is split.
+        var side = false
         /// The running pull: its number (to ignore stale events), source, token, transfer id once flowing.
         var pull: (number: Int, source: PlanSource, token: String, transfer: Int?)?
     }
@@ -167,6 +248,7 @@ public struct Simulation {
     /// Upstream pulls (by number) and their transfers (by id) that started on an agreed plan.
     var agreedPulls: Set<Int> = []
     var agreedTransfers: Set<Int> = []
+    var splitActive = false
 
     public init(_ scenario: Scenario) {
         self.scenario = scenario
@@ -242,6 +324,22 @@ public struct Simulation {
             let at = scenario.pushAt + Double.random(in: 0..<f.window, using: &rng)
             queue.push(.cut(i, healAt: at + f.partitionFor), at: at)
         }
+        // Skewed clocks may fall on any member, failing or not.
+        var clocks = Array(0..<n)
+        clocks.shuffle(using: &rng)
+        let skewBy = Int64(f.skewBy * 1000)
+        for i in clocks.prefix(Int((f.skew * Double(n)).rounded())) where skewBy > 0 {
+            nodes[i].clockError = Int64.random(in: -skewBy...skewBy, using: &rng)
+        }
+        if f.split {
+            for i in 0..<n { nodes[i].side = Bool.random(using: &rng) }
+            let at = scenario.pushAt + Double.random(in: 0..<f.window, using: &rng)
+            queue.push(.split(healAt: at + f.splitFor), at: at)
+        }
+        // Every link starts with a Hello each way: the clocks are compared before any record is signed.
+        for i in 0..<n {
+            for j in nodes[i].links.sorted() where i < j { hello(i, j) }
+        }
         for i in 0..<n { queue.push(.tick(i), at: Double.random(in: 0..<scenario.gossip, using: &rng)) }
         queue.push(.push, at: scenario.pushAt)
     }
@@ -271,10 +369,34 @@ public struct Simulation {
     }
 
     var d: Duration { .nanoseconds(Int64(now * 1e9)) }
-    var wallMillis: Int64 { 1_800_000_000_000 + Int64(now * 1000) }
+    /// Member `i`'s host clock (Unix ms): true time plus its error.
+    func hostMillis(_ i: Int) -> Int64 { 1_800_000_000_000 + Int64(now * 1000) + nodes[i].clockError }
+    /// Member `i`'s wall clock in the fleet's time (its host clock corrected), what its services stamp and judge with.
+    func wallMillis(_ i: Int) -> Int64 { hostMillis(i) + nodes[i].clock.correctionMillis }
 
     func canTalk(_ a: Int, _ b: Int) -> Bool {
         nodes[a].alive && nodes[b].alive && !nodes[a].stopped && !nodes[b].stopped && !nodes[a].cut && !nodes[b].cut
+            && !(splitActive && nodes[a].side != nodes[b].side)
+    }
+
+    /// Whether upstream answers member `i` (during a split that leaves it on one side only, the other side's fail).
+    func reachesUpstream(_ i: Int) -> Bool {
+        !(splitActive && scenario.failures.upstreamOneSide && !nodes[i].side)
+    }
+
+    /// A link (re)opens: each side takes the other's `Hello` clock into its correction (``ClockOffset``), and a
+    /// member whose correction moved re-signs its record and moves the times it stamped, as the agent does.
+    mutating func hello(_ a: Int, _ b: Int) {
+        for (me, peer) in [(a, b), (b, a)] where scenario.correctClocks {
+            guard nodes[me].clock.observe(peer: nodes[peer].name, peerWallMillis: hostMillis(peer), localWallMillis: hostMillis(me)) else {
+                continue
+            }
+            result.largestCorrection = max(result.largestCorrection, abs(nodes[me].clock.correctionMillis))
+            nodes[me].membership.resignOwn()
+            let moved = nodes[me].clock.correctionMillis - nodes[me].stampedCorrection
+            nodes[me].stampedCorrection = nodes[me].clock.correctionMillis
+            coordinate(me, nodes[me].coordinator.wallClockCorrected(by: moved))
+        }
     }
 
     mutating func handle(_ event: Event) {
@@ -283,6 +405,8 @@ public struct Simulation {
             guard nodes[i].alive else { return }
             queue.push(.tick(i), at: now + scenario.gossip)
             guard !nodes[i].stopped else { return }
+            // Members whose record expired are forgotten (the agent's FleetNode does this every round).
+            for member in nodes[i].membership.expired(atWallMillis: wallMillis(i)) { nodes[i].membership.forget(member) }
             perform(i, nodes[i].membership.onTick(now: d))
             // The coordinator needs the view again only when membership changed (as the agent, which hands it over
             // every round, it would find nothing new otherwise).
@@ -292,7 +416,7 @@ public struct Simulation {
                 let m = nodes[i].membership
                 let view = m.nodes.compactMap { n in m.entries[n].flatMap { $0.liveness == .alive && n != m.me ? $0.record : nil } }
                 let suspects = m.nodes.compactMap { n in m.entries[n].flatMap { $0.liveness == .suspect ? $0.record : nil } }
-                directives += nodes[i].coordinator.onView(view, suspects: suspects, wallMillis: wallMillis, now: d)
+                directives += nodes[i].coordinator.onView(view, suspects: suspects, wallMillis: wallMillis(i), now: d)
             }
             directives += nodes[i].coordinator.onTick(now: d)
             if let t = nodes[i].pull?.transfer, let moved = network.transferred(t, at: now) {
@@ -307,14 +431,27 @@ public struct Simulation {
             case .digest(let entries, let scope):
                 perform(to, nodes[to].membership.onDigest(from: peer, entries: entries, scope: scope, now: d))
             case .records(let records):
-                for (record, signed) in records { perform(to, nodes[to].membership.onRecord(record, signed: signed, from: peer, now: d)) }
+                for (record, signed) in records {
+                    // The receiver's checks, with its own clock (the agent's FleetNode does the same before believing one).
+                    if let problem = RecordPolicy.problem(with: record, nowMillis: wallMillis(to)) {
+                        result.refusedRecords += 1
+                        if problem.contains("in the future"), let k = index[record.node], !nodes[k].liar {
+                            result.violations.append("t=\(Int(now)) s: \(nodes[to].name) refused \(record.node)'s record: \(problem)")
+                        }
+                        continue
+                    }
+                    perform(to, nodes[to].membership.onRecord(record, signed: signed, from: peer, now: d))
+                }
             }
         case .pollAnswer(let i, let polledAt):
             guard nodes[i].alive else { return }
             // A stopped agent reads the answer when it continues.
             guard !nodes[i].stopped else { return queue.push(.pollAnswer(i, polledAt: polledAt), at: now + 1) }
+            guard reachesUpstream(i) else {
+                return coordinate(i, nodes[i].coordinator.onUpstreamUnreachable(now: d, polledAt: .nanoseconds(Int64(polledAt * 1e9))))
+            }
             if upstreamToken != "T0", result.detect == nil { result.detect = now - scenario.pushAt }
-            coordinate(i, nodes[i].coordinator.onUpstreamToken(upstreamToken, wallMillis: wallMillis, now: d, polledAt: .nanoseconds(Int64(polledAt * 1e9))))
+            coordinate(i, nodes[i].coordinator.onUpstreamToken(upstreamToken, wallMillis: wallMillis(i), now: d, polledAt: .nanoseconds(Int64(polledAt * 1e9))))
         case .pullConnect(let i, let number):
             guard nodes[i].alive, let pull = nodes[i].pull, pull.number == number else { return }
             connect(i, pull: pull)
@@ -343,12 +480,29 @@ public struct Simulation {
         case .heal(let i):
             nodes[i].cut = false
             relink(i)
+        case .split(let healAt):
+            splitActive = true
+            queue.push(.unsplit, at: healAt)
+            // Pulls across the split (or from an upstream the member no longer reaches) fail as their connection breaks.
+            for t in network.active.values.sorted(by: { $0.id < $1.id }) {
+                let k = t.destination
+                guard t.source >= 0 ? !canTalk(k, t.source) : !reachesUpstream(k) else { continue }
+                network.stop(t.id, now: now)
+                if let pull = nodes[k].pull, pull.transfer == t.id {
+                    queue.push(.pullFinished(k, pull: pull.number, .failed("connection reset")), at: now + scenario.latency)
+                }
+            }
+            scheduleTransferCheck()
+        case .unsplit:
+            splitActive = false
+            for i in nodes.indices where nodes[i].side { relink(i) }
         }
     }
 
     /// A member is reachable again: its links come back on both ends.
     mutating func relink(_ i: Int) {
         for j in nodes[i].links.sorted() where canTalk(i, j) {
+            hello(i, j)
             nodes[i].membership.onConnected(nodes[j].name, now: d)
             nodes[j].membership.onConnected(nodes[i].name, now: d)
         }
@@ -359,7 +513,11 @@ public struct Simulation {
     mutating func perform(_ i: Int, _ directives: [Membership.Directive]) {
         for directive in directives {
             switch directive {
-            case .signOwnRecord(let record):
+            case .signOwnRecord(var record):
+                // Valid for two refreshes plus down_after, stamped with this member's clock (the agent's rule).
+                let m = nodes[i].membership
+                let lifetime = m.configuration.refresh(members: m.entries.count) * 2 + m.configuration.downAfter
+                record.expiresMillis = wallMillis(i) + lifetime.components.seconds * 1000
                 if now >= scenario.pushAt {
                     result.signings += 1
                     if let previous = nodes[i].membership.entries[nodes[i].name]?.record, !Membership.matters(from: previous, to: record),
@@ -454,6 +612,10 @@ public struct Simulation {
     mutating func connect(_ i: Int, pull: (number: Int, source: PlanSource, token: String, transfer: Int?)) {
         switch pull.source {
         case .upstream:
+            guard reachesUpstream(i) else {
+                queue.push(.pullFinished(i, pull: pull.number, .failed("connection refused")), at: now + scenario.latency)
+                return
+            }
             guard network.count(from: -1) < scenario.upstreamMaxConnections else {
                 queue.push(.pullFinished(i, pull: pull.number, .busy), at: now + scenario.latency)
                 return
@@ -532,7 +694,7 @@ public struct Simulation {
         nodes[i].pull = nil
         if case .synced(let token) = outcome, source == .upstream {
             // What it attests stands for its manifest's root: a liar attests a forged one.
-            nodes[i].coordinator.attest(token: token, root: (nodes[i].liar ? "forged-" : "root-") + token)
+            nodes[i].coordinator.attest(token: token, root: TreeManifest.root(of: Array(((nodes[i].liar ? "forged-" : "root-") + token).utf8)))
         }
         if case .synced(let token) = outcome {
             nodes[i].published = token

@@ -1,6 +1,7 @@
 import ArgumentParser
 import DmirrSim
 import Foundation
+import Synchronization
 
 /// `dmirr-sim`: runs the real membership and sync-plan state machines for N mirrors in virtual time, seeded and exactly
 /// replayable, and prints what a push costs and how fast it spreads, beside the cron baseline on the same inputs.
@@ -35,6 +36,11 @@ struct DmirrSimCommand: ParsableCommand {
     @Option(help: "Fraction cut off from all peers for 60 s in that window.") var partition = 0.0
     @Option(help: "Fraction of slow sources (1/20 of the bandwidth).") var slow = 0.0
     @Option(help: "Fraction of lying peers (serve a tampered tree).") var liars = 0.0
+    @Option(help: "Fraction of mirrors whose clock is off (each corrects from its peers' Hellos, as the agent does).") var skew = 0.0
+    @Option(help: "How far off a skewed clock may be, s (drawn either way).") var skewBy = 600.0
+    @Flag(help: "Split the fleet into two random halves for 90 s in that window.") var split = false
+    @Flag(help: "During the split, upstream answers one half only.") var splitUpstreamOneSide = false
+    @Option(help: "Seeds run at once (threads); the lines still come out in seed order.") var jobs = 1
     @Option(help: "Virtual hours before a run gives up.") var horizonHours = 4.0
     @Flag(help: "Skip the cron baseline.") var noBaseline = false
     @Flag(help: "Draw each seed's own mix of every failure kind (what the simulator tests run), instead of the fractions above.")
@@ -71,6 +77,10 @@ struct DmirrSimCommand: ParsableCommand {
         base.failures.partition = partition
         base.failures.slow = slow
         base.failures.liars = liars
+        base.failures.skew = skew
+        base.failures.skewBy = skewBy
+        base.failures.split = split || splitUpstreamOneSide
+        base.failures.upstreamOneSide = splitUpstreamOneSide
         let syncSeconds = base.delta / min(base.mirrorBandwidth, base.upstreamBandwidth)
         print("dmirr-sim: N=\(nodes) C=\(slots) F=\(serveSlots) upstream max connections \(upstreamMax), delta \(fmt(delta)) MB, "
               + "mirror \(fmt(mirrorBw)) MB/s, upstream \(fmt(upstreamBw)) MB/s (one sync ≈ \(fmt(syncSeconds)) s), latency \(fmt(latency)) ms, "
@@ -81,32 +91,26 @@ struct DmirrSimCommand: ParsableCommand {
         var broken = 0
         let clock = ContinuousClock()
         let started = clock.now
-        for s in seed..<(seed + UInt64(seeds)) {
-            var scenario = base
-            scenario.seed = s
-            if randomFailures { scenario.drawFailures() }
-            let r = Simulation.run(scenario)
-            dmirr.append(r)
-            var line = pad("\(s)", -6) + " " + pad(t(r.detect), 7) + " " + pad(t(r.t50), 7) + " " + pad(t(r.t90), 7) + " " + pad(t(r.t100), 7)
-                + String(format: " %8d %10.1f %11d %11.2f %9.0f", r.peakUpstreamConcurrency, r.upstreamCopies, r.pullsFromPeers,
-                         r.messagesPerNodeSecond, r.bytesPerNodeSecond)
-            if !noBaseline {
-                let b = Baseline.run(scenario)
-                cron.append(b)
-                line += " | " + pad(t(b.t50), 7) + " " + pad(t(b.t90), 7) + " " + pad(t(b.t100), 7)
-                    + String(format: " %8d %8d", b.peakUpstreamConcurrency, b.refusals)
+        var replays: [String] = []
+        // Seeds in batches of `jobs`, each on its own thread (a run is a value: nothing is shared), printed in seed order.
+        let all = Array(seed..<(seed + UInt64(seeds)))
+        let width = max(1, jobs)
+        for first in stride(from: 0, to: all.count, by: width) {
+            let scenarios = all[first..<min(first + width, all.count)].map { s in
+                var scenario = base
+                scenario.seed = s
+                if randomFailures { scenario.drawFailures() }
+                return scenario
             }
-            print(line)
-            if verbose {
-                let kinds = r.frames.keys.sorted().map { "\($0) \(r.frames[$0]!) (\(Int(r.frameBytes[$0] ?? 0)) B)" }
-                print("   frames: \(kinds.joined(separator: ", ")); own-record signings \(r.signings) (\(r.digestOnlySignings) for a new plan digest alone); upstream starts "
-                      + "\(r.upstreamStarts), \(r.agreedUpstreamStarts) of them agreed")
+            for (scenario, r, b) in Self.runConcurrently(scenarios, baseline: !noBaseline) {
+                dmirr.append(r)
+                if let b { cron.append(b) }
+                if let replay = report(scenario, r, b) {
+                    replays.append(replay)
+                    broken += 1
+                }
             }
-            for v in r.violations.prefix(5) { print("   VIOLATION seed \(s): \(v)") }
-            if r.unseenStarts > 0 {
-                print("   note seed \(s): \(r.unseenStarts) upstream pull(s) started beside one the fleet never heard of (its member cut off or stopped right after starting)")
-            }
-            if !r.violations.isEmpty { broken += 1 }
+            fflush(nil)  // every open stream: the lines of a long run show as they come, even into a file
         }
         func median(_ xs: [Double?]) -> Double? {
             let v = xs.compactMap { $0 }.sorted()
@@ -119,9 +123,52 @@ struct DmirrSimCommand: ParsableCommand {
         let unseen = dmirr.filter { $0.unseenStarts > 0 }.count
         if unseen > 0 { print("\(unseen) of \(seeds) runs had an upstream pull start beside one the fleet never heard of (see above)") }
         let waves = ceil(log(Double(nodes) / Double(slots)) / log(1 + Double(serveSlots)))
+        let refused = dmirr.map(\.refusedRecords).reduce(0, +)
+        let corrected = dmirr.map(\.largestCorrection).max() ?? 0
+        if refused > 0 || corrected > 0 {
+            print("member records refused at receipt (expired relays after a split or cut): \(refused); largest clock correction \(fmt(Double(corrected) / 1000)) s")
+        }
+        for replay in replays.prefix(20) { print("replay: \(replay)") }
         print("goal: t100 ≤ detect + (⌈log_(1+F)(N/C)⌉ + 2) syncs = detect + \(Int(waves) + 2) × \(fmt(syncSeconds)) s; "
               + "\(broken) of \(seeds) runs broke an invariant; \(fmt(Double((clock.now - started).components.seconds))) s wall")
         if broken > 0 { throw ExitCode(1) }
+    }
+
+    /// Prints one seed's line (and its violations); returns the replay command when it broke an invariant.
+    func report(_ scenario: Scenario, _ r: RunResult, _ b: Baseline.Result?) -> String? {
+        let s = scenario.seed
+        var line = pad("\(s)", -6) + " " + pad(t(r.detect), 7) + " " + pad(t(r.t50), 7) + " " + pad(t(r.t90), 7) + " " + pad(t(r.t100), 7)
+            + String(format: " %8d %10.1f %11d %11.2f %9.0f", r.peakUpstreamConcurrency, r.upstreamCopies, r.pullsFromPeers,
+                     r.messagesPerNodeSecond, r.bytesPerNodeSecond)
+        if let b {
+            line += " | " + pad(t(b.t50), 7) + " " + pad(t(b.t90), 7) + " " + pad(t(b.t100), 7)
+                + String(format: " %8d %8d", b.peakUpstreamConcurrency, b.refusals)
+        }
+        print(line)
+        if verbose {
+            let kinds = r.frames.keys.sorted().map { "\($0) \(r.frames[$0]!) (\(Int(r.frameBytes[$0] ?? 0)) B)" }
+            print("   frames: \(kinds.joined(separator: ", ")); own-record signings \(r.signings) (\(r.digestOnlySignings) for a new plan digest alone); upstream starts "
+                  + "\(r.upstreamStarts), \(r.agreedUpstreamStarts) of them agreed")
+        }
+        if r.unseenStarts > 0 {
+            print("   note seed \(s): \(r.unseenStarts) upstream pull(s) started beside one the fleet never heard of (its member cut off or stopped right after starting)")
+        }
+        guard !r.violations.isEmpty else { return nil }
+        for v in r.violations.prefix(5) { print("   VIOLATION seed \(s): \(v)") }
+        let replay = "dmirr-sim " + scenario.replayArguments.joined(separator: " ")
+        print("   replay: \(replay)")
+        return replay
+    }
+
+    /// Runs each scenario (and its cron baseline) on its own thread; results in the scenarios' order.
+    static func runConcurrently(_ scenarios: [Scenario], baseline: Bool) -> [(Scenario, RunResult, Baseline.Result?)] {
+        let results = Mutex([Int: (RunResult, Baseline.Result?)]())
+        DispatchQueue.concurrentPerform(iterations: scenarios.count) { k in
+            let r = Simulation.run(scenarios[k])
+            let b = baseline ? Baseline.run(scenarios[k]) : nil
+            results.withLock { $0[k] = (r, b) }
+        }
+        return results.withLock { done in scenarios.indices.map { (scenarios[$0], done[$0]!.0, done[$0]!.1) } }
     }
 
     /// Right-aligns (width > 0) or left-aligns (width < 0) text.

@@ -1,3 +1,4 @@
+import DmirrTestSupport
 import Foundation
 import Testing
 
@@ -50,6 +51,60 @@ import Testing
         #expect(cron.upstreamCopies >= 59.9)
     }
 
+    /// A member whose host clock is 10 minutes off stamps its records in the fleet's time once its peers' `Hello`s
+    /// have corrected it: nobody refuses them. Without the correction the same run breaks (records "in the future"
+    /// refused), which shows the check can fail.
+    @Test func skewedClocksAreCorrectedAndNoRecordIsRefused() {
+        var s = Self.scenario(n: 40, seed: 3)
+        s.failures.skew = 0.2
+        s.failures.skewBy = 600
+        let r = Simulation.run(s)
+        #expect(r.violations.isEmpty, "\(r.violations.prefix(3))")
+        #expect(r.t100 != nil)
+        #expect(r.largestCorrection > 60_000, "the skew drawn was within the rule's minute: \(r.largestCorrection) ms")
+        s.correctClocks = false
+        let uncorrected = Simulation.run(s)
+        #expect(uncorrected.violations.contains { $0.contains("in the future") }, "\(uncorrected.violations.prefix(3))")
+    }
+
+    /// The fleet split in two halves, upstream reachable from one only: no agreed plan puts more than C pulls at
+    /// upstream (a violation otherwise), and everyone converges after the split heals.
+    @Test func aSplitFleetKeepsTheBoundAndConvergesAfterHealing() throws {
+        var s = Self.scenario(n: 40, seed: 5)
+        s.failures.split = true
+        s.failures.upstreamOneSide = true
+        s.failures.window = 0.001  // the split starts with the push
+        let r = Simulation.run(s)
+        #expect(r.violations.isEmpty, "\(r.violations.prefix(3))")
+        #expect(r.peakUpstreamConcurrency <= s.upstreamSlots)
+        // The half without upstream has no way to the new tree until the split heals (no link crosses it), then
+        // everyone converges.
+        let t100 = try #require(r.t100, "not converged")
+        #expect(t100 >= s.failures.splitFor, "converged \(t100) s after the push, inside the \(s.failures.splitFor) s split")
+        #expect(t100 < 3600)
+    }
+
+    /// The command a failing seed prints runs exactly that seed again: the built `dmirr-sim` given
+    /// `replayArguments` prints the figures this process computed for it.
+    @Test func aSeedReplaysExactlyFromItsPrintedCommand() throws {
+        // The first seed whose drawn mix has both a split and skewed clocks, so the replay covers every kind.
+        var s = Self.scenario(n: 30)
+        repeat {
+            s.seed += 1
+            s.drawFailures()
+        } while !(s.failures.split && s.failures.skew > 0 && s.failures.kill > 0)
+        let r = Simulation.run(s)
+        let sim = (CLI.dmirrPath as NSString).deletingLastPathComponent + "/dmirr-sim"
+        let out = try CLI.run(sim, s.replayArguments, timeout: 600)
+        #expect(out.exitCode == (r.violations.isEmpty ? 0 : 1), "\(out.stderr)")
+        let line = try #require(out.stdout.split(separator: "\n").first { $0.hasPrefix("\(s.seed) ") }, "\(out.stdout)")
+        let fields = line.split(separator: " ").map(String.init)
+        // seed detect t50 t90 t100 up-peak up-copies peer-pulls msg/node/s B/node/s
+        let expected = [r.t100.map { String(format: "%.0f", $0) } ?? "never", "\(r.peakUpstreamConcurrency)", String(format: "%.1f", r.upstreamCopies),
+                        "\(r.pullsFromPeers)", String(format: "%.2f", r.messagesPerNodeSecond)]
+        #expect(Array(fields[4...8]) == expected, "replayed: \(line)\nhere: \(expected) (\(s.replayArguments.joined(separator: " ")))")
+    }
+
     @Test func failuresDoNotStopConvergenceOrLetABadTreeThrough() {
         // Seeds × failures at N = 100: kills, stops, partitions, slow sources and lying peers at once, each seed with
         // its own mix. DMIRR_SIM_SEEDS raises the count (docs/benchmarks.md records a 1,000-seed run of dmirr-sim).
@@ -63,7 +118,9 @@ import Testing
         }
         #expect(all.count == seeds)
         for (seed, r) in all.sorted(by: { $0.0 < $1.0 }) {
-            #expect(r.violations.isEmpty, "seed \(seed): \(r.violations.prefix(3))")
+            var replay = Self.scenario(n: 100, seed: seed)
+            replay.drawFailures()
+            #expect(r.violations.isEmpty, "seed \(seed): \(r.violations.prefix(3)); replay: dmirr-sim \(replay.replayArguments.joined(separator: " "))")
         }
         let worst = all.map { $0.1.t100 ?? .infinity }.max() ?? .infinity
         #expect(worst < 3600, "a seed took \(worst) s")
