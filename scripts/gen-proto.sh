@@ -2,18 +2,17 @@
 # Regenerates Sources/DmirrWire/Generated/dmirr.pb.swift from proto/dmirr.proto.
 #   scripts/gen-proto.sh           regenerate
 #   scripts/gen-proto.sh --check   fail if the committed file differs from what the .proto generates
-# Needs protoc (apt-get install protobuf-compiler) and protoc-gen-swift from swift-protobuf 1.39.0, which this script
-# builds once into .build-protoc/ (about a minute). We commit the generated file instead of using the SwiftPM build
-# plugin, which would compile protoc itself on every clean build (it adds minutes to every clean build).
+# Needs protoc (apt-get install protobuf-compiler) and protoc-gen-swift, which it builds from the swift-protobuf this
+# package depends on (`swift build --product protoc-gen-swift`, about 30 s beside a debug build; PROTOC_GEN_SWIFT=path
+# uses another). We commit the generated file instead of using the SwiftPM build plugin, which would compile protoc
+# itself on every clean build (it adds minutes to every clean build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=Sources/DmirrWire/Generated
-plugin=${PROTOC_GEN_SWIFT:-.build-protoc/swift-protobuf/.build/release/protoc-gen-swift}
-if [ ! -x "$plugin" ]; then
-    mkdir -p .build-protoc
-    [ -d .build-protoc/swift-protobuf ] ||
-        git clone -q --depth 1 --branch 1.39.0 https://github.com/apple/swift-protobuf.git .build-protoc/swift-protobuf
-    (cd .build-protoc/swift-protobuf && swift build -c release --product protoc-gen-swift >/dev/null)
+plugin=${PROTOC_GEN_SWIFT:-}
+if [ -z "$plugin" ]; then
+    swift build --product protoc-gen-swift 2>&1 | tail -1
+    plugin=$(swift build --show-bin-path)/protoc-gen-swift
 fi
 command -v protoc >/dev/null || { echo "gen-proto.sh: protoc not found (apt-get install protobuf-compiler)" >&2; exit 1; }
 tmp=$(mktemp -d)

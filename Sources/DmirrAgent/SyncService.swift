@@ -153,7 +153,7 @@ struct SyncService: Service {
                     if report.source == "upstream", report.exitCode == 0, let token = report.token, let root = report.manifestRoot {
                         coordinator.attest(token: token.value, root: root)
                     }
-                    directives += coordinator.onPullFinished(Self.outcome(report), now: now)
+                    directives += coordinator.onPullFinished(Self.outcome(report), now: now, wallMillis: wallMillis)
                 }
                 if case .tick = event, let token = coordinator.target?.token {
                     // Members that attest different trees for one token: say who, in the log and in our status.

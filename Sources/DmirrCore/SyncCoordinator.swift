@@ -351,13 +351,25 @@ public struct SyncCoordinator: Sendable {
         mode = .pulling(r)
     }
 
-    public mutating func onPullFinished(_ outcome: PullOutcome, now: Duration) -> [Directive] {
+    /// - Parameter wallMillis: the wall clock now (Unix ms), which stamps when we saw a token an upstream pull found
+    ///   in place of the one it was started for; nil: just after the target's own time.
+    public mutating func onPullFinished(_ outcome: PullOutcome, now: Duration, wallMillis: Int64? = nil) -> [Directive] {
         guard case .pulling(let finished) = mode else { return decide(now: now) }
         mode = .idle
         switch outcome {
         case .synced(let token):
             publishedToken = token
-            if token == target?.token { avoid = [:] }
+            if token == target?.token {
+                avoid = [:]
+            } else if finished.source == .upstream, !token.isEmpty {
+                // The pull read upstream's token file itself and found another token (a push landed between our poll
+                // and the pull, and the pull took it or found it already here): that is upstream's answer, as a poll's
+                // would be. Kept as the target, the older token would be pulled again at once, for ever (each pull
+                // finding the newer one "up to date"), and our record, syncing from upstream on every round, would keep
+                // every member from polling (``onTick(now:)`` leaves upstream alone while someone pulls from it).
+                let seen = max(wallMillis ?? .min, (target?.seenMillis ?? .min) &+ 1)
+                setTarget(token, seenMillis: seen, confirmed: true)
+            }
         case .busy:
             avoid[finished.source] = now + configuration.busyBackoff
         case .tokenMismatch, .failed:

@@ -708,7 +708,7 @@ public struct Simulation {
             $0.source = ""
             $0.syncState = published == $0.targetToken ? .inSync : .waiting
         }
-        coordinate(i, nodes[i].coordinator.onPullFinished(outcome, now: d))
+        coordinate(i, nodes[i].coordinator.onPullFinished(outcome, now: d, wallMillis: wallMillis(i)))
     }
 
     mutating func abortTransfers(touching i: Int) {

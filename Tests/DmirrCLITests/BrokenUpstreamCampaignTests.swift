@@ -17,6 +17,8 @@ import Testing
     /// How long a member avoids upstream after a failed pull or fetch: the larger of 5 s and `[upstream] poll` (1 s in
     /// the test fleet; 5 minutes by default).
     static let backoff = 5.0
+    /// How long each broken push is watched: long enough for every member to try it at least twice (the backoff is 5 s).
+    static let watch = 12.0
 
     /// The publish modes to run (`DMIRR_BROKEN_PUBLISH`, default both).
     static let modes = (ProcessInfo.processInfo.environment["DMIRR_BROKEN_PUBLISH"] ?? "snapshot,in-place").split(separator: ",").map(String.init)
@@ -92,7 +94,7 @@ import Testing
         // 1. Metadata naming a package upstream does not have.
         try fleet.upstream.push(add: [.init("ghost", "1.0")], token: "push-2")
         try FileManager.default.removeItem(atPath: fleet.upstream.tree + "/Packages/ghost-1.0-1.noarch.rpm")
-        report.append(try refusedByAll("push-2", for: 20, because: "missing", keeping: "push-1"))
+        report.append(try refusedByAll("push-2", for: Self.watch, because: "missing", keeping: "push-1"))
 
         // 2. A truncated primary.xml.gz (the package is back, the metadata cut short).
         try fleet.upstream.push(add: [.init("ghost", "1.0")], token: "push-3")
@@ -101,7 +103,7 @@ import Testing
         let primaryPath = fleet.upstream.tree + "/repodata/" + primary
         let whole = try #require(FileManager.default.contents(atPath: primaryPath))
         try whole.prefix(whole.count / 2).write(to: URL(fileURLWithPath: primaryPath))
-        report.append(try refusedByAll("push-3", for: 20, because: "primary", keeping: "push-1"))
+        report.append(try refusedByAll("push-3", for: Self.watch, because: "primary", keeping: "push-1"))
 
         // Sound again.
         try fleet.upstream.push(add: [.init("sound", "1.0")], token: "push-4")
@@ -116,7 +118,7 @@ import Testing
         // 3. A rollback: upstream serves push-1's tree again.
         let back = try CLI.run("/usr/bin/rsync", ["-a", "--delete", references["push-1"]! + "/", fleet.upstream.tree + "/"])
         try #require(back.exitCode == 0, "\(back.stderr)")
-        report.append(try refusedByAll("push-1", for: 20, because: "refusing to go back", keeping: "push-4"))
+        report.append(try refusedByAll("push-1", for: Self.watch, because: "refusing to go back", keeping: "push-4"))
         let shown = (fleet.status("m0")?["members"] as? [[String: Any]] ?? []).compactMap { $0["last_error"] as? String }
         #expect(shown.contains { $0.contains("refusing to go back") }, "m0's status shows \(shown)")
         // The operator allows it: every member takes the older tree.

@@ -273,6 +273,29 @@ import Testing
         #expect(c.running?.token == "T3")
     }
 
+    /// A push lands between our poll (T2) and our upstream pull, which then takes T3 (or finds it already here): T3 is
+    /// upstream's word, as a poll's answer. Before, T2 stayed the target and was pulled again at once, for ever, each
+    /// pull finding T3 "up to date"; the record, syncing from upstream each round, kept every member from polling (the
+    /// broken-upstream campaign saw a fleet of four stuck so).
+    @Test func anUpstreamPullThatFindsANewerTokenTakesItAsUpstreamsAnswer() {
+        var c = SyncCoordinator(me: "solo", publishedToken: "T1", configuration: Self.config())
+        _ = c.onView([], wallMillis: 0, now: .zero)
+        #expect(Self.pulls(c.onUpstreamToken("T2", wallMillis: 1_000, now: .seconds(5))) == [.upstream])
+        let after = c.onPullFinished(.synced(token: "T3"), now: .seconds(8), wallMillis: 4_000)
+        #expect(Self.pulls(after).isEmpty, "pulled again: \(after)")
+        #expect(c.target?.token == "T3" && c.target?.confirmed == true && c.target?.seenMillis == 4_000)
+        #expect(c.running == nil)
+        // In sync: the watchers' poll goes on as usual (nobody is pulling from upstream).
+        #expect(c.onTick(now: .seconds(20)).contains(.pollUpstream))
+        // A peer pull is pinned to the peer's token: its outcome names that token, and nothing else moves the target.
+        var p = SyncCoordinator(me: "z", publishedToken: "T1", configuration: Self.config())
+        _ = p.onView([Self.record("s", published: "T2", target: "T2", seen: 5),
+                      Self.record("t", published: "T2", target: "T2", seen: 5, serveSlots: 0)], wallMillis: 10, now: .zero)
+        #expect(Self.pulls(p.onUpstreamToken("T2", wallMillis: 10, now: .zero)) == [.peer("s")])
+        _ = p.onPullFinished(.synced(token: "T2"), now: .seconds(3), wallMillis: 20)
+        #expect(p.target?.token == "T2" && p.target?.seenMillis == 5)
+    }
+
     @Test func peersServeOnlyATokenWhoseManifestIsAttested() {
         // One upstream slot, taken by u; s holds T2 but nobody attests it (it got T2 from a peer, say).
         var c = SyncCoordinator(me: "a", publishedToken: "T1", configuration: Self.config(slots: 1))
