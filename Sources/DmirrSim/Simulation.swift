@@ -58,6 +58,11 @@ public struct Scenario: Sendable, Equatable {
         public var splitFor = 90.0
         /// During the split upstream answers one half only: the other half's polls and upstream pulls fail.
         public var upstreamOneSide = false
+        /// Upstream pushes again this many seconds after the first push (token T2): a pull started for T1 reads
+        /// upstream's token file and finds T2, as the agent's pipeline would.
+        public var repushAfter: Double?
+        /// The first push is broken (no mirror can verify it; every pull of T1 fails), so only the second can be taken.
+        public var brokenFirstPush = false
         public var window = 120.0
         public init() {}
     }
@@ -71,8 +76,9 @@ public struct Scenario: Sendable, Equatable {
     public init() {}
 
     /// A mix of every failure kind drawn from the seed: up to 10 % killed, 5 % stopped for 30 s, 5 % cut off for
-    /// 60 s, 10 % slow sources, 5 % lying peers, 10 % with a host clock up to 10 minutes off, and in half the runs a
-    /// split into two halves for 90 s (in half of those, upstream reachable from one half only). The simulator tests
+    /// 60 s, 10 % slow sources, 5 % lying peers, 10 % with a host clock up to 10 minutes off, in half the runs a
+    /// split into two halves for 90 s (in half of those, upstream reachable from one half only), and in half a second
+    /// push 1–30 s after the first (in half of those, the first one broken: nobody can verify it). The simulator tests
     /// and `dmirr-sim --random-failures` use it.
     public mutating func drawFailures() {
         var rng = SeededRandom(seed: seed)
@@ -84,6 +90,8 @@ public struct Scenario: Sendable, Equatable {
         failures.skew = Double(Int.random(in: 0...10, using: &rng)) / 100
         failures.split = Bool.random(using: &rng)
         failures.upstreamOneSide = failures.split && Bool.random(using: &rng)
+        failures.repushAfter = Bool.random(using: &rng) ? Double(Int.random(in: 1...30, using: &rng)) : nil
+        failures.brokenFirstPush = failures.repushAfter != nil && Bool.random(using: &rng)
         failuresDrawn = true
     }
 
@@ -124,6 +132,8 @@ public struct Scenario: Sendable, Equatable {
             add("--skew-by", f.skewBy, base.skewBy)
             if f.split { out.append("--split") }
             if f.upstreamOneSide { out.append("--split-upstream-one-side") }
+            if let after = f.repushAfter { out += ["--repush-after", Self.number(after)] }
+            if f.brokenFirstPush { out.append("--broken-first-push") }
         }
         return out
     }
@@ -190,6 +200,7 @@ public struct Simulation {
         case heal(Int)
         case split(healAt: Double)
         case unsplit
+        case repush
 
         /// Whether the fleet can have converged after this event: only a finished pull or a death changes who holds the
         /// token (checking after every event would cost a pass over all mirrors per gossip frame).
@@ -342,6 +353,7 @@ public struct Simulation {
         }
         for i in 0..<n { queue.push(.tick(i), at: Double.random(in: 0..<scenario.gossip, using: &rng)) }
         queue.push(.push, at: scenario.pushAt)
+        if let after = f.repushAfter, scenario.idleWindow == nil { queue.push(.repush, at: scenario.pushAt + after) }
     }
 
     // MARK: Running
@@ -357,10 +369,13 @@ public struct Simulation {
             handle(event)
             if let idle = scenario.idleWindow {
                 if now >= scenario.pushAt + idle { break }
-            } else if now > scenario.pushAt, event.mayConverge, everyoneHasTheToken { break }
+            } else if now > scenario.pushAt, event.mayConverge, !repushPending, everyoneHasTheToken { break }
         }
         return finish()
     }
+
+    /// A second push is still to come: converging on the first is not the end.
+    var repushPending: Bool { scenario.failures.repushAfter != nil && upstreamToken != "T2" }
 
     var honestSurvivors: [Int] { nodes.indices.filter { nodes[$0].alive && !nodes[$0].liar } }
 
@@ -465,6 +480,10 @@ public struct Simulation {
             finishPull(i, outcome)
         case .push:
             if scenario.idleWindow == nil { upstreamToken = "T1" }
+        case .repush:
+            // Times to converge are measured to the final token, from the first push.
+            upstreamToken = "T2"
+            reachedAt = [:]
         case .kill(let i):
             nodes[i].alive = false
             abortTransfers(touching: i)
@@ -620,6 +639,13 @@ public struct Simulation {
                 queue.push(.pullFinished(i, pull: pull.number, .busy), at: now + scenario.latency)
                 return
             }
+            // The pipeline reads upstream's token file first and syncs whatever it names: a push since our poll is
+            // what this pull takes (and reports), and a tree that already holds it is up to date at once.
+            nodes[i].pull?.token = upstreamToken
+            if nodes[i].published == upstreamToken {
+                queue.push(.pullFinished(i, pull: pull.number, .synced(token: upstreamToken)), at: now + scenario.latency)
+                return
+            }
             // The bound holds among pulls started on agreed plans. A member that started on the agreement deadline
             // (views that would not agree, or a member cut off from most of the fleet) is outside it by design, and
             // shows in the peak-concurrency column instead.
@@ -681,7 +707,8 @@ public struct Simulation {
         guard let pull = nodes[i].pull, pull.transfer == id else { return }
         // Verification: a tree from a lying peer fails the packages check; anything else is the genuine tree.
         let bad = transfer.source >= 0 && nodes[transfer.source].tampered
-        let outcome: SyncCoordinator.PullOutcome = bad ? .failed("verification failed") : .synced(token: pull.token)
+        let broken = scenario.failures.brokenFirstPush && pull.token == "T1"
+        let outcome: SyncCoordinator.PullOutcome = bad || broken ? .failed("verification failed") : .synced(token: pull.token)
         queue.push(.pullFinished(i, pull: pull.number, outcome), at: now)
     }
 

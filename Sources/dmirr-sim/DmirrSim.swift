@@ -40,6 +40,8 @@ struct DmirrSimCommand: ParsableCommand {
     @Option(help: "How far off a skewed clock may be, s (drawn either way).") var skewBy = 600.0
     @Flag(help: "Split the fleet into two random halves for 90 s in that window.") var split = false
     @Flag(help: "During the split, upstream answers one half only.") var splitUpstreamOneSide = false
+    @Option(help: "Upstream pushes again this many s after the first push.") var repushAfter: Double?
+    @Flag(help: "With --repush-after: the first push is broken (no mirror can verify it).") var brokenFirstPush = false
     @Option(help: "Seeds run at once (threads); the lines still come out in seed order.") var jobs = 1
     @Option(help: "Virtual hours before a run gives up.") var horizonHours = 4.0
     @Flag(help: "Skip the cron baseline.") var noBaseline = false
@@ -81,6 +83,8 @@ struct DmirrSimCommand: ParsableCommand {
         base.failures.skewBy = skewBy
         base.failures.split = split || splitUpstreamOneSide
         base.failures.upstreamOneSide = splitUpstreamOneSide
+        base.failures.repushAfter = repushAfter
+        base.failures.brokenFirstPush = brokenFirstPush && repushAfter != nil
         let syncSeconds = base.delta / min(base.mirrorBandwidth, base.upstreamBandwidth)
         print("dmirr-sim: N=\(nodes) C=\(slots) F=\(serveSlots) upstream max connections \(upstreamMax), delta \(fmt(delta)) MB, "
               + "mirror \(fmt(mirrorBw)) MB/s, upstream \(fmt(upstreamBw)) MB/s (one sync ≈ \(fmt(syncSeconds)) s), latency \(fmt(latency)) ms, "

@@ -216,7 +216,7 @@ import Testing
     ///
     /// `DMIRR_SLOT_ROUNDS` (2 in the suite).
     @Test func aMemberKilledHoldingTheUpstreamSlotFreesItInBoundAndNeverTwice() throws {
-        let rounds = Self.setting("DMIRR_SLOT_ROUNDS", 2)
+        let rounds = Self.setting("DMIRR_SLOT_ROUNDS", 1)
         let replay = "DMIRR_SLOT_ROUNDS=\(rounds) swift test --skip-build --filter 'FaultCampaignTests/aMemberKilled'"
         let lab = try NetLab(tag: "slt")
         // 1 MB at 300 KB/s: each pull holds the slot for about 3.5 s, long enough to be killed in.
@@ -272,9 +272,9 @@ import Testing
     /// one once it runs again (it heard nothing for the whole freeze); upstream never serves more than `[upstream]
     /// slots` tree pulls at once; the frozen member catches up after SIGCONT.
     ///
-    /// `DMIRR_STALL_SECONDS` (a comma-separated list; "5,30" in the suite, "5,30,120" for the full campaign).
+    /// `DMIRR_STALL_SECONDS` (a comma-separated list; "5,15" in the suite, "5,30,120" for the full campaign).
     @Test func aFrozenMemberCatchesUpAndNoHealthyOneIsSuspected() throws {
-        let durations = (ProcessInfo.processInfo.environment["DMIRR_STALL_SECONDS"] ?? "5,30").split(separator: ",").compactMap { Int($0) }
+        let durations = (ProcessInfo.processInfo.environment["DMIRR_STALL_SECONDS"] ?? "5,15").split(separator: ",").compactMap { Int($0) }
         let replay = "DMIRR_STALL_SECONDS=\(durations.map(String.init).joined(separator: ",")) swift test --skip-build --filter 'FaultCampaignTests/aFrozenMember'"
         let lab = try NetLab(tag: "stl")
         let victim = "m4"

@@ -85,6 +85,22 @@ import Testing
         #expect(t100 < 3600)
     }
 
+    /// Upstream pushes again while the first push spreads, at every moment of it in turn: pulls started for T1 read
+    /// upstream's token file and find T2, and every member ends on T2. (Before the coordinator took such a token as
+    /// upstream's answer, a member that found T2 pulled T1 again for ever, and nobody polled again.)
+    @Test(arguments: [false, true]) func aSecondPushWhileTheFirstSpreadsIsFollowedByEveryone(brokenFirst: Bool) {
+        for after in stride(from: 2.0, through: 30.0, by: 2.0) {
+            var s = Self.scenario(n: 30, seed: 11)
+            s.failures.repushAfter = after
+            // A first push nobody can verify (the broken-upstream campaign's case): its pulls are retried, so one is
+            // under way when the second push lands, and no peer holds T1 to take it from instead.
+            s.failures.brokenFirstPush = brokenFirst
+            let r = Simulation.run(s)
+            #expect(r.violations.isEmpty, "second push \(after) s after the first (broken first: \(brokenFirst)): \(r.violations.prefix(2))")
+            #expect(r.t100 != nil && r.t100! >= after, "second push \(after) s after the first: t100 \(r.t100 ?? -1)")
+        }
+    }
+
     /// The command a failing seed prints runs exactly that seed again: the built `dmirr-sim` given
     /// `replayArguments` prints the figures this process computed for it.
     @Test func aSeedReplaysExactlyFromItsPrintedCommand() throws {
@@ -111,7 +127,7 @@ import Testing
         // lying peers at once, each seed with its own mix: the short form of the simulation campaign (its full form,
         // 10,000 seeds of dmirr-sim, is in docs/reliability.md). DMIRR_SIM_SEEDS raises the count here.
         // The seeds run on every core (each run is a value; nothing is shared); `.ci/run` runs the suites one at a time.
-        let seeds = ProcessInfo.processInfo.environment["DMIRR_SIM_SEEDS"].flatMap(Int.init) ?? 30
+        let seeds = ProcessInfo.processInfo.environment["DMIRR_SIM_SEEDS"].flatMap(Int.init) ?? 20
         let runs = Mutex([UInt64: RunResult]())
         DispatchQueue.concurrentPerform(iterations: seeds) { k in
             var s = Self.scenario(n: 100, seed: UInt64(k + 1))
