@@ -58,7 +58,8 @@ import Testing
         init(size: Int, mirrorExtra: String = "", serving: Bool = false, upstreamSlots: Int = 2, poll: String = "1s",
              upstreamMaxConnections: Int = 0, extraModules: [RsyncDaemon.Module] = [], upstreamURLs: [String: String] = [:],
              peersExtra: String = "", http: Bool = false, mirrorExtraFor: [String: String] = [:], listenExtra: String = "",
-             suspectAfter: String = "2s", downAfter: String = "5s", lab: NetLab? = nil, certificatesIssuedAgo: String? = nil) throws {
+             suspectAfter: String = "2s", downAfter: String = "5s", lab: NetLab? = nil, certificatesIssuedAgo: String? = nil,
+             atomicUpstream: Bool = false) throws {
             self.lab = lab
             self.mirrorExtra = mirrorExtra
             self.listenExtra = listenExtra
@@ -74,7 +75,8 @@ import Testing
                 for host in ["upstream"] + names { try lab.add(host) }
             }
             upstream = try Upstream(in: dir, packages: [.init("alpha", "1.0"), .init("beta", "1.0")], token: "push-1",
-                                    maxConnections: upstreamMaxConnections, extraModules: extraModules, host: lab?.host("upstream"))
+                                    maxConnections: upstreamMaxConnections, extraModules: extraModules, host: lab?.host("upstream"),
+                                    atomic: atomicUpstream)
             self.upstreamURLs = upstreamURLs.mapValues {
                 $0.replacingOccurrences(of: "UPSTREAM", with: "\(upstream.daemon.address):\(upstream.daemon.port)")
             }

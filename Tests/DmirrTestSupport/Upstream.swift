@@ -2,29 +2,112 @@ import DmirrFixtures
 import Foundation
 
 /// A real upstream for live tests: a yum repo built with rpmbuild + createrepo_c, served by `rsync --daemon`.
+///
+/// By default a push changes the served tree in place, as most upstreams do: new packages, then new metadata, then the
+/// token. For a moment before the token is written, that tree can be sound under the *old* token, and a mirror that
+/// pulls then faithfully copies it under that name. A test that must know exactly which trees upstream served under
+/// which token (a broken push must never become sound under its own name) uses an `atomic` upstream: its served path is
+/// a symlink to one version directory, and every push builds the next version beside it and swaps the link, so each
+/// daemon session sees one whole version.
 public final class Upstream: @unchecked Sendable {
-    public let tree: String
+    /// The path the daemon serves: the tree itself, or (atomic) the symlink to the current version.
+    public let servedPath: String
+    public let atomic: Bool
     public let daemon: RsyncDaemon
     public var url: String { daemon.url("repo") }
+    /// The current tree (for an atomic upstream, the version directory the served symlink names).
+    public var tree: String {
+        guard atomic, let target = try? FileManager.default.destinationOfSymbolicLink(atPath: servedPath) else { return servedPath }
+        return target.hasPrefix("/") ? target : (servedPath as NSString).deletingLastPathComponent + "/" + target
+    }
+    private var version = 0
 
     public init(
         in directory: TestDirectory, packages: [YumRepo.Package], token: String, maxConnections: Int = 0,
-        users: [(user: String, password: String)] = [], extraModules: [RsyncDaemon.Module] = [], host: NetLab.Host? = nil
+        users: [(user: String, password: String)] = [], extraModules: [RsyncDaemon.Module] = [], host: NetLab.Host? = nil,
+        atomic: Bool = false
     ) throws {
-        tree = directory.sub("upstream")
-        try YumRepo.make(at: tree, packages: packages, token: token)
+        servedPath = directory.sub("upstream")
+        self.atomic = atomic
+        if atomic {
+            let first = servedPath + ".v0"
+            try YumRepo.make(at: first, packages: packages, token: token)
+            try FileManager.default.createSymbolicLink(atPath: servedPath, withDestinationPath: first)
+        } else {
+            try YumRepo.make(at: servedPath, packages: packages, token: token)
+        }
         daemon = try RsyncDaemon(
             directory: directory.sub("rsyncd"),
-            modules: [.init(name: "repo", path: tree, maxConnections: maxConnections, users: users)] + extraModules,
+            modules: [.init(name: "repo", path: servedPath, maxConnections: maxConnections, users: users)] + extraModules,
             namespace: host.map { ($0.namespace, $0.address) })
     }
 
-    /// An upstream push: adds packages, removes others, regenerates the metadata, then writes the new token.
-    public func push(add: [YumRepo.Package] = [], remove: [String] = [], token: String) throws {
-        try YumRepo.buildRPMs(add, into: tree + "/Packages")
-        for name in remove { try FileManager.default.removeItem(atPath: tree + "/Packages/" + name) }
-        try YumRepo.createrepo(tree)
-        try setToken(token)
+    /// An upstream push: adds packages, removes others, regenerates the metadata, runs `beforeToken` on the new tree
+    /// (a test breaks the push there, so it is never sound under its token), then writes the new token. An atomic
+    /// upstream does all of it in the next version directory and then swaps the served link.
+    public func push(add: [YumRepo.Package] = [], remove: [String] = [], token: String,
+                     beforeToken: (String) throws -> Void = { _ in }) throws {
+        try change(token: token) { tree in
+            try YumRepo.buildRPMs(add, into: tree + "/Packages")
+            for name in remove { try FileManager.default.removeItem(atPath: tree + "/Packages/" + name) }
+            try YumRepo.createrepo(tree)
+            try beforeToken(tree)
+        }
+    }
+
+    /// Serves a copy of `reference` (a tree kept earlier) again, with the token it holds: a rollback. An atomic upstream
+    /// swaps to it in one step; otherwise it is copied over the tree in place.
+    public func serveCopy(of reference: String) throws {
+        guard atomic else {
+            try Self.copy(reference + "/", to: tree + "/", delete: true)
+            return
+        }
+        let next = nextVersion()
+        try Self.copy(reference + "/", to: next, delete: false)
+        try swap(to: next)
+    }
+
+    private func change(token: String, _ edit: (String) throws -> Void) throws {
+        guard atomic else {
+            try edit(tree)
+            try setToken(token)
+            return
+        }
+        let next = nextVersion()
+        try Self.copy(tree + "/", to: next, delete: false)
+        try edit(next)
+        try (token + "\n").write(toFile: next + "/CURRENT", atomically: true, encoding: .utf8)
+        try swap(to: next)
+    }
+
+    private func nextVersion() -> String {
+        version += 1
+        return servedPath + ".v\(version)"
+    }
+
+    /// Points the served link at `next` in one rename; sessions already running keep the version they started in.
+    private func swap(to next: String) throws {
+        let link = servedPath + ".link"
+        try? FileManager.default.removeItem(atPath: link)
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: next)
+        guard rename(link, servedPath) == 0 else {
+            throw TestFailure("cannot swap \(servedPath) to \(next): errno \(errno)")
+        }
+    }
+
+    /// A real copy (not hard links: a test may truncate a file of one version in place).
+    private static func copy(_ from: String, to: String, delete: Bool) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/rsync")
+        process.arguments = ["-a"] + (delete ? ["--delete"] : []) + [from, to]
+        let errors = Pipe()
+        process.standardError = errors
+        try process.run()
+        let message = errors.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw TestFailure("rsync \(from) to \(to) failed: \(String(decoding: message, as: UTF8.self))")
+        }
     }
 
     public func setToken(_ token: String) throws {
