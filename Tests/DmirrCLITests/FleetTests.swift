@@ -51,6 +51,11 @@ import Testing
         /// Separate hosts: upstream (host `upstream`) and every member in a network namespace of their own, so that the
         /// fault campaigns can cut links. Nil: everything on loopback.
         let lab: NetLab?
+        /// Slow, lossy links (``LinkProxy``): every connection to a member's peer port, to its rsync daemon and to
+        /// upstream goes through a proxy of its own with this profile, and members advertise and dial the proxies.
+        let links: LinkProxy.Profile?
+        /// "peer-m0", "rsync-m0", …, "upstream": the proxies, when `links` is set.
+        var proxies: [String: LinkProxy] = [:]
 
         /// - Parameters:
         ///   - upstreamMaxConnections: the upstream daemon's own `max connections` (0: none).
@@ -59,8 +64,9 @@ import Testing
              upstreamMaxConnections: Int = 0, extraModules: [RsyncDaemon.Module] = [], upstreamURLs: [String: String] = [:],
              peersExtra: String = "", http: Bool = false, mirrorExtraFor: [String: String] = [:], listenExtra: String = "",
              suspectAfter: String = "2s", downAfter: String = "5s", lab: NetLab? = nil, certificatesIssuedAgo: String? = nil,
-             atomicUpstream: Bool = false) throws {
+             atomicUpstream: Bool = false, links: LinkProxy.Profile? = nil) throws {
             self.lab = lab
+            self.links = links
             self.mirrorExtra = mirrorExtra
             self.listenExtra = listenExtra
             self.suspectAfter = suspectAfter
@@ -103,15 +109,31 @@ import Testing
                                                     namespace: lab.map { ($0.host(name).namespace, $0.host(name).address) })
                 }
             }
+            if let links {
+                precondition(lab == nil, "link proxies listen on loopback")
+                // Only the bulk transfers are limited in bandwidth (as in the simulator); gossip sees latency and loss.
+                var gossip = links
+                gossip.bandwidth = nil
+                for (i, name) in names.enumerated() {
+                    proxies["peer-\(name)"] = try LinkProxy(to: "127.0.0.1", port: ports[name]!, profile: gossip, seed: UInt64(2 * i + 1))
+                    if let server = servers[name] {
+                        proxies["rsync-\(name)"] = try LinkProxy(to: "127.0.0.1", port: server.port, profile: links, seed: UInt64(2 * i + 2))
+                    }
+                }
+                proxies["upstream"] = try LinkProxy(to: "127.0.0.1", port: upstream.daemon.port, profile: links, seed: 99)
+            }
             for (i, name) in names.enumerated() {
                 // Each seeds the previous one (the first seeds the last): a ring to start from, not a mesh.
                 let seed = names[(i + size - 1) % size]
-                try config(name, seeds: ["\(address(seed)):\(ports[seed]!)"]).write(toFile: configPath(name), atomically: true, encoding: .utf8)
+                try config(name, seeds: ["\(address(seed)):\(peerPort(seed))"]).write(toFile: configPath(name), atomically: true, encoding: .utf8)
             }
         }
 
         /// Where a member listens: its own host's address, or loopback.
         func address(_ name: String) -> String { lab?.hosts[name]?.address ?? "127.0.0.1" }
+
+        /// The port other members dial for `name`: its own, or its link proxy's.
+        func peerPort(_ name: String) -> Int { proxies["peer-\(name)"]?.port ?? ports[name]! }
 
         func configPath(_ name: String) -> String { dir.sub("\(name).toml") }
         func mirror(_ name: String) -> String { dir.sub("mirror-\(name)") }
@@ -121,17 +143,18 @@ import Testing
             node = "\(name)"
             fleet = "test"
             [upstream]
-            url = "\(upstreamURLs[name] ?? upstream.url)"
+            url = "\(upstreamURLs[name] ?? proxies["upstream"].map { "rsync://127.0.0.1:\($0.port)/repo" } ?? upstream.url)"
             poll = "\(poll)"
             timeout = "20s"
             slots = \(upstreamSlots)
             [mirror]
             path = "\(mirror(name))"
-            \(servers[name].map { "rsync_url = \"\($0.url("mirror"))\"\nserve_slots = 2" } ?? "")
+            \(servers[name].map { "rsync_url = \"\(proxies["rsync-\(name)"].map { "rsync://127.0.0.1:\($0.port)/mirror" } ?? $0.url("mirror"))\"\nserve_slots = 2" } ?? "")
             \(mirrorExtra)
             \(mirrorExtraFor[name] ?? "")
             [listen]
             peer = "\(address(name)):\(ports[name]!)"
+            \(proxies["peer-\(name)"].map { "advertise = \"127.0.0.1:\($0.port)\"" } ?? "")
             \(httpPorts[name].map { "metrics = \"\(address(name)):\($0)\"" } ?? "")
             \(listenExtra)
             [tls]
@@ -188,6 +211,7 @@ import Testing
             for agent in agents.values { agent.killGroup() }
             for server in servers.values { server.stop() }
             upstream.stop()
+            for proxy in proxies.values { proxy.stop() }
             lab?.close()
         }
 
