@@ -16,17 +16,8 @@ import Testing
 /// `DMIRR_CRASH_KILLS=100 swift test --skip-build --filter CrashCampaignTests`. The moments come from a seeded generator
 /// (`DMIRR_CRASH_SEED`, 1 by default), so a failing run replays with the seed it prints.
 @Suite(.serialized) struct CrashCampaignTests {
-    /// A small seeded generator (SplitMix64): the same seed, the same kill moments.
-    struct Moments {
-        var state: UInt64
-        mutating func next() -> Double {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return Double((z ^ (z >> 31)) >> 11) / Double(1 << 53)
-        }
-    }
+    /// The same seed, the same kill moments.
+    typealias Moments = SeededRandom
 
     /// Reads the served tree every 100 ms until stopped; keeps what was inconsistent. A sample whose `CURRENT` or
     /// `repomd.xml` changed while it was being checked is discarded (a client would have re-read them too).

@@ -64,7 +64,7 @@ public final class LinkProxy: @unchecked Sendable {
     private let listener: Int32
     private let target: (host: String, port: Int)
     private let lock = NSLock()
-    private var random: UInt64
+    private var random: SeededRandom
     /// Per direction (0: towards `target`, 1: back): when the link is free to start the next segment.
     private var linkFree: [Double] = [0, 0]
     private var stopped = false
@@ -76,7 +76,7 @@ public final class LinkProxy: @unchecked Sendable {
     public init(to host: String, port targetPort: Int, profile: Profile, seed: UInt64) throws {
         target = (host, targetPort)
         self.profile = profile
-        random = seed &+ 0x9E37_79B9_7F4A_7C15
+        random = SeededRandom(state: seed)
         listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var one: Int32 = 1
         setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -184,14 +184,6 @@ public final class LinkProxy: @unchecked Sendable {
         return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
     }
 
-    private func nextRandom() -> Double {
-        random &+= 0x9E37_79B9_7F4A_7C15
-        var z = random
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return Double((z ^ (z >> 31)) >> 11) / Double(1 << 53)
-    }
-
     /// When a segment of `length` bytes read now is delivered (see the type's description).
     private func deliveryTime(length: Int, direction: Int) -> Double {
         let now = Self.now()
@@ -199,7 +191,7 @@ public final class LinkProxy: @unchecked Sendable {
             counts.segments += 1
             counts.bytes += Int64(length)
             var stall = 0.0
-            if profile.loss > 0, nextRandom() < profile.loss {
+            if profile.loss > 0, random.next() < profile.loss {
                 stall = Profile.retransmit
                 counts.lost += 1
             }
