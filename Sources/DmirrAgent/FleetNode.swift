@@ -387,7 +387,15 @@ public actor FleetNode {
             }
             // Verified off the actor (a batch of up to the cap costs tens of milliseconds of signature checks); other
             // peers' messages are handled meanwhile, and this session's next message waits for this one.
-            let batch = records.records
+            // Records no newer than what we hold cannot change anything: dropped before their signatures are checked.
+            let claimed = records.records.map { signed in
+                (try? WireMemberRecord(serializedBytes: Array(signed.record))).map {
+                    (node: $0.node, version: RecordVersion(generation: $0.generation, heartbeat: $0.heartbeat))
+                }
+            }
+            let newer = membership.newerThanHeld(claimed, from: session.peer.name, now: now)
+            let batch = zip(records.records, newer).filter(\.1).map(\.0)
+            guard !batch.isEmpty else { break }
             let (results, cache) = await signer.verify(batch: batch, known: authors, now: clock.wallNow)
             authors.merge(cache)
             for (index, result) in results.enumerated() {

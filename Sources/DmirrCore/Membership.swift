@@ -158,6 +158,8 @@ public struct Membership: Sendable {
     public private(set) var connected: Set<String> = []
     /// When a frame last arrived from each peer we have a link to (or had).
     private var heardAt: [String: Duration] = [:]
+    /// Per linked peer, the versions sent to it lately in answer to its digests, and when (see ``resendAfter``).
+    private var answered: [String: [String: (version: RecordVersion, at: Duration)]] = [:]
     /// Peers whose silence we judge ourselves: connected now, or lost and not seen advancing since.
     private var watching: Set<String> = []
     /// When a suspicion of each member first reached us.
@@ -237,6 +239,7 @@ public struct Membership: Sendable {
     public mutating func onDisconnected(_ peer: String, deliberate: Bool = false) {
         connected.remove(peer)
         lastSentTo[peer] = nil
+        answered[peer] = nil
         greet.remove(peer)
         if deliberate {
             if watching.remove(peer) != nil { dirty.insert(peer) }
@@ -541,7 +544,8 @@ public struct Membership: Sendable {
             return theirVersions[node].map { mine > $0 } ?? true
         }
         var out: [Directive] = []
-        if !newerHere.isEmpty { out.append(.sendRecords(to: peer, nodes: newerHere)) }
+        let unanswered = notSentLately(newerHere, to: peer, now: now)
+        if !unanswered.isEmpty { out.append(.sendRecords(to: peer, nodes: unanswered)) }
         if scope == .announce {
             // The peer holds these versions: no need to announce them back to it.
             for (node, version) in theirVersions where versions[node] == version {
@@ -575,6 +579,34 @@ public struct Membership: Sendable {
         let reply = wanted.map { DigestEntry(node: $0, version: versions[$0] ?? RecordVersion(generation: 0, heartbeat: 0)) }
         out.append(.sendDigest(to: peer, entries: reply, scope: .reply))
         return out
+    }
+
+    /// How long a version sent to a peer in answer to its digest is not sent to it again: two gossip rounds. A peer
+    /// that repeats a digest before our records reached it, or one that floods us with digests naming old versions,
+    /// is not answered with the same records each time (each answer costs us encoding, TLS and its link); an honest
+    /// peer whose copy went missing asks again after this, and a new link starts afresh.
+    public var resendAfter: Duration { configuration.gossipInterval * 2 }
+
+    private mutating func notSentLately(_ candidates: [String], to peer: String, now: Duration) -> [String] {
+        var sent = answered[peer] ?? [:]
+        // Entries of members since forgotten, or long answered, go once the table outgrows the member list.
+        if sent.count > nodes.count { sent = sent.filter { versions[$0.key] != nil && now - $0.value.at < resendAfter } }
+        let unanswered = candidates.filter { node in
+            guard let last = sent[node], last.version == versions[node], now - last.at < resendAfter else { return true }
+            return false
+        }
+        for node in unanswered { sent[node] = (versions[node]!, now) }
+        answered[peer] = sent
+        return unanswered
+    }
+
+    /// Which records of a peer's message could change anything here: those newer than the version held (ours
+    /// included). The shell checks the signatures of those only, so a peer repeating what we hold (a slow one, or a
+    /// flood) costs a decode per record, not a signature check; ``onRecord(_:signed:from:now:)`` would ignore the rest.
+    /// A claim the shell could not decode is nil and counts as newer: its check reports it. Counts as hearing from `peer`.
+    public mutating func newerThanHeld(_ claims: [(node: String, version: RecordVersion)?], from peer: String, now: Duration) -> [Bool] {
+        heard(peer, now: now)
+        return claims.map { claim in claim.map { c in versions[c.node].map { c.version > $0 } ?? true } ?? true }
     }
 
     /// A record whose signature the shell verified. Newer versions replace older ones; our own record is only ever

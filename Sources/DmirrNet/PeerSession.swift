@@ -71,11 +71,35 @@ public struct PeerMessages: AsyncSequence {
     let frames: NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator
     let session: PeerSession
 
+    /// Frames a second one link may deliver, sustained, and the burst it may send at once. Past them the next frame is
+    /// read only when the pace allows: reads stop, NIO stops reading the socket, and the peer's writes wait. An honest
+    /// peer sends a few frames a gossip round (a fleet of 10,000 catching up sends about 40 batches of records), so a
+    /// flood of valid frames from one member costs the agent at most this pace, whatever its sender can do.
+    public static let framesPerSecond = 100.0
+    public static let frameBurst = 500.0
+
+    /// A token bucket over one link's frames.
+    struct Pace {
+        var tokens = PeerMessages.frameBurst
+        var last = ContinuousClock.now
+
+        /// How long to wait before the next frame may be handled.
+        mutating func take(now: ContinuousClock.Instant) -> Duration {
+            tokens = Swift.min(PeerMessages.frameBurst, tokens + Double((now - last) / .milliseconds(1)) * PeerMessages.framesPerSecond / 1000)
+            last = now
+            tokens -= 1
+            return tokens >= 0 ? .zero : .milliseconds(-tokens * 1000 / PeerMessages.framesPerSecond)
+        }
+    }
+
     public struct AsyncIterator: AsyncIteratorProtocol {
         var frames: NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator
         let session: PeerSession
+        var pace = Pace()
 
         public mutating func next() async throws -> WireEnvelope? {
+            let wait = pace.take(now: .now)
+            if wait > .zero { try await Task.sleep(for: wait) }
             let frame: ByteBuffer?
             do {
                 frame = try await frames.next()

@@ -297,9 +297,56 @@ extension Membership {
         // b replies asking for c only (it holds an older c); it has a, b and d already.
         let ask = [Membership.DigestEntry(node: "c", version: .init(generation: 0, heartbeat: 0))]
         #expect(a.onDigest(from: "b", entries: ask, scope: .reply, now: .zero) == [.sendRecords(to: "b", nodes: ["c"])])
-        // The same entries as a full digest mean b lacks everything else too.
-        let full = a.onDigest(from: "b", entries: ask, scope: .full, now: .zero)
+        // The same entries as a full digest mean b lacks everything else too (c again: its answer is rounds old).
+        let full = a.onDigest(from: "b", entries: ask, scope: .full, now: .seconds(10))
         #expect(full.contains(.sendRecords(to: "b", nodes: ["a", "b", "c", "d"])))
+    }
+
+    /// A flood of digests naming old versions made an agent answer each with the same records (found by the abuse
+    /// campaign): the same version goes to the same peer at most once per two gossip rounds.
+    @Test func aRepeatedDigestIsNotAnsweredWithTheSameRecordsWithinTwoRounds() {
+        var a = Membership(me: "a", generation: 1)
+        _ = a.onOwnRecordSigned(MemberRecord(node: "a", generation: 1), signed: [1], now: .zero)
+        var c = MemberRecord(node: "c", generation: 1)
+        _ = a.onRecord(c, signed: [2], from: "x", now: .zero)
+        a.onConnected("b", now: .zero)
+        let old = [Membership.DigestEntry(node: "c", version: .init(generation: 0, heartbeat: 0))]
+        let window = a.resendAfter
+        #expect(a.onDigest(from: "b", entries: old, scope: .reply, now: .zero) == [.sendRecords(to: "b", nodes: ["c"])])
+        for k in 1...20 {
+            let repeated = a.onDigest(from: "b", entries: old, scope: .reply, now: window * k / 21)
+            #expect(repeated.isEmpty, "answered the same digest again at \(window * k / 21): \(repeated)")
+        }
+        // Another peer asking is answered; a newer version is sent at once; after the window, the same one again.
+        #expect(a.onDigest(from: "d", entries: old, scope: .reply, now: .milliseconds(10)) == [.sendRecords(to: "d", nodes: ["c"])])
+        c.heartbeat = 1
+        _ = a.onRecord(c, signed: [3], from: "x", now: .milliseconds(20))
+        #expect(a.onDigest(from: "b", entries: old, scope: .reply, now: .milliseconds(30)) == [.sendRecords(to: "b", nodes: ["c"])])
+        #expect(a.onDigest(from: "b", entries: old, scope: .reply, now: .milliseconds(40)).isEmpty)
+        #expect(a.onDigest(from: "b", entries: old, scope: .reply, now: .milliseconds(30) + window) == [.sendRecords(to: "b", nodes: ["c"])])
+        // A new link starts afresh: what went over the old one may not have arrived.
+        a.onDisconnected("b")
+        a.onConnected("b", now: .seconds(5))
+        #expect(a.onDigest(from: "b", entries: old, scope: .reply, now: .seconds(5)) == [.sendRecords(to: "b", nodes: ["c"])])
+    }
+
+    @Test func onlyRecordsNewerThanHeldAreWorthASignatureCheck() {
+        var a = Membership(me: "a", generation: 3)
+        _ = a.onOwnRecordSigned(MemberRecord(node: "a", generation: 3), signed: [1], now: .zero)
+        var c = MemberRecord(node: "c", generation: 2)
+        c.heartbeat = 5
+        _ = a.onRecord(c, signed: [2], from: "x", now: .zero)
+        let claims: [(node: String, version: RecordVersion)?] = [
+            ("c", .init(generation: 2, heartbeat: 5)),  // the one held
+            ("c", .init(generation: 2, heartbeat: 4)),  // older
+            ("c", .init(generation: 2, heartbeat: 6)),  // newer
+            ("c", .init(generation: 3, heartbeat: 0)),  // a new generation
+            ("e", .init(generation: 1, heartbeat: 0)),  // never heard of
+            ("a", .init(generation: 3, heartbeat: 0)),  // ours, as we are
+            ("a", .init(generation: 4, heartbeat: 0)),  // ours, newer: we restarted without state
+            nil,  // undecodable: its check reports it
+        ]
+        #expect(a.newerThanHeld(claims, from: "x", now: .zero) == [false, false, true, true, true, false, true, true])
     }
 
     @Test func olderRecordsNeverReplaceNewerOnes() {
