@@ -81,7 +81,9 @@ public struct PeerMessages: AsyncSequence {
     /// A token bucket over one link's frames.
     struct Pace {
         var tokens = PeerMessages.frameBurst
-        var last = ContinuousClock.now
+        var last: ContinuousClock.Instant
+
+        init(at start: ContinuousClock.Instant = .now) { last = start }
 
         /// How long to wait before the next frame may be handled.
         mutating func take(now: ContinuousClock.Instant) -> Duration {

@@ -352,6 +352,57 @@ enum RawPeer {
         }
     }
 
+    /// The pace one link's frames are handled at: a burst, then `framesPerSecond`, whatever the sender does.
+    @Test func aLinksFramesAreTakenAtTheCappedPace() {
+        let start = ContinuousClock.now
+        var pace = PeerMessages.Pace(at: start)
+        let burst = Int(PeerMessages.frameBurst)
+        // The burst goes through at once.
+        for i in 0..<burst { #expect(pace.take(now: start) == .zero, "frame \(i) of the burst waited") }
+        // Then each frame waits for its share of a second; a sender that keeps sending at once is held to the pace.
+        var at = start
+        for _ in 0..<1000 { at += pace.take(now: at) }
+        let rate = 1000 / ((at - start) / .seconds(1))
+        #expect(abs(rate - PeerMessages.framesPerSecond) < 1, "\(rate) frames a second")
+        // A quiet link earns its burst back, and no more.
+        at += .seconds(3600)
+        for _ in 0..<burst { #expect(pace.take(now: at) == .zero) }
+        #expect(pace.take(now: at) > .zero)
+    }
+
+    /// The same, live: a peer that sends status requests as fast as it can is answered at the capped pace, and the
+    /// server's reads stop meanwhile (the requests wait in the sockets, not in the server).
+    @Test func aFloodingPeerIsReadAtTheCappedPace() async throws {
+        let fleet = try TestFleet()
+        defer { fleet.dir.remove() }
+        try await Self.withServer(fleet) { port in
+            let sent = 2 * Int(PeerMessages.frameBurst)
+            let answers = ManagedCounter()
+            let tls = try fleet.tls("alice")
+            let started = ContinuousClock.now
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    try await PeerClient.connect(host: "127.0.0.1", port: port, tls: tls) { session, messages in
+                        var request = WireEnvelope()
+                        request.statusRequest = .init()
+                        for _ in 0..<sent { try await session.send(request) }
+                        for try await message in messages where message.statusResponse.node == "server" {
+                            if answers.increment() == sent { return }
+                        }
+                    }
+                }
+                group.addTask { try await Task.sleep(for: .seconds(30)) }
+                try await group.next()
+                group.cancelAll()
+            }
+            // All answered, and no sooner than the pace allows: the burst at once, the rest at `framesPerSecond`.
+            let seconds = (ContinuousClock.now - started) / .seconds(1)
+            let least = (Double(sent) - PeerMessages.frameBurst) / PeerMessages.framesPerSecond
+            #expect(answers.value == sent, "\(answers.value) of \(sent) answered in \(seconds) s")
+            #expect(seconds >= least * 0.95, "\(sent) frames handled in \(seconds) s; the pace allows no less than \(least) s")
+        }
+    }
+
     @Test func aSessionThatSendsNothingIsClosedAtItsIdleDeadline() async throws {
         let fleet = try TestFleet()
         defer { fleet.dir.remove() }

@@ -30,3 +30,13 @@ public final class ManagedFlag: @unchecked Sendable {
     public var value: Bool { lock.withLock { flag } }
     public func set() { lock.withLock { flag = true } }
 }
+
+/// A count kept by one task and read by another.
+public final class ManagedCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var count = 0
+    public init() {}
+    public var value: Int { lock.withLock { count } }
+    /// Adds one; returns the new count.
+    @discardableResult public func increment() -> Int { lock.withLock { count += 1; return count } }
+}
