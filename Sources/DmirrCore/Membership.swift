@@ -696,9 +696,14 @@ public struct Membership: Sendable {
         return true
     }
 
-    /// Members whose signed record expired before `wallMillis` (the shell's wall clock), ours excluded.
+    /// Members whose signed record expired before `wallMillis` (the shell's wall clock) by more than the clock skew
+    /// ``RecordPolicy`` allows at receipt, ours excluded. The same line as receipt's: a record forgotten here is also
+    /// refused if it comes again, and one still accepted at receipt is kept. (Forgetting at the expiry itself let a
+    /// peer that kept sending a just-expired record make it come and go every round, and each coming and going was
+    /// pushed to every other peer: 17 frames a second to the honest peer in the abuse campaign.)
     public func expired(atWallMillis wallMillis: Int64) -> [String] {
-        nodes.filter { $0 != me && entries[$0]!.record.expiresMillis > 0 && entries[$0]!.record.expiresMillis < wallMillis }
+        let line = wallMillis - RecordPolicy.Limit.skewMillis
+        return nodes.filter { $0 != me && entries[$0]!.record.expiresMillis > 0 && entries[$0]!.record.expiresMillis < line }
     }
 
     private mutating func heard(_ peer: String, now: Duration) {

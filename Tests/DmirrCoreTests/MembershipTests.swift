@@ -664,17 +664,25 @@ extension Membership {
         #expect(m0.entries["m2"]?.liveness == .alive)
     }
 
+    /// Listed once expired by more than receipt's clock skew, and never while receipt would still take the record.
     @Test func membersWhoseRecordsExpiredAreListed() {
+        let skew = RecordPolicy.Limit.skewMillis
         var m = Membership(me: "a", generation: 1)
         var b = MemberRecord(node: "b", generation: 1)
-        b.expiresMillis = 1_000
+        b.expiresMillis = 1_000_000
         var c = MemberRecord(node: "c", generation: 1)
-        c.expiresMillis = 5_000
+        c.expiresMillis = 5_000_000
         _ = m.onRecord(b, signed: [1], from: "b", now: .zero)
         _ = m.onRecord(c, signed: [2], from: "c", now: .zero)
-        #expect(m.expired(atWallMillis: 999) == [])
-        #expect(m.expired(atWallMillis: 1_001) == ["b"])
-        #expect(m.expired(atWallMillis: 6_000) == ["b", "c"])
+        #expect(m.expired(atWallMillis: 1_001_000) == [], "forgotten while receipt still takes it")
+        #expect(m.expired(atWallMillis: 1_000_000 + skew + 1) == ["b"])
+        #expect(m.expired(atWallMillis: 5_000_000 + skew + 1) == ["b", "c"])
+        // The same line as receipt's: at every moment, exactly one of "refused if it came again" and "kept".
+        for offset in stride(from: -2 * skew, through: 2 * skew, by: 997) {
+            let now = b.expiresMillis + offset
+            let refused = RecordPolicy.problem(with: b, nowMillis: now) != nil
+            #expect(refused == m.expired(atWallMillis: now).contains("b"), "\(offset) ms after the expiry")
+        }
     }
 
     @Test func aDigestNamingAHundredThousandUnknownMembersCostsABoundedReply() {
