@@ -10,8 +10,8 @@ import Testing
 /// connections (from 25 loopback addresses, each trickling a byte of a TLS handshake every 2 s and reconnecting when
 /// cut) and a flood of valid frames from one authenticated member, each for `DMIRR_ABUSE_SECONDS` (15; the full form
 /// 300). Checked for both: nobody is suspected, `dmirr status` keeps answering within 2 s, the attacked agent's open
-/// files go back, its memory grows by less than 96 MiB in all and less than 16 MiB over the window's second half (a
-/// leak grows with every connection), and the honest peer's gossip from the attacked agent keeps its pace (mean within
+/// files go back, its memory grows by less than 96 MiB in all and (in windows of 120 s or more) less than 16 MiB over
+/// the window's second half (a leak grows with every connection), and the honest peer's gossip from the attacked agent keeps its pace (mean within
 /// 20 % of the pace measured before). For the slow connections also: connections over the per-address cap are
 /// refused at accept and logged. For the flood, the pace before is the pace while the flooding member first gossips
 /// at an honest rate (one frame per 200 ms round) for 8 s: a third member takes its share of the attacked agent's
@@ -141,11 +141,14 @@ import Testing
             #expect(wrong.isEmpty, "\(kind): shown suspect or down: \(Set(wrong).sorted())")
             #expect(slowest < 2, "\(kind): m0 took \(slowest) s to answer dmirr status")
             #expect(settled, "\(kind): m0 holds \(Self.openFiles(target)) open files, \(filesBefore) before the abuse")
-            // Bounded: no more than 96 MiB in all, and no more than 16 MiB over the window's second half, whatever its
-            // length (15 s: about 2,900 connections; 300 s: about 33,600).
+            // Bounded: no more than 96 MiB in all; and in a window long enough for the held connections to have
+            // ramped up (the first 20 s or so: 800 held, cut and replaced every 10 s), no more than 16 MiB over its
+            // second half (300 s: about 18,000 connections).
             let half = rssSeries.first { $0.at >= quietUntil.addingTimeInterval(seconds / 2) }?.kb ?? rssBefore
             #expect(rssAfter - rssBefore < 96 * 1024, "\(kind): m0 grew by \((rssAfter - rssBefore) / 1024) MiB")
-            #expect(rssAfter - half < 16 * 1024, "\(kind): m0 grew by \((rssAfter - half) / 1024) MiB over the second half: \(rssSeries.map { $0.kb / 1024 })")
+            if seconds >= 120 {
+                #expect(rssAfter - half < 16 * 1024, "\(kind): m0 grew by \((rssAfter - half) / 1024) MiB over the second half: \(rssSeries.map { $0.kb / 1024 })")
+            }
             #expect(fleet.allInSync("push-1", among: fleet.names), "\(kind)")
             #expect(mean >= before * 0.8, "\(kind): m1's gossip from m0 fell from \(before)/s to \(mean)/s (samples \(during))")
             if kind == "slow" {
