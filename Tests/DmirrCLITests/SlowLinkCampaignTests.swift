@@ -9,13 +9,13 @@ import Testing
 ///
 /// The simulator is given the same N, slots, attestations, gossip round, poll and delta, and for the link the proxy's
 /// own arithmetic: its capacity once stalls are counted (``LinkProxy/Profile/effectiveBandwidth``) and the mean delay
-/// of a one-segment message (``LinkProxy/Profile/meanLatency``). It models transfers and gossip and charges a pull
-/// one round trip to start. A real pull opens up to five rsync daemon sessions (the token before and after, both
-/// stages, and from a peer its manifest), each some ten round trips of rsync's protocol, and then verifies and
+/// of a one-segment message (``LinkProxy/Profile/meanLatency``). It models transfers and gossip and charges a pull one
+/// round trip to start. A real pull opens up to five rsync daemon sessions (the token before and after, both stages,
+/// and from a peer its manifest), each an rsync start and about six round trips of its protocol, then verifies and
 /// publishes. So the figure compared with is the simulator's median plus, for each of the ⌈log₃(N/C)⌉ + 1 waves of
-/// pulls, 1 s (a pull's fixed work, measured on a link without latency or loss: 0.9–1.3 s) and five sessions as long
-/// as one measured fetch of `CURRENT` through the same kind of link; and **the tolerance** is ±25 % of that figure (a
-/// link that is not as slow as claimed fails the lower bound).
+/// pulls, 1 s (a pull's fixed work, measured on a link without latency or loss: 0.9–1.3 s) and five sessions as long as
+/// one measured fetch of `CURRENT` through the same kind of link; and **the tolerance** is ±25 % of that figure (a link
+/// that is not as slow as claimed fails the lower bound).
 ///
 /// Profiles are `latency-ms:loss:kB/s` (`DMIRR_LINK_PROFILES`, comma-separated; CI runs one), each run
 /// `DMIRR_LINK_RUNS` times (1).
