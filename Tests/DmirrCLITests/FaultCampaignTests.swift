@@ -214,7 +214,7 @@ import Testing
     /// the failure-detection bound (`down_after`, 5 s here), and upstream's log must never show two tree pulls at once.
     /// The killed member restarts and catches up.
     ///
-    /// `DMIRR_SLOT_ROUNDS` (2 in the suite).
+    /// `DMIRR_SLOT_ROUNDS` (1 in the suite, 10 for the full campaign).
     @Test func aMemberKilledHoldingTheUpstreamSlotFreesItInBoundAndNeverTwice() throws {
         let rounds = Self.setting("DMIRR_SLOT_ROUNDS", 1)
         let replay = "DMIRR_SLOT_ROUNDS=\(rounds) swift test --skip-build --filter 'FaultCampaignTests/aMemberKilled'"

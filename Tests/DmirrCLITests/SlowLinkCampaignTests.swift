@@ -109,8 +109,8 @@ import Testing
         ]
         let out = try CLI.run(sim, arguments, timeout: 120)
         // "median  detect  t50  t90  t100 …"
-        guard out.exitCode == 0, let median = out.stdout.split(separator: "\n").first(where: { $0.hasPrefix("median") }),
-            let t100 = Double(median.split(separator: " ")[4])
+        let median = out.stdout.split(separator: "\n").first { $0.hasPrefix("median") }?.split(separator: " ") ?? []
+        guard out.exitCode == 0, median.count > 4, let t100 = Double(median[4])
         else { throw TestFailure("dmirr-sim \(arguments.joined(separator: " ")) gave no t100:\n\(out.stdout)\n\(out.stderr)") }
         return t100
     }

@@ -137,23 +137,29 @@ public final class LinkProxy: @unchecked Sendable {
                 counts.connections += 1
                 open.formUnion([client, server])
             }
+            // Both ends are closed once all four threads are done with them (never under a reader still polling).
+            let finished: @Sendable () -> Void = { [self] in
+                guard connection.finishOne() else { return }
+                lock.withLock { open.subtract([client, server]) }
+                close(client)
+                close(server)
+            }
             for direction in 0..<2 {
                 let pipe = Pipe(direction: direction)
                 let (from, to) = direction == 0 ? (client, server) : (server, client)
-                spawn { [self] in read(from, into: pipe) }
+                spawn { [self] in
+                    read(from, into: pipe)
+                    finished()
+                }
                 spawn { [self] in
                     write(pipe, to: to, cutting: from)
-                    if connection.finishOne() {
-                        lock.withLock { open.subtract([client, server]) }
-                        close(client)
-                        close(server)
-                    }
+                    finished()
                 }
             }
         }
     }
 
-    /// Both ends of one forwarded connection; closed once both directions are done.
+    /// Both ends of one forwarded connection; closed once its four threads (a reader and a writer each way) are done.
     private final class Connection: @unchecked Sendable {
         let client: Int32
         let server: Int32
@@ -163,7 +169,7 @@ public final class LinkProxy: @unchecked Sendable {
             self.client = client
             self.server = server
         }
-        func finishOne() -> Bool { lock.withLock { finished += 1; return finished == 2 } }
+        func finishOne() -> Bool { lock.withLock { finished += 1; return finished == 4 } }
     }
 
     /// One direction's segments waiting for their delivery time; `nil` data is the end of the stream.
