@@ -16,12 +16,21 @@ public final class RsyncDaemon: Sendable {
         public var maxConnections: Int
         /// `auth users` entries as `user:password`; empty for an open module.
         public var users: [(user: String, password: String)]
+        /// A file the daemon appends each session's start and end to, with sub-second times (its log's stamps are
+        /// whole seconds, too coarse to tell whether two short pulls overlapped): `start PID UNIX-SECONDS REQUEST` from
+        /// `pre-xfer exec`, `end PID UNIX-SECONDS` from `post-xfer exec`, which also runs when the client was killed.
+        /// Nil: no hooks.
+        public var sessionTimes: String?
 
-        public init(name: String, path: String, maxConnections: Int = 0, users: [(user: String, password: String)] = []) {
+        public init(
+            name: String, path: String, maxConnections: Int = 0, users: [(user: String, password: String)] = [],
+            sessionTimes: String? = nil
+        ) {
             self.name = name
             self.path = path
             self.maxConnections = maxConnections
             self.users = users
+            self.sessionTimes = sessionTimes
         }
     }
 
@@ -59,6 +68,11 @@ public final class RsyncDaemon: Sendable {
         for module in modules {
             config += "[\(module.name)]\n    path = \(module.path)\n    read only = yes\n"
             config += "    max connections = \(module.maxConnections)\n"
+            if let times = module.sessionTimes {
+                // Run by /bin/sh; a line this short is appended in one write, so concurrent sessions do not interleave.
+                config += "    pre-xfer exec = echo \"start $RSYNC_PID $(date +%s.%N) $RSYNC_REQUEST\" >> \(times)\n"
+                config += "    post-xfer exec = echo \"end $RSYNC_PID $(date +%s.%N)\" >> \(times)\n"
+            }
             if !module.users.isEmpty {
                 let secrets = directory + "/\(module.name).secrets"
                 try module.users.map { "\($0.user):\($0.password)\n" }.joined().write(toFile: secrets, atomically: true, encoding: .utf8)

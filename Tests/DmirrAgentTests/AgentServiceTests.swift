@@ -225,7 +225,15 @@ import Testing
         }
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await service.run() }
-            try await eventually("the first token fetch") { try tokenFetches() == 1 }
+            do {
+                try await eventually("the first token fetch") { try tokenFetches() >= 1 }
+            } catch {
+                let log = (try? String(contentsOfFile: upstream.daemon.logPath, encoding: .utf8)) ?? "(no daemon log)"
+                Issue.record("\(error); upstream's sessions: \(try upstream.sessions().sessions); its log ends:\n\(log.suffix(3000))")
+                throw error
+            }
+            let sessions = try upstream.sessions().sessions
+            #expect(sessions.filter { !$0.isTreePull }.count == 1, "one poll, one fetch: \(sessions)")
             // Alone, the plan is agreed at once; the pull still waits for the agreement deadline (5 s).
             for _ in 1...4 { try await round() }
             try await Task.sleep(for: .milliseconds(500))

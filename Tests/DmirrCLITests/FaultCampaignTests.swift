@@ -142,7 +142,7 @@ import Testing
                 for name in order[3...] { try lab.cut("upstream", name); reachUpstream.remove(name) }
             }
             let describe = "round \(round) (\(kind), order \(order))"
-            sleep(1)  // the daemon's log has whole seconds: keep the previous round's sessions apart
+            sleep(1)  // the session filter below looks a second back: keep the previous round's sessions out of it
             let token = "push-\(round + 1)"
             let faultAt = Date()
             try fleet.upstream.push(add: [.init("r\(round)", "1.0", sizeKB: 1024)], remove: round > 1 ? ["r\(round - 1)-1.0-1.noarch.rpm"] : [],

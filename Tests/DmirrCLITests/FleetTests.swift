@@ -309,7 +309,7 @@ import Testing
     /// Eight agents with `[upstream] slots = 2`. With the daemon's own `max connections` at 8 the bound is the fleet's
     /// doing; at 2 the daemon enforces it too, and the fleet must not run into it much.
     @Test(arguments: [8, 2]) func eightAgentsPullAPushMostlyFromEachOtherAndUpstreamServesTwoAtATime(daemonMaxConnections: Int) throws {
-        // Pulls run at ~1 MB/s so that one of push-2 lasts seconds: an overlap in the daemon's whole-second log is real.
+        // Pulls run at ~1 MB/s so that one of push-2 lasts seconds and pulls have a chance to overlap.
         let fleet = try Fleet(size: 8, mirrorExtra: "rsync_args = [\"--bwlimit=1000\"]", serving: true, upstreamSlots: 2,
                               upstreamMaxConnections: daemonMaxConnections)
         defer { fleet.stop(); fleet.dir.remove() }
@@ -318,7 +318,7 @@ import Testing
         #expect(first, "\(fleet.names.map { "\($0): \(fleet.view($0))" })\n\(fleet.logs())")
         guard first else { return }
 
-        sleep(1)  // the daemon logs whole seconds: keep push-1's sessions out of push-2's second
+        sleep(1)  // the session filter below looks a second back: keep push-1's sessions out of it
         let pushed = Date()
         try fleet.upstream.push(add: [.init("gamma", "1.0", sizeKB: 4096)], remove: ["beta-1.0-1.noarch.rpm"], token: "push-2")
         let second = fleet.waitUntil(seconds: 150) { fleet.allInSync("push-2", among: fleet.names) }

@@ -38,7 +38,8 @@ public final class Upstream: @unchecked Sendable {
         }
         daemon = try RsyncDaemon(
             directory: directory.sub("rsyncd"),
-            modules: [.init(name: "repo", path: servedPath, maxConnections: maxConnections, users: users)] + extraModules,
+            modules: [.init(name: "repo", path: servedPath, maxConnections: maxConnections, users: users,
+                            sessionTimes: directory.sub("rsyncd") + "/session-times")] + extraModules,
             namespace: host.map { ($0.namespace, $0.address) })
     }
 
@@ -128,8 +129,8 @@ public final class Upstream: @unchecked Sendable {
 
     public func stop() { daemon.stop() }
 
-    /// One client session from the daemon's log: what it asked for, and when it started and ended (the log has whole
-    /// seconds).
+    /// One client session of the served module: what it asked for, and when it started and ended (to the millisecond,
+    /// from the daemon's transfer hooks).
     public struct Session: Sendable {
         public var pid: String
         public var request: String
@@ -139,37 +140,44 @@ public final class Upstream: @unchecked Sendable {
         public var isTreePull: Bool { request.split(separator: " ").contains { !$0.hasSuffix("/CURRENT") } }
     }
 
-    /// The daemon's finished sessions ("rsync on REQUEST from …" to "sent … bytes" or the error that ended it), and when it refused a connection
-    /// at `max connections`.
+    /// The served module's finished sessions, timed by the daemon's `pre-xfer`/`post-xfer exec` hooks (a session a
+    /// killed or cut-off client held ends when the daemon gives it up), and when the daemon refused a connection at
+    /// `max connections` (from its log: a refused session never reaches the hooks).
+    ///
+    /// The log alone is not enough for the upstream bound: it stamps whole seconds, and a pull of a test tree takes
+    /// well under one, so two pulls in the same second could not be told apart from back-to-back ones.
     public func sessions() throws -> (sessions: [Session], refused: [Date]) {
+        let timesPath = daemon.directory + "/session-times"
+        let times = FileManager.default.fileExists(atPath: timesPath) ? try String(contentsOfFile: timesPath, encoding: .utf8) : ""
+        var open: [String: (request: String, at: Date)] = [:]
+        var done: [Session] = []
+        for line in times.split(separator: "\n") {
+            let fields = line.split(separator: " ", maxSplits: 3)
+            guard fields.count >= 3, let seconds = Double(fields[2]) else { continue }
+            let pid = String(fields[1])
+            let at = Date(timeIntervalSince1970: seconds)
+            if fields[0] == "start", fields.count == 4 {
+                open[pid] = (String(fields[3]), at)
+            } else if fields[0] == "end", let started = open.removeValue(forKey: pid) {
+                done.append(Session(pid: pid, request: started.request, started: started.at, ended: at))
+            }
+        }
+        return (done, try refusals())
+    }
+
+    /// When the daemon refused a connection at `max connections`, from its log.
+    private func refusals() throws -> [Date] {
         let log = try String(contentsOfFile: daemon.logPath, encoding: .utf8)
         let stamp = DateFormatter()
         stamp.locale = Locale(identifier: "en_US_POSIX")
         stamp.timeZone = TimeZone.current
         stamp.dateFormat = "yyyy/MM/dd HH:mm:ss"
-        var open: [String: (request: String, at: Date)] = [:]
-        var done: [Session] = []
         var refused: [Date] = []
-        for line in log.split(separator: "\n") {
-            // "2026/11/26 21:40:01 [1234] rsync on repo/ from UNDETERMINED (127.0.0.1)"
-            guard line.count > 21, let at = stamp.date(from: String(line.prefix(19))),
-                let close = line.firstIndex(of: "]"), let openBracket = line.firstIndex(of: "[")
-            else { continue }
-            let pid = String(line[line.index(after: openBracket)..<close])
-            let text = line[line.index(close, offsetBy: 2)...]
-            if text.contains("max connections") {
-                refused.append(at)
-            } else if text.hasPrefix("rsync on "), let from = text.range(of: " from ") {
-                open[pid] = (String(text[text.index(text.startIndex, offsetBy: 9)..<from.lowerBound]), at)
-            } else if text.hasPrefix("sent ") || text.hasPrefix("rsync error"),
-                let started = open.removeValue(forKey: pid)
-            {
-                // A session ends with its byte count, or with the error that ended it (a client killed or cut off,
-                // the daemon's own timeout): those held a connection too.
-                done.append(Session(pid: pid, request: started.request, started: started.at, ended: at))
-            }
+        for line in log.split(separator: "\n") where line.contains("max connections") {
+            // "2026/11/26 21:40:01 [1234] @ERROR: max connections (2) reached -- try again later"
+            if line.count > 19, let at = stamp.date(from: String(line.prefix(19))) { refused.append(at) }
         }
-        return (done, refused)
+        return refused
     }
 }
 
@@ -203,8 +211,9 @@ public enum MirrorConfig {
 }
 
 /// The most of `intervals` that were open at one moment. An interval that ends at the instant another starts is counted
-/// as over first: back-to-back runs do not overlap, and whole-second log stamps never report an overlap that only
-/// rounding made.
+/// as over first, so back-to-back runs do not overlap. That is only sound for stamps much finer than the intervals
+/// (the members' histories and upstream's session hooks stamp milliseconds or better): with whole-second stamps a
+/// sub-second session would start and end at one instant and count for nothing.
 public func peakOverlap(_ intervals: [(start: Date, end: Date)]) -> Int {
     var edges: [(at: Date, delta: Int)] = []
     for interval in intervals {
