@@ -24,15 +24,21 @@ import Testing
         #expect(sequential.allSatisfy { $0.ended > $0.started }, "a session without length: \(sequential)")
         #expect(peakOverlap(sequential.map { ($0.started, $0.ended) }) == 1, "sessions: \(sequential)")
 
-        // Overlapping: a pull of 2 MiB at 500 kB/s (about 4 s), and a quick one started while it runs.
+        // Overlapping: a pull of 2 MiB at 250 kB/s (about 8 s), and a quick one started once the daemon has begun it.
         let slow = Process()
         slow.executableURL = URL(fileURLWithPath: "/usr/bin/rsync")
-        slow.arguments = ["-a", "--bwlimit=500", upstream.url + "/", dir.sub("slow") + "/"]
+        slow.arguments = ["-a", "--bwlimit=250", upstream.url + "/", dir.sub("slow") + "/"]
         slow.standardOutput = FileHandle.nullDevice
         slow.standardError = FileHandle.nullDevice
         try slow.run()
         defer { if slow.isRunning { kill(slow.processIdentifier, SIGKILL) } }
-        usleep(1_000_000)
+        let times = upstream.daemon.directory + "/session-times"
+        func starts() -> Int {
+            ((try? String(contentsOfFile: times, encoding: .utf8)) ?? "").split(separator: "\n").filter { $0.hasPrefix("start ") }.count
+        }
+        let begun = Date().addingTimeInterval(30)
+        while starts() < 3, Date() < begun { usleep(50_000) }
+        #expect(starts() == 3, "the slow pull's session did not begin")
         let quick = try CLI.run("rsync", ["-a", upstream.url + "/", dir.sub("quick3") + "/"])
         #expect(quick.exitCode == 0, "rsync: \(quick.stderr)")
         let deadline = Date().addingTimeInterval(60)
