@@ -70,8 +70,10 @@ public final class RsyncDaemon: Sendable {
             config += "    max connections = \(module.maxConnections)\n"
             if let times = module.sessionTimes {
                 // Run by /bin/sh; a line this short is appended in one write, so concurrent sessions do not interleave.
-                config += "    pre-xfer exec = echo \"start $RSYNC_PID $(date +%s.%N) $RSYNC_REQUEST\" >> \(times)\n"
-                config += "    post-xfer exec = echo \"end $RSYNC_PID $(date +%s.%N)\" >> \(times)\n"
+                // The path is quoted for the shell (a quote in it would end the quoting: refused).
+                guard !times.contains("'") else { throw FixtureError("session times path \(times) contains a quote") }
+                config += "    pre-xfer exec = echo \"start $RSYNC_PID $(date +%s.%N) $RSYNC_REQUEST\" >> '\(times)'\n"
+                config += "    post-xfer exec = echo \"end $RSYNC_PID $(date +%s.%N)\" >> '\(times)'\n"
             }
             if !module.users.isEmpty {
                 let secrets = directory + "/\(module.name).secrets"

@@ -32,9 +32,8 @@ import Testing
         slow.standardError = FileHandle.nullDevice
         try slow.run()
         defer { if slow.isRunning { kill(slow.processIdentifier, SIGKILL) } }
-        let times = upstream.daemon.directory + "/session-times"
         func starts() -> Int {
-            ((try? String(contentsOfFile: times, encoding: .utf8)) ?? "").split(separator: "\n").filter { $0.hasPrefix("start ") }.count
+            ((try? String(contentsOfFile: upstream.sessionTimesPath, encoding: .utf8)) ?? "").split(separator: "\n").filter { $0.hasPrefix("start ") }.count
         }
         let begun = Date().addingTimeInterval(30)
         while starts() < 3, Date() < begun { usleep(50_000) }

@@ -14,6 +14,8 @@ public final class Upstream: @unchecked Sendable {
     public let servedPath: String
     public let atomic: Bool
     public let daemon: RsyncDaemon
+    /// Where the daemon's transfer hooks append each session's start and end (``sessions()`` reads it).
+    public let sessionTimesPath: String
     public var url: String { daemon.url("repo") }
     /// The current tree (for an atomic upstream, the version directory the served symlink names).
     public var tree: String {
@@ -36,10 +38,11 @@ public final class Upstream: @unchecked Sendable {
         } else {
             try YumRepo.make(at: servedPath, packages: packages, token: token)
         }
+        sessionTimesPath = directory.sub("rsyncd") + "/session-times"
         daemon = try RsyncDaemon(
             directory: directory.sub("rsyncd"),
             modules: [.init(name: "repo", path: servedPath, maxConnections: maxConnections, users: users,
-                            sessionTimes: directory.sub("rsyncd") + "/session-times")] + extraModules,
+                            sessionTimes: sessionTimesPath)] + extraModules,
             namespace: host.map { ($0.namespace, $0.address) })
     }
 
@@ -147,8 +150,8 @@ public final class Upstream: @unchecked Sendable {
     /// The log alone is not enough for the upstream bound: it stamps whole seconds, and a pull of a test tree takes
     /// well under one, so two pulls in the same second could not be told apart from back-to-back ones.
     public func sessions() throws -> (sessions: [Session], refused: [Date]) {
-        let timesPath = daemon.directory + "/session-times"
-        let times = FileManager.default.fileExists(atPath: timesPath) ? try String(contentsOfFile: timesPath, encoding: .utf8) : ""
+        let times = FileManager.default.fileExists(atPath: sessionTimesPath)
+            ? try String(contentsOfFile: sessionTimesPath, encoding: .utf8) : ""
         var open: [String: (request: String, at: Date)] = [:]
         var done: [Session] = []
         for line in times.split(separator: "\n") {
