@@ -5,10 +5,14 @@
 /// The offsets are one per peer last heard (its clock minus ours) plus our own (zero). The correction is a middle
 /// value of them that more than half of all the offsets agree with (within ``threshold``): one member with a wrong
 /// clock among honest ones moves only itself (the others' middle is zero), and while the peers heard so far disagree
-/// (two peers, one of them wrong), nobody moves. Below ``threshold`` the correction is zero (hosts kept by NTP do not
-/// jitter), and it never exceeds ``limit`` either way: a clock further off than that is the operator's to fix, and a
-/// few hostile peers cannot move a member's time by more. The offsets include the one-way delay of the `Hello`
-/// (milliseconds), well inside the threshold, and the correction moves only by more than the threshold.
+/// (two peers, one of them wrong), nobody moves. Without such a majority (some of our peers are off too, each its own
+/// way), the largest group of offsets that agree wins if it is one group and larger than the group agreeing with our
+/// own clock: a member 5 minutes behind whose peers are three honest ones and two others off by their own amounts
+/// follows the three (the simulation campaign found members left uncorrected, refusing every record, that way).
+/// Below ``threshold`` the correction is zero (hosts kept by NTP do not jitter), and it never exceeds ``limit`` either
+/// way: a clock further off than that is the operator's to fix, and a few hostile peers cannot move a member's time
+/// by more. The offsets include the one-way delay of the `Hello` (milliseconds), well inside the threshold, and the
+/// correction moves only by more than the threshold.
 public struct ClockOffset: Sendable, Equatable {
     public static let threshold: Int64 = 2_000
     public static let limit: Int64 = 3_600_000
@@ -32,16 +36,34 @@ public struct ClockOffset: Sendable, Equatable {
             order.append(peer)
             if order.count > Self.maxSamples { samples[order.removeFirst()] = nil }
         }
-        let all = (Array(samples.values) + [0]).sorted()
-        // The lower and the upper middle (the same for an odd count); the first a majority agrees with, else none.
-        let majority = { (candidate: Int64) in all.filter { abs($0 &- candidate) < Self.threshold }.count * 2 > all.count }
-        let middles = [all[(all.count - 1) / 2], all[all.count / 2]]
-        measuredMillis = middles.first(where: majority) ?? 0
+        measuredMillis = Self.fleetOffset(of: (Array(samples.values) + [0]).sorted())
         let before = correctionMillis
         let candidate = abs(measuredMillis) < Self.threshold ? 0 : min(max(measuredMillis, -Self.limit), Self.limit)
         // Moves only by more than the threshold: each new session's delay differs by milliseconds, and every move
         // re-signs our record.
         if candidate == 0 || abs(candidate &- before) >= Self.threshold { correctionMillis = candidate }
         return correctionMillis != before
+    }
+
+    /// The offset the fleet's clock is at, from sorted offsets that include our own zero; zero when they do not say.
+    static func fleetOffset(of all: [Int64]) -> Int64 {
+        // How many offsets agree with each one: those within the threshold either way (a window over the sorted list).
+        var agreeing = [Int](repeating: 0, count: all.count)
+        var low = 0
+        var high = 0
+        for (i, offset) in all.enumerated() {
+            while offset &- all[low] >= threshold { low += 1 }
+            while high < all.count, all[high] &- offset < threshold { high += 1 }
+            agreeing[i] = high - low
+        }
+        // The lower and the upper middle (the same for an odd count); the first a majority agrees with.
+        for middle in [(all.count - 1) / 2, all.count / 2] where agreeing[middle] * 2 > all.count { return all[middle] }
+        // Else the largest group, if one: its members' middle, when no offset of another group (nor our own clock)
+        // has as many agreeing.
+        let most = agreeing.max() ?? 0
+        let leaders = all.indices.filter { agreeing[$0] == most }
+        guard let first = leaders.first, let last = leaders.last, all[last] &- all[first] < threshold,
+              let own = all.firstIndex(of: 0), agreeing[own] < most else { return 0 }
+        return all[leaders[(leaders.count - 1) / 2]]
     }
 }

@@ -32,6 +32,44 @@ import Testing
         #expect(honest.correctionMillis == 0 && honest.measuredMillis == 0)
     }
 
+    /// What the simulation campaign found (seed 311): a member 5 minutes behind whose five peers are three honest ones
+    /// and two off by their own amounts has no majority (three of six offsets), and it was left uncorrected, refusing
+    /// every record as dated in the future. The largest group that agrees wins when it is one group.
+    @Test func aMemberWhosePeersAreOffTooFollowsTheLargestGroupThatAgrees() {
+        let behind: Int64 = 299_775
+        var skewed = ClockOffset()
+        let peers: [(String, Int64)] = [("m18", 0), ("m37", -544_327), ("m61", -32_725), ("m70", 0), ("m83", 0)]
+        for (peer, error) in peers {
+            skewed.observe(peer: peer, peerWallMillis: 1_000_000 + error + 40, localWallMillis: 1_000_000 - behind)
+        }
+        #expect(skewed.correctionMillis == behind + 40, "\(skewed.correctionMillis)")
+        // m37's clock fixed later: now a majority agrees, within the threshold of the correction, which stays.
+        skewed.observe(peer: "m37", peerWallMillis: 2_000_000, localWallMillis: 2_000_000 - behind)
+        #expect(abs(skewed.correctionMillis - behind) < ClockOffset.threshold)
+    }
+
+    @Test func twoGroupsOfTheSameSizeOrOneNoLargerThanOurOwnMoveNobody() {
+        // Two peers say +5 min, two say −3 min: nothing says which is the fleet's time.
+        var torn = ClockOffset()
+        for (peer, offset) in [("a", 300_000), ("b", 300_500), ("c", -180_000), ("d", -180_200)] as [(String, Int64)] {
+            torn.observe(peer: peer, peerWallMillis: offset, localWallMillis: 0)
+        }
+        #expect(torn.correctionMillis == 0 && torn.measuredMillis == 0)
+        // An honest member with two honest peers and three that are off, each its own way: its own group (three) is
+        // the largest, and it stays.
+        var honest = ClockOffset()
+        for (peer, offset) in [("h1", 30), ("h2", -20), ("x", 400_000), ("y", -250_000), ("z", 90_000)] as [(String, Int64)] {
+            honest.observe(peer: peer, peerWallMillis: offset, localWallMillis: 0)
+        }
+        #expect(honest.correctionMillis == 0 && honest.measuredMillis == 0)
+        // Two colluding peers against one honest peer and our own clock: two groups of two, nobody moves.
+        var outnumbered = ClockOffset()
+        for (peer, offset) in [("h", 10), ("evil1", 3_000_000), ("evil2", 3_000_100)] as [(String, Int64)] {
+            outnumbered.observe(peer: peer, peerWallMillis: offset, localWallMillis: 0)
+        }
+        #expect(outnumbered.correctionMillis == 0)
+    }
+
     @Test func smallDifferencesAreLeftAloneAndLargeOnesCapped() {
         var ntp = ClockOffset()
         for peer in ["a", "b", "c"] { ntp.observe(peer: peer, peerWallMillis: 10_500, localWallMillis: 10_000) }

@@ -68,6 +68,17 @@ import Testing
         #expect(uncorrected.violations.contains { $0.contains("in the future") }, "\(uncorrected.violations.prefix(3))")
     }
 
+    /// Seeds of the simulation campaign that broke an invariant before the clock rule took the largest agreeing group
+    /// (docs/reliability.md, "Simulation"): a skewed member whose peers included other skewed ones found no majority,
+    /// stayed uncorrected and refused honest records (or had its own refused) as dated in the future.
+    @Test(arguments: [42, 311] as [UInt64]) func aSkewedMemberAmongOtherSkewedOnesIsCorrected(seed: UInt64) {
+        var s = Self.scenario(n: 100, seed: seed)
+        s.drawFailures()
+        let r = Simulation.run(s)
+        #expect(r.violations.count == 0, "seed \(seed): \(r.violations.prefix(3))")
+        #expect(r.largestCorrection > 250_000, "\(r.largestCorrection) ms")
+    }
+
     /// The fleet split in two halves, upstream reachable from one only: no agreed plan puts more than C pulls at
     /// upstream (a violation otherwise), and everyone converges after the split heals.
     @Test func aSplitFleetKeepsTheBoundAndConvergesAfterHealing() throws {
