@@ -48,7 +48,7 @@ public final class FleetTimeClock: AgentClock {
     public var wallNow: Date { base.wallNow.addingTimeInterval(Double(offset.withLock { $0.correctionMillis }) / 1000) }
     public func sleep(for duration: Duration) async throws { try await base.sleep(for: duration) }
 
-    /// The correction now (ms to add to this host's clock), and the median offset it came from.
+    /// The correction now (ms to add to this host's clock), and the offset measured (before the one-hour limit).
     public var correction: (applied: Int64, measured: Int64) { offset.withLock { ($0.correctionMillis, $0.measuredMillis) } }
 
     /// The fleet's wall clock now (Unix ms) and the correction it includes, read together: a service that stamps times

@@ -312,7 +312,7 @@ public actor FleetNode {
             logger.notice("this host's clock agrees with its peers' again; records are stamped with it uncorrected")
         } else {
             let direction = applied > 0 ? "behind" : "ahead of"
-            logger.warning("this host's clock is \(abs(seconds)) s \(direction) its peers' (the median of their Hellos): records are stamped and judged in the fleet's time meanwhile. Fix the host's clock (NTP).",
+            logger.warning("this host's clock is \(abs(seconds)) s \(direction) its peers' (by what most of their Hellos agree on): records are stamped and judged in the fleet's time meanwhile. Fix the host's clock (NTP).",
                            metadata: ["clock.correction_ms": "\(applied)", "clock.measured_ms": "\(measured)"])
         }
         if measured != applied, applied != 0 {
