@@ -29,6 +29,8 @@ public final class AgentMetrics: Sendable {
                                 help: "1 when a majority of the members known advertise this member's plan, else 0.")
         planAgreeing = Self.meter(registry, factory, "dmirr_plan_agreeing_members",
                                   help: "Members advertising the same plan digest as this member, itself included.")
+        clockCorrection = Self.meter(registry, factory, "dmirr_clock_correction_seconds",
+                                     help: "Seconds added to this host's clock to stamp and judge records in the fleet's time (its peers' clocks minus its own; 0 when they agree within 2 s).")
         propagation = CoreMetrics.Timer(
             label: "dmirr_propagation_seconds", dimensions: [],
             handler: registry.makeDurationHistogram(
@@ -90,6 +92,7 @@ public final class AgentMetrics: Sendable {
     let inSync: CoreMetrics.Meter
     let planAgreed: CoreMetrics.Meter
     let planAgreeing: CoreMetrics.Meter
+    let clockCorrection: CoreMetrics.Meter
     let propagation: CoreMetrics.Timer
     let gossipReceivedFrames: CoreMetrics.Counter
     let gossipSentFrames: CoreMetrics.Counter
@@ -130,12 +133,13 @@ public final class AgentMetrics: Sendable {
 
     /// The values read at scrape time, from the node's status.
     func scraped(targetAgeSeconds: Double, lagSeconds: Double, inSync: Bool, planAgreed: Bool, planAgreeing: Int,
-                 members: [Liveness: Int]) {
+                 members: [Liveness: Int], clockCorrectionSeconds: Double) {
         targetAge.set(targetAgeSeconds)
         lag.set(lagSeconds)
         self.inSync.set(inSync ? 1 : 0)
         self.planAgreed.set(planAgreed ? 1 : 0)
         self.planAgreeing.set(planAgreeing)
+        clockCorrection.set(clockCorrectionSeconds)
         for liveness in Liveness.allCases { self.members[liveness]?.set(members[liveness] ?? 0) }
     }
 

@@ -93,7 +93,8 @@ struct AgentRequestContext: RequestContext, RemoteAddressRequestContext {
 }
 
 extension AgentMetrics {
-    /// Sets the values that are read rather than counted: token age, lag, in-sync, plan agreement, members.
+    /// Sets the values that are read rather than counted: token age, lag, in-sync, plan agreement, members, the clock's
+    /// correction.
     func refresh(from node: FleetNode, clock: any AgentClock) async {
         let status = await node.status()
         let wall = clock.wallMillis
@@ -105,7 +106,9 @@ extension AgentMetrics {
         for member in status.members {
             if let liveness = Liveness(rawValue: member.liveness) { members[liveness, default: 0] += 1 }
         }
+        // The agent's clock is a FleetTimeClock; another clock (tests' manual ones) corrects nothing.
+        let correction = (clock as? FleetTimeClock)?.correction.applied ?? 0
         scraped(targetAgeSeconds: age, lagSeconds: inSync ? 0 : age, inSync: inSync, planAgreed: status.planAgreed,
-                planAgreeing: Int(status.planAgreeing), members: members)
+                planAgreeing: Int(status.planAgreeing), members: members, clockCorrectionSeconds: Double(correction) / 1000)
     }
 }

@@ -351,7 +351,8 @@ import Testing
     @Test func aMemberTenMinutesOffIsNeitherSuspectedNorLeftBehind() throws {
         // suspect_after 5 s rather than the fleet tests' 2 s: a wrong suspicion here must come from the clocks, not
         // from a CI machine too busy to gossip for 2 s (which happened once).
-        let fleet = try FleetTests.Fleet(size: 4, serving: true, suspectAfter: "5s", downAfter: "15s", certificatesIssuedAgo: "1h")
+        let fleet = try FleetTests.Fleet(size: 4, serving: true, http: true, suspectAfter: "5s", downAfter: "15s",
+                                         certificatesIssuedAgo: "1h")
         defer { fleet.stop(); fleet.dir.remove() }
         let odd = "m3"
         // Only the wall clock: with a shifted monotonic clock too, Swift's sleeps wait for the shift, and with shifted
@@ -396,6 +397,13 @@ import Testing
             #expect(said.contains { abs($0 - 600) < 5 }, "\(describe): the log says \(said): \(log.suffix(2000))")
             for name in fleet.names where name != odd {
                 #expect(!fleet.agents[name]!.stderr.contains("this host's clock is"), "\(name) corrected its clock: \(fleet.agents[name]!.stderr.suffix(1500))")
+            }
+            // And its metrics say so (what an operator's alert reads): minus when its clock is ahead, zero elsewhere.
+            for name in fleet.names {
+                let metrics = try HTTPListenerTests.get("http://127.0.0.1:\(fleet.httpPorts[name]!)/metrics").body
+                let correction = HTTPListenerTests.sample(metrics, "dmirr_clock_correction_seconds")
+                let expected: Double = name != odd ? 0 : oddAhead ? -600 : 600
+                #expect(correction.map { abs($0 - expected) < 5 } == true, "\(describe): \(name)'s correction \(String(describing: correction)) s")
             }
             // Records refused for their times, by kind: only the odd member's first ones, signed before its first peer
             // showed it how far off it is, and the others' first ones at it.
