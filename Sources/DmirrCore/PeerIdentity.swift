@@ -36,8 +36,11 @@ public struct PeerIdentity: Sendable, Hashable, CustomStringConvertible {
     public var description: String { uri }
 
     /// Node, operator and fleet names: letters, digits, `-`, `.`, `_`, starting with a letter or digit, ≤ 63.
+    /// Checked on the UTF-8 bytes (every record received names several members; Character properties cost more).
     public static func isValidName(_ s: String) -> Bool {
-        s.count <= 63 && s.first.map { $0.isASCII && ($0.isLetter || $0.isNumber) } == true
-            && s.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "." || $0 == "_") }
+        func alphanumeric(_ b: UInt8) -> Bool { (b >= 0x30 && b <= 0x39) || (b | 0x20 >= 0x61 && b | 0x20 <= 0x7a) }
+        let bytes = s.utf8
+        return bytes.count <= 63 && bytes.first.map(alphanumeric) == true
+            && bytes.allSatisfy { alphanumeric($0) || $0 == 0x2d || $0 == 0x2e || $0 == 0x5f }
     }
 }

@@ -112,4 +112,16 @@ import X509
             #expect(PeerIdentity(uri: bad) == nil, "\(bad)")
         }
     }
+
+    @Test func namesAreAsciiLettersDigitsAndThreeMarksUpTo63() {
+        for good in ["m0", "Mirror-a.b_c", "0z", "AZaz09", String(repeating: "a", count: 63)] {
+            #expect(PeerIdentity.isValidName(good), "\(good)")
+        }
+        // Non-ASCII letters and digits (é, Cyrillic а, fullwidth ａ, Arabic-Indic ٣), marks or symbols first, the bytes
+        // just outside the ranges, and 64 characters.
+        for bad in ["", "é", "mirror-а", "ａ", "٣", "-m", ".m", "_m", "m/1", "m 1", "m@", "m[", "m`", "m{", "m:", "\r\n",
+                    String(repeating: "a", count: 64)] {
+            #expect(!PeerIdentity.isValidName(bad), "\(bad)")
+        }
+    }
 }
