@@ -652,11 +652,13 @@ public struct Simulation {
             let others = network.active.values.filter { $0.source == -1 && agreedTransfers.contains($0.id) }
             if agreedPulls.contains(pull.number), others.count + 1 > scenario.upstreamSlots {
                 // Pulls whose start never reached the fleet (their member was cut off or stopped before its record
-                // left) cannot be counted by any plan; they are reported apart from violations of the plan's bound.
+                // left), and pulls started after this member was cut off itself (its view, agreement included, is
+                // what it heard before the cut: seed 723 of the campaign), cannot be counted by any plan; they are
+                // reported apart from violations of the plan's bound.
                 let unseen = others.filter { t in
                     let k = t.destination
                     let seen = nodes[i].membership.entries[nodes[k].name]?.record
-                    return (nodes[k].cut || nodes[k].stopped) && !(seen?.syncState == .syncing && seen?.source == "upstream")
+                    return (nodes[k].cut || nodes[k].stopped || nodes[i].cut) && !(seen?.syncState == .syncing && seen?.source == "upstream")
                 }
                 if others.count - unseen.count + 1 > scenario.upstreamSlots {
                     result.violations.append("t=\(Int(now)) s: \(nodes[i].name) started an upstream pull in an agreed plan beside "
