@@ -125,7 +125,7 @@ struct DmirrSimCommand: ParsableCommand {
               + String(format: " %8d %10.1f", dmirr.map(\.peakUpstreamConcurrency).max() ?? 0, median(dmirr.map { $0.upstreamCopies }) ?? 0)
               + (cron.isEmpty ? "" : "   (cron: t100 \(t(median(cron.map(\.t100)))), up-peak \(cron.map(\.peakUpstreamConcurrency).max() ?? 0))"))
         let unseen = dmirr.filter { $0.unseenStarts > 0 }.count
-        if unseen > 0 { print("\(unseen) of \(seeds) runs had an upstream pull start beside one the fleet never heard of (see above)") }
+        if unseen > 0 { print("\(unseen) of \(seeds) runs had an upstream pull start beside one its member could not have heard of (see above)") }
         let waves = ceil(log(Double(nodes) / Double(slots)) / log(1 + Double(serveSlots)))
         let refused = dmirr.map(\.refusedRecords).reduce(0, +)
         let corrected = dmirr.map(\.largestCorrection).max() ?? 0
@@ -155,7 +155,7 @@ struct DmirrSimCommand: ParsableCommand {
                   + "\(r.upstreamStarts), \(r.agreedUpstreamStarts) of them agreed")
         }
         if r.unseenStarts > 0 {
-            print("   note seed \(s): \(r.unseenStarts) upstream pull(s) started beside one the fleet never heard of (its member cut off or stopped right after starting)")
+            print("   note seed \(s): \(r.unseenStarts) upstream pull(s) started beside one the starter could not have heard of (one of the two members cut off or stopped)")
         }
         guard !r.violations.isEmpty else { return nil }
         for v in r.violations.prefix(5) { print("   VIOLATION seed \(s): \(v)") }
