@@ -178,6 +178,10 @@ public struct SyncCoordinator: Sendable {
     private var firstView: Duration?
     /// Avoided sources: until when (nil: for the rest of the target token).
     private var avoid: [PlanSource: Duration?] = [:]
+    /// When our avoidance of upstream last ended (its backoff ran out). Meanwhile the fleet gave our upstream slot to
+    /// the next member in slot order, and it may have started; our records saying we are back, and its saying it
+    /// pulls, need the agreement deadline to cross. Until then the agreement we count is stale.
+    private var upstreamRejoinedAt: Duration?
     /// When the poll whose answer we last took was issued: an answer to an older poll (one given up as lost, answering
     /// late) must not overwrite newer news.
     private var newestAnswerPolledAt: Duration?
@@ -486,7 +490,11 @@ public struct SyncCoordinator: Sendable {
 
     private mutating func replan(now: Duration) -> [Directive] {
         var out: [Directive] = []
-        for (source, until) in avoid { if let until, until <= now { avoid[source] = nil } }
+        for (source, until) in avoid {
+            guard let until, until <= now else { continue }
+            avoid[source] = nil
+            if source == .upstream { upstreamRejoinedAt = now }
+        }
         guard var target else {
             plan = nil
             agreed = false
@@ -573,7 +581,11 @@ public struct SyncCoordinator: Sendable {
             // Right after start our view may hold only ourselves, and a view of one always agrees with itself: give
             // membership the agreement deadline to form first.
             let settled = now - (firstView ?? now) >= configuration.agreementDeadline
-            guard (agreed && settled) || now - since >= configuration.agreementDeadline else { return out }
+            // Back from avoiding upstream, the majority we count may be members that never heard we had left, while
+            // the member given our slot meanwhile pulls (the simulation campaign, seed 1682: three agreed pulls
+            // with two slots). Alone, nobody took it.
+            let rejoined = view.isEmpty || upstreamRejoinedAt.map { now - $0 >= configuration.agreementDeadline } ?? true
+            guard (agreed && settled && rejoined) || now - since >= configuration.agreementDeadline else { return out }
         }
         let waiting = view.filter { $0.publishedToken != target.token && $0.syncState != .syncing }.map(\.node)
         mode = .pulling(Running(source: source, token: target.token, started: now, lastProgress: now, waitingAtStart: Set(waiting)))

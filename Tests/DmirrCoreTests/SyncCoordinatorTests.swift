@@ -242,6 +242,42 @@ import Testing
         #expect(!cancelled(c.onTick(now: .seconds(60))))
     }
 
+    /// Seed 1682 of the simulation campaign: a member whose upstream pull was refused avoids upstream for the backoff,
+    /// and the fleet gives its slot to the next member in slot order. When the backoff runs out, members that have not
+    /// yet heard of its absence still advertise the plan that has it pulling: counted at once, that stale majority let
+    /// it start beside the member that took its slot (three agreed pulls, two slots). Back from avoiding upstream, it
+    /// now lets the agreement deadline pass first, and then sees who pulls.
+    @Test func aMemberBackFromAvoidingUpstreamWaitsForTheFleetToHearIt() throws {
+        let names = ["a", "b", "c", "d", "e"]
+        let members = { (avoiding: String?) in
+            names.map { SyncPlan.Member(node: $0, publishedToken: "T1", serveSlots: 2, avoid: $0 == avoiding ? [.upstream] : []) }
+        }
+        let before = SyncPlan(token: "T2", members: members(nil), upstreamSlots: 1)
+        let me = before.upstreamPulls[0]
+        let others = names.filter { $0 != me }
+        let stale = others.map { Self.record($0, target: "T2", seen: 5, digest: before.digest) }
+        let replacement = try #require(SyncPlan(token: "T2", members: members(me), upstreamSlots: 1).upstreamPulls.first)
+        func coordinator() -> SyncCoordinator {
+            var c = SyncCoordinator(me: me, publishedToken: "T1", configuration: Self.config(slots: 1))
+            _ = c.onView(stale, wallMillis: 10, now: .zero)
+            #expect(Self.pulls(c.onUpstreamToken("T2", wallMillis: 10, now: .seconds(6))) == [.upstream])
+            #expect(Self.pulls(c.onPullFinished(.busy, now: .seconds(7))).isEmpty)
+            return c
+        }
+        // The backoff (20 s) ends at 27 s; the others still advertise the plan that has us pulling.
+        var c = coordinator()
+        #expect(Self.pulls(c.onTick(now: .seconds(27))).isEmpty, "started on a majority that never heard we had left")
+        #expect(c.agreed)
+        // By the deadline the member that took our slot shows it pulls: the plan keeps it there, and we wait.
+        let taken = others.map { Self.record($0, target: "T2", seen: 5, syncing: $0 == replacement ? "upstream" : "") }
+        #expect(Self.pulls(c.onView(taken, wallMillis: 10, now: .seconds(32))).isEmpty)
+        #expect(c.plan?.upstreamPulls == [replacement])
+        // Nobody took it meanwhile: the deadline passed, we start.
+        var d = coordinator()
+        #expect(Self.pulls(d.onTick(now: .seconds(27))).isEmpty)
+        #expect(Self.pulls(d.onTick(now: .seconds(32))) == [.upstream])
+    }
+
     @Test func busyUpstreamIsRetriedAfterTheBackoffAndAFailedPeerNotAtAll() {
         var c = SyncCoordinator(me: "solo", publishedToken: "T1", configuration: Self.config(slots: 1))
         _ = c.onView([], wallMillis: 0, now: .zero)
