@@ -79,17 +79,17 @@ import Testing
         #expect(r.largestCorrection > 250_000, "\(r.largestCorrection) ms")
     }
 
-    /// Seed 723 of the simulation campaign: a member cut off from every peer at 15.7 s keeps the view it had (92 of 100
-    /// members still alive to it, all on its plan for the first push) and, at 29.6 s, starts its upstream pull of that
-    /// plan beside two members pulling the second push on theirs, which it could not have heard of. That start is
-    /// counted apart (`unseenStarts`), not as a breach of the plan's bound: the check counts only what the starter could
-    /// know.
-    @Test func aStartByAMemberCutOffIsCountedApartFromTheBound() {
-        var s = Self.scenario(n: 100, seed: 723)
+    /// Seeds of the simulation campaign that reported more agreed upstream pulls than slots (docs/reliability.md,
+    /// "Simulation"). 1682 and 1824: a member back from avoiding upstream started on a majority that had not heard it
+    /// left, beside the member given its slot meanwhile (fixed in `SyncCoordinator`; before the fix both fail here).
+    /// 723: a member cut off from every peer started on the view it had before the cut, beside pulls it could not
+    /// have heard of; the check now counts such a start apart (`unseenStarts`) instead of as a breach. Since the
+    /// coordinator's fix, seed 723's run no longer has that start, so this test no longer exercises that rule.
+    @Test(arguments: [723, 1682, 1824] as [UInt64]) func theSeedsThatBrokeTheSlotsBoundRunClean(seed: UInt64) {
+        var s = Self.scenario(n: 100, seed: seed)
         s.drawFailures()
         let r = Simulation.run(s)
-        #expect(r.violations.count == 0, "\(r.violations.prefix(3))")
-        #expect(r.unseenStarts > 0)
+        #expect(r.violations.count == 0, "seed \(seed): \(r.violations.prefix(3))")
         #expect(r.t100 != nil)
     }
 
