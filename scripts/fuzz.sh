@@ -11,16 +11,37 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(FuzzWire FuzzManifest)
 cd "$(dirname "$0")/../Fuzz"
-# --disable-dead-strip: release links with --gc-sections, and the linker then drops the coverage counters' sections
-# (nothing names them but their __start_/__stop_ symbols), so libFuzzer ran blind, mutating at random without
-# feedback. The run below refuses a binary without counters.
-swift build -c release --sanitize=fuzzer --sanitize=address --disable-dead-strip 2>&1 | tail -1
+# The sanitizers go to swiftc as one flag. swiftc keeps only the last -sanitize= it is given, and `swift build
+# --sanitize=fuzzer --sanitize=address` passes two in an order that changes from one build to the next (SwiftPM holds
+# them in a Set): some builds had coverage counters but no AddressSanitizer, others AddressSanitizer and no counters,
+# where libFuzzer mutates blind. --sanitize=fuzzer stays so SwiftPM links libFuzzer's main (and instruments
+# the C targets); -Xswiftc comes last on every swiftc line, so it decides. check_instrumented refuses a build whose
+# decoder objects lack either, and the run below one whose binary registers no counters with libFuzzer.
+swift build -c release --sanitize=fuzzer -Xswiftc -sanitize=fuzzer,address 2>&1 | tail -1
+counters() { # total size of the __sancov_cntrs sections (one byte per counter) in the files named
+    local total=0 size
+    for size in $(objdump -h "$@" 2>/dev/null | awk '$2 == "__sancov_cntrs" {print $3}'); do
+        total=$((total + 16#$size))
+    done
+    echo "$total"
+}
+check_instrumented() { # target, the module holding its decoder
+    local objects=(.build/release/"$2".build/*.o) asan counted
+    asan=$(nm -u "${objects[@]}" | grep -c '__asan_report' || true)
+    counted=$(counters "${objects[@]}")
+    echo "fuzz.sh: $1: $2 calls $asan of AddressSanitizer's report functions and has $counted coverage counters"
+    if [ "$asan" -eq 0 ] || [ "$counted" -eq 0 ]; then
+        echo "fuzz.sh: $1 is not instrumented for both AddressSanitizer and coverage (see the build flags above)" >&2
+        exit 1
+    fi
+}
 for target in "${targets[@]}"; do
     case $target in
-        FuzzWire) seeds=corpus ;;
-        FuzzManifest) seeds=corpus-manifest ;;
+        FuzzWire) seeds=corpus decoder=DmirrWire ;;
+        FuzzManifest) seeds=corpus-manifest decoder=DmirrManifest ;;
         *) echo "fuzz.sh: unknown target $target (FuzzWire, FuzzManifest)" >&2; exit 2 ;;
     esac
+    check_instrumented "$target" "$decoder"
     work=.corpus-$target
     mkdir -p "$work"
     cp -n "$seeds"/* "$work"/ 2>/dev/null || true

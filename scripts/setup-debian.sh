@@ -17,6 +17,7 @@
 #   util-linux   taskset pins the agent and the load to separate cores; mount makes the state campaign's tmpfs
 #   iproute2     ip netns and tc: the fault campaigns run agents as separate hosts in network namespaces
 #   faketime     the clock campaign runs one agent with its wall clock ten minutes off
+#   binutils     fuzz.sh checks with nm and objdump that the fuzzers are built with AddressSanitizer and coverage
 set -euo pipefail
 if [ "$(id -u)" -ne 0 ]; then
     exec sudo "$0" "$@"
@@ -25,7 +26,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     rsync rpm createrepo-c dnf libsqlite3-dev sqlite3 openssl gzip bzip2 ca-certificates protobuf-compiler procps gpg gpgv gpg-agent systemd \
-    curl prometheus chromium wrk util-linux iproute2 faketime >/dev/null
+    curl prometheus chromium wrk util-linux iproute2 faketime binutils >/dev/null
 # Playwright drives Debian's chromium (it downloads no browser of its own here). A python3 without pip gets Debian's.
 python3 -m pip --version >/dev/null 2>&1 || apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --break-system-packages 'playwright==1.65.2'
