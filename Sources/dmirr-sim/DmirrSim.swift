@@ -159,6 +159,10 @@ struct DmirrSimCommand: ParsableCommand {
         }
         guard !r.violations.isEmpty else { return nil }
         for v in r.violations.prefix(5) { print("   VIOLATION seed \(s): \(v)") }
+        if r.violations.count > 5 {
+            // Five show the kind; the count shows whether it was a moment or the whole run.
+            print("   seed \(s): \(r.violations.count - 5) more violations not shown (\(r.violations.count) in all)")
+        }
         let replay = "dmirr-sim " + scenario.replayArguments.joined(separator: " ")
         print("   replay: \(replay)")
         return replay
