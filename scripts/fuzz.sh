@@ -14,7 +14,7 @@ cd "$(dirname "$0")/../Fuzz"
 # The sanitizers go to swiftc as one flag. swiftc keeps only the last -sanitize= it is given, and `swift build
 # --sanitize=fuzzer --sanitize=address` passes two in an order that changes from one build to the next (SwiftPM holds
 # them in a Set): some builds had coverage counters but no AddressSanitizer, others AddressSanitizer and no counters,
-# where libFuzzer mutates blind. --sanitize=fuzzer stays so SwiftPM links libFuzzer's main (and instruments
+# where libFuzzer mutates blind. --sanitize=fuzzer stays so SwiftPM links libFuzzer's main (and gives coverage to
 # the C targets); -Xswiftc comes last on every swiftc line, so it decides. check_instrumented refuses a build whose
 # decoder objects lack either, and the run below one whose binary registers no counters with libFuzzer.
 swift build -c release --sanitize=fuzzer -Xswiftc -sanitize=fuzzer,address 2>&1 | tail -1
