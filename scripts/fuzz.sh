@@ -27,6 +27,7 @@ counters() { # total size of the __sancov_cntrs sections (one byte per counter) 
 }
 check_instrumented() { # target, the module holding its decoder
     local objects=(.build/release/"$2".build/*.o) asan counted
+    [ -e "${objects[0]}" ] || { echo "fuzz.sh: $1: no objects of $2 in Fuzz/.build/release/$2.build" >&2; exit 1; }
     asan=$(nm -u "${objects[@]}" | grep -c '__asan_report' || true)
     counted=$(counters "${objects[@]}")
     echo "fuzz.sh: $1: $2 calls $asan of AddressSanitizer's report functions and has $counted coverage counters"
