@@ -614,6 +614,11 @@ public actor FleetNode {
                 logger.warning("ignored a claim a member cannot make", metadata: ["member.node": "\(node)", "reason": "\(reason)"])
             case .livenessChanged(let node, let liveness):
                 logger.notice("member liveness changed", metadata: ["member.node": "\(node)", "member.liveness": "\(liveness.rawValue)"])
+            case .resumedAfterPause(let late):
+                // Under a second is scheduling noise on a busy host (the round is excused all the same).
+                logger.log(level: late >= .seconds(1) ? .warning : .debug,
+                           "this agent's gossip round ran late: it was stopped, suspended or starved of CPU; its peers' silence in that time is not held against them",
+                           metadata: ["late": "\(DurationText.format(late))"])
             case .wake:
                 break  // the gossip service ticks on its own interval
             }

@@ -25,6 +25,14 @@
 /// alone, with half a refresh of slack: suspect after `suspectAfter` + 1.5 refreshes without one, down after
 /// `downAfter` + 1.5 refreshes.
 ///
+/// **Our own pauses.** Silence counts only while this member was running. A round that comes a whole round or more
+/// late (the process was stopped, its VM suspended, its host too loaded to schedule it) means it read nothing in
+/// between through no fault of its peers: every sign of life it holds (and every suspicion's start) moves forward by the
+/// lateness, so a verdict after the pause is the one it would have reached had the pause not happened (a member silent
+/// before it stays as silent as it was, and one heard just before it gets `suspectAfter` to be heard again). Without
+/// this a member resuming after more than `suspectAfter` suspected, and closed the links to, every healthy peer it had
+/// not yet read from.
+///
 /// Records are opaque signed bytes to this machine: the shell verifies signatures before
 /// ``onRecord(_:signed:from:now:)`` and signs this member's own record when told to.
 public struct Membership: Sendable {
@@ -78,6 +86,9 @@ public struct Membership: Sendable {
         case distrusted(node: String, reason: String)
         /// Call ``onTick(now:)`` again after this long.
         case wake(after: Duration)
+        /// This round came `late` after the one due (for logs): the member was not running, so the silence of its
+        /// peers in that time is not held against them (see "Our own pauses" above).
+        case resumedAfterPause(late: Duration)
     }
 
     /// One line of a digest.
@@ -174,6 +185,8 @@ public struct Membership: Sendable {
     /// Records asked for after an announcement, so that several announcers do not each send it.
     private var requested: [String: (version: RecordVersion, at: Duration)] = [:]
     private var rotation = 0
+    /// When the last round ran, to tell a pause of our own from our peers' silence.
+    private var lastRound: Duration?
     private var lastSigned: Duration?
     private var ownDirty = true
     /// Our record changed only in fields the plan does not depend on (progress, serving count, plan digest…).
@@ -251,6 +264,12 @@ public struct Membership: Sendable {
     /// A gossip round: judge liveness, re-sign our record when it changed or is due, send summaries.
     public mutating func onTick(now: Duration) -> [Directive] {
         var out: [Directive] = []
+        if let last = lastRound, now - last - configuration.gossipInterval >= configuration.gossipInterval {
+            let late = now - last - configuration.gossipInterval
+            excusePause(late, now: now)
+            out.append(.resumedAfterPause(late: late))
+        }
+        lastRound = now
         for peer in connected.sorted() where now - (heardAt[peer] ?? now) >= configuration.suspectAfter {
             onDisconnected(peer)
             out.append(.closeLink(to: peer))
@@ -285,6 +304,19 @@ public struct Membership: Sendable {
         }
         out.append(.wake(after: configuration.gossipInterval))
         return out
+    }
+
+    /// Moves every sign of life we hold forward by `late`, the time we were not running (a sign from after the pause,
+    /// read before this round, goes no later than now), and so the time a suspicion has counted against its member (a
+    /// refutation sent meanwhile is not read yet either). Verdicts only get kinder, so every member is judged again
+    /// this round rather than at the deadlines queued before.
+    private mutating func excusePause(_ late: Duration, now: Duration) {
+        for (peer, at) in heardAt { heardAt[peer] = min(at + late, now) }
+        for (node, since) in rumourSince { rumourSince[node] = min(since + late, now) }
+        for node in nodes where node != me {
+            entries[node]!.lastAdvance = min(entries[node]!.lastAdvance + late, now)
+            dirty.insert(node)
+        }
     }
 
     /// The round's announcements: to each linked peer, the versions learned since the last round that it is not

@@ -559,7 +559,7 @@ public struct Simulation {
                 if let j = index[peer], canTalk(i, j), nodes[i].links.contains(j) {
                     nodes[i].membership.onConnected(peer, now: d)
                 }
-            case .persist, .livenessChanged, .distrusted, .wake:
+            case .persist, .livenessChanged, .distrusted, .wake, .resumedAfterPause:
                 break
             }
         }

@@ -322,6 +322,9 @@ import Testing
                     usleep(200_000)
                 }
                 #expect(wrong.isEmpty, "\(describe): healthy members shown suspect or down: \(wrong.sorted())\nreplay: \(replay)")
+                // It knows it was the one stopped (a round late by the freeze) and says so, once per freeze.
+                let pausesLogged = fleet.agents[victim]!.stderr.components(separatedBy: "gossip round ran late").count - 1
+                #expect(pausesLogged >= round, "\(describe): \(victim) logged \(pausesLogged) pauses in \(round) freezes: \(fleet.agents[victim]!.stderr.suffix(1500))")
                 // A freeze longer than the record lifetime (10 s here) makes the others forget the frozen member; it is
                 // heard again through gossip, which took up to 65 s on a loaded CI machine (docs/reliability.md).
                 let caughtUp = fleet.waitUntil(seconds: 120) { fleet.allInSync(token, among: fleet.names) }

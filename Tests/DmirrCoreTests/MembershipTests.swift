@@ -86,7 +86,7 @@ struct MiniFleet {
             case .sendSummary(let to, let summary): out.append(.summary(from: name, to: to, summary))
             case .sendDigest(let to, let entries, let scope): out.append(.digest(from: name, to: to, entries, scope))
             case .sendRecords(let to, let nodes): out.append(.records(from: name, to: to, nodes))
-            case .persist, .livenessChanged, .distrusted, .wake, .closeLink: break
+            case .persist, .livenessChanged, .distrusted, .wake, .closeLink, .resumedAfterPause: break
             }
         }
         return out
@@ -380,7 +380,10 @@ extension Membership {
         stale.heartbeat = 3
         _ = m.onRecord(stale, signed: [9], from: "x", now: .seconds(3))
         let directives = m.onTick(now: .seconds(4))
-        guard case .signOwnRecord(let signed)? = directives.first else { Issue.record("no re-sign"); return }
+        guard let signed = directives.lazy.compactMap({ if case .signOwnRecord(let r) = $0 { r } else { nil } }).first else {
+            Issue.record("no re-sign: \(directives)")
+            return
+        }
         #expect(signed.version > stale.version)
     }
 
@@ -518,6 +521,94 @@ extension Membership {
         for _ in 0..<12 { fleet.round() }
         #expect(fleet.members["m3"]!.entries["m6"]?.liveness == .down)
         #expect(Set(fleet.members["m3"]!.aliveMembers) == Set(names).subtracting(["m6"]))
+    }
+
+    /// A member stopped (SIGSTOP, a suspended VM) for longer than `downAfter` reads nothing meanwhile. On its first
+    /// round after it continues, before it has read a frame, it must not suspect the peers it could not hear, nor close
+    /// their links; what was down before the pause stays down, and a peer that died during it is still found out
+    /// within `suspectAfter` of the pause's end. (The stall campaign caught the first: a member frozen for 15 s showed a
+    /// healthy peer suspect right after SIGCONT.)
+    @Test func ourOwnPauseIsNotHeldAgainstOurPeers() {
+        let ring = Self.quickRing()  // suspect after 5 s, down after 12 s; m0 links to m1, m4 and m7
+        var fleet = ring.fleet
+        for _ in 0..<5 { fleet.round() }
+        fleet.down = ["m3"]
+        for _ in 0..<20 { fleet.round() }
+        #expect(fleet.views(of: "m3").allSatisfy { $0 == .down })
+        // m0 stops for 20 s; 8 s in, its neighbour m1 dies.
+        fleet.down = ["m3", "m0"]
+        for _ in 0..<8 { fleet.round() }
+        fleet.down = ["m3", "m0", "m1"]
+        for _ in 0..<12 { fleet.round() }
+        fleet.down = ["m3", "m1"]
+        let healthy = ["m2", "m4", "m5", "m6", "m7"]
+        // m0 ticks first in a round (names in order), so this checks its verdicts before it read anything.
+        fleet.round()
+        var m0 = fleet.members["m0"]!
+        #expect(m0.own.suspects.isEmpty, "suspects right after the pause: \(m0.own.suspects.map(\.node))")
+        #expect(m0.connected == ["m1", "m4", "m7"], "links closed after the pause: \(m0.connected.sorted())")
+        #expect(healthy.allSatisfy { m0.entries[$0]?.liveness == .alive }, "\(healthy.map { "\($0): \(m0.entries[$0].map { "\($0.liveness)" } ?? "-")" })")
+        #expect(m0.entries["m3"]?.liveness == .down, "m3 was down before the pause: \(m0.entries["m3"].map { "\($0.liveness)" } ?? "-")")
+        // Its peers closed their links to it meanwhile; the dialer links it again, and the dead m1 stays unlinked.
+        for peer in ["m4", "m7"] {
+            fleet.members["m0"]!.onDisconnected(peer)
+            fleet.members["m0"]!.onConnected(peer, now: fleet.now)
+            fleet.members[peer]!.onConnected("m0", now: fleet.now)
+        }
+        fleet.members["m0"]!.onDisconnected("m1")
+        var m1NotAliveAfter: Int?
+        var m1DownAfter: Int?
+        for second in 2...20 {
+            fleet.round()
+            m0 = fleet.members["m0"]!
+            #expect(healthy.allSatisfy { m0.entries[$0]?.liveness == .alive }, "\(second) s after the pause: \(m0.own.suspects.map(\.node))")
+            if m1NotAliveAfter == nil, m0.entries["m1"]?.liveness != .alive { m1NotAliveAfter = second }
+            if m1DownAfter == nil, m0.entries["m1"]?.liveness == .down { m1DownAfter = second }
+        }
+        #expect((1...6).contains(m1NotAliveAfter ?? 0), "m1, dead since before the pause ended, suspected \(m1NotAliveAfter ?? -1) s after it")
+        #expect((1...13).contains(m1DownAfter ?? 0), "m1 judged down \(m1DownAfter ?? -1) s after the pause")
+        #expect(fleet.views(of: "m0").allSatisfy { $0 == .alive }, "the others' view of m0: \(fleet.views(of: "m0"))")
+
+        // Only a round missed counts as a pause, and it is reported with its length.
+        var a = Membership(me: "a", generation: 1, configuration: ring.config)
+        func pauses(at now: Duration) -> [Duration] {
+            a.onTick(now: now).compactMap { if case .resumedAfterPause(let late) = $0 { late } else { nil } }
+        }
+        #expect(pauses(at: .seconds(1)) == [])
+        #expect(pauses(at: .seconds(2)) == [])
+        #expect(pauses(at: .milliseconds(3900)) == [])
+        #expect(pauses(at: .milliseconds(6000)) == [.milliseconds(1100)])
+    }
+
+    /// A suspicion that reached us just before our own pause counts only the time we ran: the suspect may have refuted
+    /// it meanwhile, and we have not read that yet. A member really dead is down `downAfter − suspectAfter` of our
+    /// running time after the suspicion reached us, as without a pause.
+    @Test func aSuspicionHeardJustBeforeOurPauseCountsOnlyTheTimeWeRan() {
+        let ring = Self.quickRing()  // suspect after 5 s, down after 12 s; m3 links to m2, m4 and m7, not to m0
+        var fleet = ring.fleet
+        for _ in 0..<5 { fleet.round() }
+        fleet.down = ["m3"]
+        var rounds = 0
+        while fleet.members["m0"]!.entries["m3"]?.liveness == .alive, rounds < 15 {
+            fleet.round()
+            rounds += 1
+        }
+        #expect(fleet.members["m0"]!.entries["m3"]?.liveness == .suspect, "m0 never heard the suspicion of m3")
+        fleet.down = ["m3", "m0"]
+        for _ in 0..<20 { fleet.round() }
+        fleet.down = ["m3"]
+        for peer in ["m1", "m4", "m7"] {
+            fleet.members["m0"]!.onDisconnected(peer)
+            fleet.members["m0"]!.onConnected(peer, now: fleet.now)
+            fleet.members[peer]!.onConnected("m0", now: fleet.now)
+        }
+        var downAfter: Int?
+        for second in 1...12 {
+            fleet.round()
+            if downAfter == nil, fleet.members["m0"]!.entries["m3"]?.liveness == .down { downAfter = second }
+        }
+        // 7 s of suspicion (down_after − suspect_after), of which m0 ran 1 s before its pause.
+        #expect((5...7).contains(downAfter ?? 0), "m3 down in m0's view \(downAfter ?? -1) s after m0's pause")
     }
 
     @Test(arguments: [1, 2, 3] as [UInt64])
