@@ -269,8 +269,8 @@ import Testing
     /// The stall campaign: a member frozen (SIGSTOP to its process group: the agent and any rsync it runs) for each of
     /// the durations, once while idle with a push arriving during the freeze and once in the middle of its own pull.
     /// Checked: no member other than the frozen one is ever shown suspect or down, by anyone, including by the frozen
-    /// one once it runs again (it heard nothing for the whole freeze); upstream never serves more than `[upstream]
-    /// slots` tree pulls at once; the frozen member catches up after SIGCONT.
+    /// one once it runs again (it heard nothing for the whole freeze, and logs that it was paused); upstream never
+    /// serves more than `[upstream] slots` tree pulls at once; the frozen member catches up after SIGCONT.
     ///
     /// `DMIRR_STALL_SECONDS` (a comma-separated list; "5,15" in the suite, "5,30,120" for the full campaign).
     @Test func aFrozenMemberCatchesUpAndNoHealthyOneIsSuspected() throws {
