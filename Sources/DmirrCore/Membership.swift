@@ -264,8 +264,7 @@ public struct Membership: Sendable {
     /// A gossip round: judge liveness, re-sign our record when it changed or is due, send summaries.
     public mutating func onTick(now: Duration) -> [Directive] {
         var out: [Directive] = []
-        if let last = lastRound, now - last - configuration.gossipInterval >= configuration.gossipInterval {
-            let late = now - last - configuration.gossipInterval
+        if let late = lastRound.map({ now - $0 - configuration.gossipInterval }), late >= configuration.gossipInterval {
             excusePause(late, now: now)
             out.append(.resumedAfterPause(late: late))
         }
