@@ -171,6 +171,8 @@ public struct RunResult: Sendable {
     /// Upstream pulls started on an agreed plan beside C others, one of which the fleet could not know of: its member was
     /// cut off or stopped before the record saying it had started left it.
     public var unseenStarts = 0
+    /// Every upstream transfer as it started, in order (what `dmirr-sim --verbose` prints to explain a run's peak).
+    public var upstreamLog: [UpstreamStart] = []
     /// Member records dropped at receipt by the protocol's rules (``RecordPolicy``): expired ones relayed late after a
     /// partition are expected; one dated in the future from an honest member is a violation (its clock was not
     /// corrected to the fleet's).
@@ -179,6 +181,31 @@ public struct RunResult: Sendable {
     public var largestCorrection: Int64 = 0
     /// Invariant violations (empty when the run was clean).
     public var violations: [String] = []
+}
+
+/// An upstream transfer as it started.
+public struct UpstreamStart: Sendable, Equatable, CustomStringConvertible {
+    /// Seconds after the push.
+    public var at: Double
+    public var node: String
+    public var token: String
+    /// Started on an agreed plan; false: on the agreement deadline.
+    public var agreed: Bool
+    /// The starter was cut off from every peer.
+    public var cutOff: Bool
+    /// Its half ("A" or "B") while the fleet was split; nil when it was whole.
+    public var side: String?
+    /// Every member pulling from upstream at that moment, this one included, by name.
+    public var atUpstream: [String]
+
+    public var description: String {
+        var state = [agreed ? "agreed" : "on the deadline"]
+        if cutOff { state.append("cut off") }
+        if let side { state.append("split side \(side)") }
+        let others = atUpstream.filter { $0 != node }
+        return "t=\((at * 10).rounded() / 10) s: \(node) pulls \(token) from upstream (\(state.joined(separator: ", ")))"
+            + (others.isEmpty ? "" : " beside \(others.joined(separator: ", "))")
+    }
 }
 
 /// Runs the real ``Membership`` and ``SyncCoordinator`` of every mirror in virtual time: gossip over a sparse random
@@ -692,6 +719,10 @@ public struct Simulation {
         if source < 0 {
             result.pullsFromUpstream += 1
             result.peakUpstreamConcurrency = max(result.peakUpstreamConcurrency, network.count(from: -1))
+            let pulling = network.active.values.filter { $0.source == -1 }.map { nodes[$0.destination].name }.sorted()
+            result.upstreamLog.append(UpstreamStart(at: now - scenario.pushAt, node: nodes[i].name, token: nodes[i].pull?.token ?? pull.token,
+                                                    agreed: agreedPulls.contains(pull.number), cutOff: nodes[i].cut,
+                                                    side: splitActive ? (nodes[i].side ? "A" : "B") : nil, atUpstream: pulling))
         } else {
             result.pullsFromPeers += 1
         }

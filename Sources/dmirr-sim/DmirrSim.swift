@@ -48,7 +48,7 @@ struct DmirrSimCommand: ParsableCommand {
     @Flag(help: "Draw each seed's own mix of every failure kind (what the simulator tests run), instead of the fractions above.")
     var randomFailures = false
     @Option(help: "When upstream pushes, s of virtual time after start.") var pushAt = 30.0
-    @Flag(name: .shortAndLong, help: "Print gossip frames by kind for each run.") var verbose = false
+    @Flag(name: .shortAndLong, help: "Print gossip frames by kind for each run, and every upstream start (agreed or on the deadline, cut off, side of a split, who else was at upstream).") var verbose = false
     @Option(help: "Measure an idle fleet: no push; gossip is counted for this many seconds after --push-at.") var idle: Double?
     @Option(help: "[peers] down_after, s (an unchanged record is re-signed every half of it or 2 s per member, whichever is longer, unless --refresh says otherwise).")
     var downAfter = 60.0
@@ -153,6 +153,7 @@ struct DmirrSimCommand: ParsableCommand {
             let kinds = r.frames.keys.sorted().map { "\($0) \(r.frames[$0]!) (\(Int(r.frameBytes[$0] ?? 0)) B)" }
             print("   frames: \(kinds.joined(separator: ", ")); own-record signings \(r.signings) (\(r.digestOnlySignings) for a new plan digest alone); upstream starts "
                   + "\(r.upstreamStarts), \(r.agreedUpstreamStarts) of them agreed")
+            for line in r.upstreamLog { print("   \(line)") }
         }
         if r.unseenStarts > 0 {
             print("   note seed \(s): \(r.unseenStarts) upstream pull(s) started beside one the starter could not have heard of (one of the two members cut off or stopped)")

@@ -93,6 +93,33 @@ import Testing
         #expect(r.t100 != nil)
     }
 
+    /// Seed 3307 of the campaign's fourth pass: five pulls at upstream at once with C = 2, no invariant broken. Its
+    /// log of upstream starts says why, and this test checks the log says it: during a split with upstream reachable
+    /// from both halves, two members of side A pulled on their agreed plan, two of side B on the deadline (half the
+    /// fleet is no majority), and one member cut off from every peer on its own deadline. Neither side put more than C
+    /// at upstream; the fifth was the member alone (docs/architecture.md: the bound holds among members that hear
+    /// each other).
+    @Test func anUpstreamPeakAboveTwiceTheSlotsIsTwoSidesAndAMemberCutOff() throws {
+        var s = Self.scenario(n: 100, seed: 3307)
+        s.drawFailures()
+        let r = Simulation.run(s)
+        #expect(r.violations.isEmpty, "\(r.violations.prefix(3))")
+        #expect(r.peakUpstreamConcurrency == 2 * s.upstreamSlots + 1)
+        #expect(r.upstreamLog.count == r.upstreamStarts)
+        #expect(r.upstreamLog.filter(\.agreed).count == r.agreedUpstreamStarts)
+        let peak = try #require(r.upstreamLog.firstIndex { $0.atUpstream.count == r.peakUpstreamConcurrency })
+        // Each member at upstream then, as its latest start up to that moment.
+        let latest = Dictionary(r.upstreamLog[...peak].map { ($0.node, $0) }, uniquingKeysWith: { _, later in later })
+        let pulling = try r.upstreamLog[peak].atUpstream.map { try #require(latest[$0]) }
+        let description = pulling.map(\.description).joined(separator: "\n")
+        for side in ["A", "B"] {
+            let together = pulling.filter { $0.side == side && !$0.cutOff }
+            #expect(together.count == s.upstreamSlots, "side \(side):\n\(description)")
+        }
+        #expect(pulling.filter(\.cutOff).count == 1, "\(description)")
+        #expect(r.upstreamLog[peak].description.contains("beside"), "\(r.upstreamLog[peak])")
+    }
+
     /// The fleet split in two halves, upstream reachable from one only: no agreed plan puts more than C pulls at
     /// upstream (a violation otherwise), and everyone converges after the split heals.
     @Test func aSplitFleetKeepsTheBoundAndConvergesAfterHealing() throws {
