@@ -84,7 +84,7 @@ import Testing
     /// left, beside the member given its slot meanwhile (fixed in `SyncCoordinator`; before the fix both fail here).
     /// 723: a member cut off from every peer started on the view it had before the cut, beside pulls it could not
     /// have heard of; the check now counts such a start apart (`unseenStarts`) instead of as a breach. Since the
-    /// coordinator's fix, seed 723's run no longer has that start, so this test no longer exercises that rule.
+    /// coordinator's fix, seed 723's run no longer has that start; seed 5564 (below) has one.
     @Test(arguments: [723, 1682, 1824] as [UInt64]) func theSeedsThatBrokeTheSlotsBoundRunClean(seed: UInt64) {
         var s = Self.scenario(n: 100, seed: seed)
         s.drawFailures()
@@ -120,6 +120,23 @@ import Testing
         }
         #expect(pulling.filter(\.cutOff).count == 1, "\(description)")
         #expect(r.upstreamLog[peak].description.contains("beside"), "\(r.upstreamLog[peak])")
+    }
+
+    /// Seed 5564 of the campaign's fourth pass, the first seed since the coordinator's fix to have an agreed upstream
+    /// start the check counts apart ("unseen", the rule seed 723 first needed): m0, cut off from every peer, started
+    /// on the plan it heard before the cut, beside m25 and m33, whose agreed pulls of the second push it could not
+    /// have heard of. Without that rule the check reports "m0 started an upstream pull in an agreed plan beside 2
+    /// others started on agreed plans"; with it the run breaks no invariant.
+    @Test func anAgreedStartBesidePullsItsMemberCouldNotHaveHeardOfIsCountedApart() {
+        var s = Self.scenario(n: 100, seed: 5564)
+        s.drawFailures()
+        let r = Simulation.run(s)
+        let log = r.upstreamLog.map(\.description).joined(separator: "\n")
+        #expect(r.violations.isEmpty, "\(r.violations.prefix(3))\n\(log)")
+        #expect(r.unseenStarts == 1, "\(log)")
+        // The start set apart: agreed, by a member cut off, with more than C members at upstream counting itself.
+        #expect(r.upstreamLog.contains { $0.agreed && $0.cutOff && $0.atUpstream.count > s.upstreamSlots }, "\(log)")
+        #expect(r.t100 != nil)
     }
 
     /// The fleet split in two halves, upstream reachable from one only: no agreed plan puts more than C pulls at
