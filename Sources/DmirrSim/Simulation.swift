@@ -187,6 +187,8 @@ public struct RunResult: Sendable {
 public struct UpstreamStart: Sendable, Equatable, CustomStringConvertible {
     /// Seconds after the push.
     public var at: Double
+    /// When the push was, in seconds of simulated time (the clock violations are reported on).
+    public var pushAt: Double
     public var node: String
     public var token: String
     /// Started on an agreed plan; false: on the agreement deadline.
@@ -203,7 +205,9 @@ public struct UpstreamStart: Sendable, Equatable, CustomStringConvertible {
         if cutOff { state.append("cut off") }
         if let side { state.append("split side \(side)") }
         let others = atUpstream.filter { $0 != node }
-        return "t=\((at * 10).rounded() / 10) s: \(node) pulls \(token) from upstream (\(state.joined(separator: ", ")))"
+        // Both clocks: the simulation's, which violations are reported on, and the push's, which t100 is.
+        let tenths = { (x: Double) in (x * 10).rounded() / 10 }
+        return "t=\(tenths(pushAt + at)) s (push +\(tenths(at)) s): \(node) pulls \(token) from upstream (\(state.joined(separator: ", ")))"
             + (others.isEmpty ? "" : " beside \(others.joined(separator: ", "))")
     }
 }
@@ -720,7 +724,8 @@ public struct Simulation {
             result.pullsFromUpstream += 1
             result.peakUpstreamConcurrency = max(result.peakUpstreamConcurrency, network.count(from: -1))
             let pulling = network.active.values.filter { $0.source == -1 }.map { nodes[$0.destination].name }.sorted()
-            result.upstreamLog.append(UpstreamStart(at: now - scenario.pushAt, node: nodes[i].name, token: nodes[i].pull?.token ?? pull.token,
+            result.upstreamLog.append(UpstreamStart(at: now - scenario.pushAt, pushAt: scenario.pushAt, node: nodes[i].name,
+                                                    token: nodes[i].pull?.token ?? pull.token,
                                                     agreed: agreedPulls.contains(pull.number), cutOff: nodes[i].cut,
                                                     side: splitActive ? (nodes[i].side ? "A" : "B") : nil, atUpstream: pulling))
         } else {
