@@ -202,6 +202,15 @@ import Testing
         }
     }
 
+    /// Every agent's log lines about liveness, links and its clock: what a wrong suspicion needs to be read.
+    static func livenessLines(_ fleet: FleetTests.Fleet) -> String {
+        let topics = ["liveness", "suspect", "silent", "clock", "peer connection", "peer link"]
+        return fleet.agents.sorted { $0.key < $1.key }.map { name, agent in
+            "--- \(name)\n" + agent.stderr.split(separator: "\n").filter { line in topics.contains { line.contains($0) } }
+                .suffix(60).joined(separator: "\n")
+        }.joined(separator: "\n")
+    }
+
     /// Members that `viewer` shows as suspect or down, among `healthy`.
     static func wronglySuspected(_ fleet: FleetTests.Fleet, by viewer: String, among healthy: [String]) -> [String] {
         let view = fleet.view(viewer)
@@ -386,7 +395,7 @@ import Testing
                 return fleet.allInSync(token, among: fleet.names)
             }
             #expect(followed, "\(describe): the push did not reach everyone: \(fleet.names.map { "\($0): \(fleet.view($0))" })\n\(fleet.logs())")
-            #expect(wrong.isEmpty, "\(describe): shown suspect or down: \(wrong.sorted())")
+            #expect(wrong.isEmpty, "\(describe): shown suspect or down: \(wrong.sorted())\n\(Self.livenessLines(fleet))")
             for name in fleet.names {
                 #expect(TreeComparison.differences(fleet.upstream.tree, fleet.mirror(name)) == [], "\(describe): \(name)")
             }
