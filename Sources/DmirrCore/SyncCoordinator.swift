@@ -178,10 +178,12 @@ public struct SyncCoordinator: Sendable {
     private var firstView: Duration?
     /// Avoided sources: until when (nil: for the rest of the target token).
     private var avoid: [PlanSource: Duration?] = [:]
-    /// When our avoidance of upstream last ended (its backoff ran out). Meanwhile the fleet gave our upstream slot to
-    /// the next member in slot order, and it may have started; our records saying we are back, and its saying it
-    /// pulls, need the agreement deadline to cross. Until then the agreement we count is stale.
-    private var upstreamRejoinedAt: Duration?
+    /// When our own part of the plan last went back to one the fleet may still advertise from before: our avoidance of
+    /// upstream ended (its backoff ran out), or a pull of the target ended without it. Meanwhile the fleet gave the
+    /// upstream slot that plan had for us to the next member in slot order, and it may have started; our records
+    /// saying where we are, and its saying it pulls, need the agreement deadline to cross. Until then the agreement we
+    /// count is stale: plan digests name who pulls from upstream, so the old plan's digest is the new one's.
+    private var rejoinedAt: Duration?
     /// When the poll whose answer we last took was issued: an answer to an older poll (one given up as lost, answering
     /// late) must not overwrite newer news.
     private var newestAnswerPolledAt: Duration?
@@ -252,9 +254,10 @@ public struct SyncCoordinator: Sendable {
     /// The live members' records as gossip has them (ours may be among them; our own state is taken from here).
     ///
     /// - Parameter suspects: members suspected but not yet judged down. They take no part in the plan, except that an
-    ///   upstream pull one of them reported keeps its slot until it is down: a member that merely stopped answering
-    ///   (stopped, cut off from its peers) may still be pulling, and giving its slot away would exceed the fleet's
-    ///   bound on upstream. Freeing the slot of a member that really died waits for `down_after` instead.
+    ///   upstream pull one of them reported, for any token, keeps its slot until it is down: a member that merely
+    ///   stopped answering (stopped, cut off from its peers) may still be pulling, or pulling again, and giving its
+    ///   slot away would exceed the fleet's bound on upstream. Freeing the slot of a member that really died waits for
+    ///   `down_after` instead.
     public mutating func onView(_ records: [MemberRecord], suspects: [MemberRecord] = [], wallMillis: Int64, now: Duration) -> [Directive] {
         view = records.filter { $0.node != me }
         holding = suspects.filter { $0.node != me && $0.syncState == .syncing && $0.source == PlanSource.upstream.recordValue }
@@ -381,6 +384,9 @@ public struct SyncCoordinator: Sendable {
         case .cancelled:
             break
         }
+        // Still without the target, we are back where we were before this pull (see `rejoinedAt`). A pull cancelled
+        // for a newer token is not: the next plan is for another token, and its digest is new.
+        if finished.token == target?.token, publishedToken != finished.token { rejoinedAt = now }
         return decide(now: now)
     }
 
@@ -493,7 +499,7 @@ public struct SyncCoordinator: Sendable {
         for (source, until) in avoid {
             guard let until, until <= now else { continue }
             avoid[source] = nil
-            if source == .upstream { upstreamRejoinedAt = now }
+            if source == .upstream { rejoinedAt = now }
         }
         guard var target else {
             plan = nil
@@ -536,7 +542,10 @@ public struct SyncCoordinator: Sendable {
             }
             members.append(SyncPlan.Member(node: me, publishedToken: publishedToken, pulling: running?.source,
                                            serveSlots: serving ? configuration.serveSlots : 0, avoid: avoiding))
-            let held = holding.filter { $0.targetToken == target.token && $0.publishedToken != target.token }
+            // Whatever token its record names: an rsync from upstream takes the tree upstream has when it connects, and
+            // a member we no longer hear may have started again on a newer token since (the simulation campaign, seed
+            // 7405: a member cut off while pulling T1 pulled T2, and two others took the T2 plan's two slots beside it).
+            let held = holding.filter { $0.publishedToken != target.token }
             members += held.map { SyncPlan.Member(node: $0.node, publishedToken: $0.publishedToken, pulling: .upstream, serveSlots: 0) }
             members.sort { $0.node < $1.node }
             // The slot order costs a SHA-256 per member and changes only with the token or who is live.
@@ -583,8 +592,10 @@ public struct SyncCoordinator: Sendable {
             let settled = now - (firstView ?? now) >= configuration.agreementDeadline
             // Back from avoiding upstream, the majority we count may be members that never heard we had left, while
             // the member given our slot meanwhile pulls (the simulation campaign, seed 1682: three agreed pulls
-            // with two slots). Alone, nobody took it.
-            let rejoined = view.isEmpty || upstreamRejoinedAt.map { now - $0 >= configuration.agreementDeadline } ?? true
+            // with two slots). Likewise after a pull from a peer failed (seed 8526: the plan from before that pull
+            // gave us upstream, and a majority still advertised it, not having heard of the pull; the members that
+            // had heard gave the slot to another, which started). Alone, nobody took it.
+            let rejoined = view.isEmpty || rejoinedAt.map { now - $0 >= configuration.agreementDeadline } ?? true
             guard (agreed && settled && rejoined) || now - since >= configuration.agreementDeadline else { return out }
         }
         let waiting = view.filter { $0.publishedToken != target.token && $0.syncState != .syncing }.map(\.node)

@@ -469,4 +469,60 @@ import Testing
         _ = c.onView([liar, Self.record("b", target: "T2", seen: 4_000)], wallMillis: 5_000, now: .seconds(4))
         #expect(c.target?.token == "T2")
     }
+
+    /// Seed 7405 of the simulation campaign's fourth pass: m41, cut off from its peers while its record said it pulled
+    /// T1 from upstream, pulled T2 from upstream meanwhile, and m7 and m13 took both slots of the T2 plan beside it:
+    /// their plan left m41 out because its record named the older token. A suspect's reported upstream pull now keeps
+    /// its slot whatever token it named, until the suspect is heard again or judged down.
+    @Test func aSuspectsUpstreamPullKeepsItsSlotWhateverTokenItNamed() throws {
+        var c = SyncCoordinator(me: "a", publishedToken: "T0", configuration: Self.config(slots: 2))
+        let others = ["b", "c"].map { Self.record($0, published: "T0", target: "T2", seen: 5) }
+        let cutOff = Self.record("s", published: "T0", target: "T1", seen: 2, syncing: "upstream")
+        _ = c.onView(others, suspects: [cutOff], wallMillis: 10, now: .zero)
+        _ = c.onUpstreamToken("T2", wallMillis: 10, now: .seconds(6))
+        let plan = try #require(c.plan)
+        #expect(plan.upstreamPulls.count == 2 && plan.upstreamPulls.contains("s"), "\(plan.upstreamPulls)")
+        // Judged down (no longer among the suspects), it frees the slot.
+        _ = c.onView(others, suspects: [], wallMillis: 10, now: .seconds(7))
+        let freed = try #require(c.plan)
+        #expect(freed.upstreamPulls.count == 2 && !freed.upstreamPulls.contains("s"), "\(freed.upstreamPulls)")
+    }
+
+    /// Seed 8526 of the simulation campaign's fourth pass: m30's pull from a lying peer failed, and the plan it made
+    /// next, upstream for m30, was the plan from before that pull, which 51 of 100 records still advertised (their
+    /// authors had not heard of the pull). It started at once, beside m92, which the members that had heard gave that
+    /// slot, and beside m18: three agreed upstream pulls with two slots. After a failed pull, as after avoiding
+    /// upstream, the agreement we count waits the agreement deadline for the fleet to hear where we are.
+    @Test func aMemberWhosePeerPullFailedWaitsForTheFleetToHearIt() throws {
+        let others = ["b", "c", "d", "e"]
+        // s and t hold T2 (two attest it, so peers may serve it); s serves everyone, t nobody. Whoever avoids s is
+        // planned upstream, the one slot.
+        let liar = [Self.record("s", published: "T2", target: "T2", seen: 5, serveSlots: 10),
+                    Self.record("t", published: "T2", target: "T2", seen: 5, serveSlots: 0)]
+        let members = (["a"] + others).map { SyncPlan.Member(node: $0, publishedToken: "T1", serveSlots: 2, avoid: $0 == "a" ? [.peer("s")] : []) }
+        let holders = [SyncPlan.Member(node: "s", publishedToken: "T2", serveSlots: 10), SyncPlan.Member(node: "t", publishedToken: "T2", serveSlots: 0)]
+        let after = SyncPlan(token: "T2", members: members + holders, upstreamSlots: 1)
+        #expect(after.upstreamPulls == ["a"])
+        // The others advertise that plan (from before they heard of a's pull from s).
+        let stale = others.map { Self.record($0, target: "T2", seen: 5, digest: after.digest) }
+        func failedOnce() -> SyncCoordinator {
+            var c = SyncCoordinator(me: "a", publishedToken: "T1", configuration: Self.config(slots: 1))
+            _ = c.onView(stale + liar, wallMillis: 10, now: .zero)
+            #expect(Self.pulls(c.onUpstreamToken("T2", wallMillis: 10, now: .seconds(6))) == [.peer("s")])
+            #expect(Self.pulls(c.onPullFinished(.failed("verification failed"), now: .seconds(7))).isEmpty,
+                    "started upstream on a majority that never heard of the pull from s")
+            #expect(c.plan?.digest == after.digest && c.agreed)
+            return c
+        }
+        // By the deadline b shows it pulls from upstream: the plan keeps it there, and a waits.
+        var c = failedOnce()
+        let taken = others.map { Self.record($0, target: "T2", seen: 5, syncing: $0 == "b" ? "upstream" : "", digest: after.digest) }
+        #expect(Self.pulls(c.onView(taken + liar, wallMillis: 10, now: .seconds(9))).isEmpty)
+        #expect(Self.pulls(c.onTick(now: .seconds(12))).isEmpty)
+        #expect(c.plan?.upstreamPulls == ["b"])
+        // Nobody took it: at the deadline it starts.
+        var d = failedOnce()
+        #expect(Self.pulls(d.onTick(now: .seconds(11))).isEmpty)
+        #expect(Self.pulls(d.onTick(now: .seconds(12))) == [.upstream])
+    }
 }
