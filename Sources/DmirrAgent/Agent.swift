@@ -139,7 +139,9 @@ struct PeerListenerService: Service {
     }
 }
 
-/// Keeps a few outgoing connections (not a full mesh): to known members first, else to the seeds.
+/// Keeps a few outgoing connections (not a full mesh): to known members first, else to the seeds. While the peers'
+/// clocks disagree too much to say where the fleet's time is, it links to one more peer a round (up to
+/// ``maxForClock`` links in all), for more `Hello`s to compare clocks with (``ClockOffset/determined``).
 struct DialerService: Service {
     let config: Config
     let credentials: FleetCredentials
@@ -148,6 +150,7 @@ struct DialerService: Service {
     let traffic: PeerTraffic
     let logger: Logger
     static let fanout = 4
+    static let maxForClock = 4 * fanout
 
     func run() async throws {
         let dialing = Dialing()
@@ -158,6 +161,7 @@ struct DialerService: Service {
             // Rotate one link every minute of gossip rounds (at least 10 s), so the topology keeps changing.
             let rotateEvery = max(.seconds(10), config.peers.gossip * 60)
             var lastRotation = clock.now
+            var wantedSamples = false
             while !Task.isCancelled && !Task.isShuttingDownGracefully {
                 if clock.now - lastRotation >= rotateEvery {
                     lastRotation = clock.now
@@ -166,6 +170,17 @@ struct DialerService: Service {
                     }
                 }
                 let connected = await node.connectedPeers
+                let wantSamples = await node.clockWantsSamples
+                if wantSamples != wantedSamples {
+                    wantedSamples = wantSamples
+                    if wantSamples {
+                        logger.notice("the clocks of this host's peers disagree too much to say the fleet's time: linking to more peers to compare with",
+                                      metadata: ["peers.connected": "\(connected.count)"])
+                    } else {
+                        logger.info("the peers' clocks agree on the fleet's time again", metadata: ["peers.connected": "\(connected.count)"])
+                    }
+                }
+                let wanted = wantSamples ? max(Self.fanout, min(connected.count + 1, Self.maxForClock)) : Self.fanout
                 let own = await node.own.peerAddress
                 let known = await node.knownAddresses
                 let connectedAddresses = Set(known.filter { connected.contains($0.node) }.map(\.address))
@@ -177,7 +192,7 @@ struct DialerService: Service {
                 candidates = candidates.filter { $0 != own && !busy.contains($0) }
                 candidates = candidates.rotated(by: round)
                 round += 1
-                for address in candidates.prefix(max(0, Self.fanout - connected.count - busy.count)) {
+                for address in candidates.prefix(max(0, wanted - connected.count - busy.count)) {
                     guard let target = HostPort(address) else { continue }
                     dialing.insert(address)
                     // Read per dial: a reload (SIGHUP) applies to the next connection.

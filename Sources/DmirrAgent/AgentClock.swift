@@ -51,6 +51,10 @@ public final class FleetTimeClock: AgentClock {
     /// The correction now (ms to add to this host's clock), and the offset measured (before the one-hour limit).
     public var correction: (applied: Int64, measured: Int64) { offset.withLock { ($0.correctionMillis, $0.measuredMillis) } }
 
+    /// Whether the peers' clocks heard so far say where the fleet's time is (``ClockOffset/determined``); while they do
+    /// not, the dialer links to more peers.
+    public var determined: Bool { offset.withLock { $0.determined } }
+
     /// The fleet's wall clock now (Unix ms) and the correction it includes, read together: a service that stamps times
     /// moves the ones it stamped earlier when the correction it sees changes (``SyncCoordinator/wallClockCorrected(by:)``).
     public var wallMillisAndCorrection: (wallMillis: Int64, correction: Int64) {

@@ -231,6 +231,10 @@ public actor FleetNode {
 
     public var connectedPeers: Set<String> { Set(sessions.keys) }
 
+    /// The clocks of the peers heard so far disagree too much to say where the fleet's time is: more links are wanted
+    /// (``ClockOffset/determined``).
+    public var clockWantsSamples: Bool { (clock as? FleetTimeClock).map { !$0.determined } ?? false }
+
     /// The records of the members judged alive, ours excluded: the view the sync plan is computed from.
     public func liveRecords() -> [MemberRecord] {
         membership.entries.values.filter { $0.record.node != identity.name && $0.liveness == .alive }.map(\.record)

@@ -179,6 +179,8 @@ public struct RunResult: Sendable {
     public var refusedRecords = 0
     /// The largest clock correction any member applied, ms.
     public var largestCorrection: Int64 = 0
+    /// Links made beyond the topology because a member's peers' clocks did not say the fleet's time (``ClockOffset``).
+    public var linksForClock = 0
     /// Invariant violations (empty when the run was clean).
     public var violations: [String] = []
 }
@@ -378,9 +380,15 @@ public struct Simulation {
             let at = scenario.pushAt + Double.random(in: 0..<f.window, using: &rng)
             queue.push(.split(healAt: at + f.splitFor), at: at)
         }
-        // Every link starts with a Hello each way: the clocks are compared before any record is signed.
+        // Every link starts with a Hello each way: the clocks are compared before any record is signed. A member whose
+        // peers' clocks say nothing (``ClockOffset/determined``) links to more, as the agent's dialer does, one a
+        // round; here they come up with the first links, before any record (the agent may refuse records for the
+        // seconds in between, which are sent again).
         for i in 0..<n {
             for j in nodes[i].links.sorted() where i < j { hello(i, j) }
+        }
+        for i in 0..<n {
+            while linkForClock(i) {}
         }
         for i in 0..<n { queue.push(.tick(i), at: Double.random(in: 0..<scenario.gossip, using: &rng)) }
         queue.push(.push, at: scenario.pushAt)
@@ -445,12 +453,31 @@ public struct Simulation {
         }
     }
 
+    /// While member `i`'s peers' clocks say nothing of the fleet's time, one more link to a random member it can reach
+    /// (up to four times the fanout), as the agent's dialer makes. Returns whether it made one.
+    mutating func linkForClock(_ i: Int) -> Bool {
+        guard scenario.correctClocks, !nodes[i].clock.determined, !nodes[i].cut, nodes[i].links.count < 4 * scenario.fanout else { return false }
+        for _ in 0..<100 {
+            let j = Int.random(in: 0..<nodes.count, using: &rng)
+            guard j != i, !nodes[i].links.contains(j), canTalk(i, j) else { continue }
+            nodes[i].links.insert(j)
+            nodes[j].links.insert(i)
+            nodes[i].membership.onConnected(nodes[j].name, now: d)
+            nodes[j].membership.onConnected(nodes[i].name, now: d)
+            hello(i, j)
+            result.linksForClock += 1
+            return true
+        }
+        return false
+    }
+
     mutating func handle(_ event: Event) {
         switch event {
         case .tick(let i):
             guard nodes[i].alive else { return }
             queue.push(.tick(i), at: now + scenario.gossip)
             guard !nodes[i].stopped else { return }
+            _ = linkForClock(i)
             // Members whose record expired are forgotten (the agent's FleetNode does this every round).
             for member in nodes[i].membership.expired(atWallMillis: wallMillis(i)) { nodes[i].membership.forget(member) }
             perform(i, nodes[i].membership.onTick(now: d))

@@ -132,6 +132,11 @@ struct DmirrSimCommand: ParsableCommand {
         if refused > 0 || corrected > 0 {
             print("member records refused at receipt (expired relays after a split or cut): \(refused); largest clock correction \(fmt(Double(corrected) / 1000)) s")
         }
+        let linked = dmirr.filter { $0.linksForClock > 0 }
+        if !linked.isEmpty {
+            print("\(linked.count) of \(seeds) runs had members link to more peers because their peers' clocks disagreed "
+                  + "(\(linked.map(\.linksForClock).reduce(0, +)) in all)")
+        }
         for replay in replays.prefix(20) { print("replay: \(replay)") }
         print("goal: t100 ≤ detect + (⌈log_(1+F)(N/C)⌉ + 2) syncs = detect + \(Int(waves) + 2) × \(fmt(syncSeconds)) s; "
               + "\(broken) of \(seeds) runs broke an invariant; \(fmt(Double((clock.now - started).components.seconds))) s wall")

@@ -54,20 +54,48 @@ import Testing
         for (peer, offset) in [("a", 300_000), ("b", 300_500), ("c", -180_000), ("d", -180_200)] as [(String, Int64)] {
             torn.observe(peer: peer, peerWallMillis: offset, localWallMillis: 0)
         }
-        #expect(torn.correctionMillis == 0 && torn.measuredMillis == 0)
+        #expect(torn.correctionMillis == 0 && torn.measuredMillis == 0 && !torn.determined)
         // An honest member with two honest peers and three that are off, each its own way: its own group (three) is
         // the largest, and it stays.
         var honest = ClockOffset()
         for (peer, offset) in [("h1", 30), ("h2", -20), ("x", 400_000), ("y", -250_000), ("z", 90_000)] as [(String, Int64)] {
             honest.observe(peer: peer, peerWallMillis: offset, localWallMillis: 0)
         }
-        #expect(honest.correctionMillis == 0 && honest.measuredMillis == 0)
+        #expect(honest.correctionMillis == 0 && honest.measuredMillis == 0 && honest.determined)
         // Two colluding peers against one honest peer and our own clock: two groups of two, nobody moves.
         var outnumbered = ClockOffset()
         for (peer, offset) in [("h", 10), ("evil1", 3_000_000), ("evil2", 3_000_100)] as [(String, Int64)] {
             outnumbered.observe(peer: peer, peerWallMillis: offset, localWallMillis: 0)
         }
-        #expect(outnumbered.correctionMillis == 0)
+        #expect(outnumbered.correctionMillis == 0 && !outnumbered.determined)
+    }
+
+    /// Seed 7662 of the simulation campaign's fourth pass: m98, 332 s behind, linked to m32 (honest) and to m27, m63
+    /// and m97, each off its own way. No two of its offsets agree, so nothing decided its clock, and it refused honest
+    /// records as dated minutes in the future for the whole run. Such offsets now say they are not determined (the
+    /// agent then links to more peers); one more honest peer's sample decides.
+    @Test func offsetsThatAllDifferAreNotDeterminedUntilOneMoreSampleAgrees() {
+        let behind: Int64 = 332_250
+        var m98 = ClockOffset()
+        let peers: [(String, Int64)] = [("m27", 446_013), ("m32", 0), ("m63", -570_840), ("m97", 219_784)]
+        for (peer, error) in peers {
+            m98.observe(peer: peer, peerWallMillis: 5_000_000 + error, localWallMillis: 5_000_000 - behind)
+        }
+        #expect(!m98.determined)
+        #expect(m98.correctionMillis == 0)
+        // A fifth link, to another honest member: two offsets agree on 332 s, the largest group.
+        let moved = m98.observe(peer: "m71", peerWallMillis: 6_000_020, localWallMillis: 6_000_000 - behind)
+        #expect(moved)
+        #expect(m98.determined)
+        #expect(abs(m98.correctionMillis - behind) < ClockOffset.threshold, "\(m98.correctionMillis)")
+        // A member alone, and one whose every peer agrees, are determined.
+        #expect(ClockOffset().determined)
+        var one = ClockOffset()
+        one.observe(peer: "a", peerWallMillis: 1_000, localWallMillis: 1_000)
+        #expect(one.determined)
+        // One peer that disagrees with our own clock: nothing says which is right.
+        one.observe(peer: "a", peerWallMillis: 1_000 + Self.tenMinutes, localWallMillis: 1_000)
+        #expect(!one.determined)
     }
 
     @Test func smallDifferencesAreLeftAloneAndLargeOnesCapped() {

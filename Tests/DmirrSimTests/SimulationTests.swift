@@ -79,13 +79,29 @@ import Testing
         #expect(r.largestCorrection > 250_000, "\(r.largestCorrection) ms")
     }
 
+    /// Seed 7662 of the campaign's fourth pass: m98, 332 s behind, had four links, one honest and three off by their
+    /// own amounts; no two offsets agreed, so its clock stayed uncorrected and it refused honest records as dated in
+    /// the future (11,873 times) for the whole run. A member whose peers' clocks say nothing now links to more
+    /// (`ClockOffset.determined`, the agent's dialer), and one more honest peer decides.
+    @Test func aMemberWhosePeersClocksAllDifferLinksToMoreAndIsCorrected() {
+        var s = Self.scenario(n: 100, seed: 7662)
+        s.drawFailures()
+        let r = Simulation.run(s)
+        #expect(r.violations.isEmpty, "\(r.violations.prefix(3))")
+        #expect(r.linksForClock > 0)
+        #expect(r.largestCorrection > 300_000, "\(r.largestCorrection) ms")
+        #expect(r.t100 != nil)
+    }
+
     /// Seeds of the simulation campaign that reported more agreed upstream pulls than slots (docs/reliability.md,
     /// "Simulation"). 1682 and 1824: a member back from avoiding upstream started on a majority that had not heard it
     /// left, beside the member given its slot meanwhile (fixed in `SyncCoordinator`; before the fix both fail here).
     /// 723: a member cut off from every peer started on the view it had before the cut, beside pulls it could not
     /// have heard of; the check now counts such a start apart (`unseenStarts`) instead of as a breach. Since the
-    /// coordinator's fix, seed 723's run no longer has that start; seed 5564 (below) has one.
-    @Test(arguments: [723, 1682, 1824] as [UInt64]) func theSeedsThatBrokeTheSlotsBoundRunClean(seed: UInt64) {
+    /// coordinator's fix, seed 723's run no longer has that start; seed 5564 (below) has one. From the fourth pass
+    /// (fixed in `SyncCoordinator`, each with its test in SyncCoordinatorTests): 7405, a suspect's upstream pull of an
+    /// older token lost its slot; 8526, a member whose peer pull failed counted a majority from before that pull.
+    @Test(arguments: [723, 1682, 1824, 7405, 8526] as [UInt64]) func theSeedsThatBrokeTheSlotsBoundRunClean(seed: UInt64) {
         var s = Self.scenario(n: 100, seed: seed)
         s.drawFailures()
         let r = Simulation.run(s)
