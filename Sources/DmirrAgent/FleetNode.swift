@@ -271,7 +271,7 @@ public actor FleetNode {
         sessions[peer] = nil
         certificatesSent[session.id] = nil
         openedAt[session.id] = nil
-        membership.onDisconnected(peer, deliberate: true)
+        membership.onDisconnected(peer, deliberate: true, now: now)
         session.close()
         return peer
     }
@@ -331,7 +331,7 @@ public actor FleetNode {
         openedAt[session.id] = nil
         guard let current = sessions[session.peer.name], current.id == session.id else { return }
         sessions[session.peer.name] = nil
-        membership.onDisconnected(session.peer.name)
+        membership.onDisconnected(session.peer.name, now: now)
     }
 
     /// Serves one session, accepted or dialed, until it closes: attached while open, detached however it ends.

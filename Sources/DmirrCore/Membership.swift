@@ -31,7 +31,9 @@
 /// lateness, so a verdict after the pause is the one it would have reached had the pause not happened (a member silent
 /// before it stays as silent as it was, and one heard just before it gets `suspectAfter` to be heard again). Without
 /// this a member resuming after more than `suspectAfter` suspected, and closed the links to, every healthy peer it had
-/// not yet read from.
+/// not yet read from. The links its peers closed meanwhile (they heard nothing from it) end its watch on those peers, as a
+/// deliberate close does: judging them by silence on a link it must first dial again suspected a healthy peer whenever
+/// the dial and handshake took longer than `suspectAfter` (a 5 s SIGSTOP in the stall campaign, on a loaded host).
 ///
 /// Records are opaque signed bytes to this machine: the shell verifies signatures before
 /// ``onRecord(_:signed:from:now:)`` and signs this member's own record when told to.
@@ -187,6 +189,8 @@ public struct Membership: Sendable {
     private var rotation = 0
     /// When the last round ran, to tell a pause of our own from our peers' silence.
     private var lastRound: Duration?
+    /// When the round that found our last pause ran: a link lost up to `suspectAfter` later was lost to that pause.
+    private var resumedAt: Duration?
     private var lastSigned: Duration?
     private var ownDirty = true
     /// Our record changed only in fields the plan does not depend on (progress, serving count, plan digest…).
@@ -246,10 +250,24 @@ public struct Membership: Sendable {
         if me < peer { greet.insert(peer) }
     }
 
+    /// A link ended. Its peer stays watched (suspected after `suspectAfter` without a sign of life) unless the link
+    /// ended for a reason that says nothing of the peer:
     /// - Parameter deliberate: we closed it ourselves (rotation, shutdown), so its silence from now on means nothing.
     ///   The peer cannot tell a deliberate close from a crash, so we re-sign and push our record at once: seeing us
     ///   advance elsewhere ends its watch on us before it would suspect us.
-    public mutating func onDisconnected(_ peer: String, deliberate: Bool = false) {
+    ///
+    /// A link lost to a pause of our own is treated the same way: one found closed while a round is overdue, or up to
+    /// `suspectAfter` after the round that found the pause. Its peer closed it because it heard nothing from *us* (we
+    /// were stopped); watching it would suspect every healthy peer we could not link to again within `suspectAfter`
+    /// of resuming (a dial round and a handshake on a loaded host). It is judged as members we are not linked to are:
+    /// by its refreshes and by the suspicions of those linked to it.
+    public mutating func onDisconnected(_ peer: String, deliberate: Bool = false, now: Duration) {
+        let roundOverdue = lastRound.map { now - $0 - configuration.gossipInterval >= configuration.gossipInterval } ?? false
+        let lostToOurPause = roundOverdue || resumedAt.map { now - $0 < configuration.suspectAfter } ?? false
+        linkEnded(peer, deliberate: deliberate || lostToOurPause)
+    }
+
+    private mutating func linkEnded(_ peer: String, deliberate: Bool) {
         connected.remove(peer)
         lastSentTo[peer] = nil
         answered[peer] = nil
@@ -266,11 +284,13 @@ public struct Membership: Sendable {
         var out: [Directive] = []
         if let late = lastRound.map({ now - $0 - configuration.gossipInterval }), late >= configuration.gossipInterval {
             excusePause(late, now: now)
+            resumedAt = now
             out.append(.resumedAfterPause(late: late))
         }
         lastRound = now
+        // Silent for `suspectAfter` of our running time (a pause is excused above): watched, whenever we resumed.
         for peer in connected.sorted() where now - (heardAt[peer] ?? now) >= configuration.suspectAfter {
-            onDisconnected(peer)
+            linkEnded(peer, deliberate: false)
             out.append(.closeLink(to: peer))
         }
         out += judgeDue(now: now)
@@ -691,7 +711,8 @@ public struct Membership: Sendable {
 
     /// Forgets a member entirely: its record, its verdict, its suspicions of others and theirs of it. For a member
     /// whose certificate was revoked, or whose record expired (nobody may relay it any more, so keeping it would only
-    /// make digests differ for ever). Returns whether it was known. Its link, if any, is the shell's to close.
+    /// make digests differ for ever). Returns whether it was known. A link to it stays (the shell closes a revoked
+    /// member's link itself, and a member whose old record expired may well be alive and linked to us).
     @discardableResult
     public mutating func forget(_ node: String) -> Bool {
         guard node != me, entries.removeValue(forKey: node) != nil else { return false }
@@ -716,12 +737,18 @@ public struct Membership: Sendable {
         dirty.remove(node)
         unwell.remove(node)
         rumourSince[node] = nil
-        watching.remove(node)
-        connected.remove(node)
-        heardAt[node] = nil
+        // The record goes, not the link: a linked peer stays linked, heard and watched, and is greeted again so that
+        // its current record comes over the link. (Dropping the link here while the shell kept it open left it silent
+        // on our side: the peer closed it as silent and suspected us. An agent that started with its clock 10 min
+        // behind did that to every peer once it corrected its clock and forgot their old records as expired.)
+        if connected.contains(node) {
+            greet.insert(node)
+        } else {
+            watching.remove(node)
+            heardAt[node] = nil
+        }
         lastSentTo[node] = nil
         summaryTurn[node] = nil
-        greet.remove(node)
         pendingAnnounce[node] = nil
         requested[node] = nil
         return true

@@ -204,7 +204,7 @@ import Testing
 
     /// Every agent's log lines about liveness, links and its clock: what a wrong suspicion needs to be read.
     static func livenessLines(_ fleet: FleetTests.Fleet) -> String {
-        let topics = ["liveness", "suspect", "silent", "clock", "peer connection", "peer link"]
+        let topics = ["liveness", "suspect", "silent", "clock", "peer connection", "peer link", "second connection", "forgot a member", "ran late"]
         return fleet.agents.sorted { $0.key < $1.key }.map { name, agent in
             "--- \(name)\n" + agent.stderr.split(separator: "\n").filter { line in topics.contains { line.contains($0) } }
                 .suffix(60).joined(separator: "\n")
@@ -330,7 +330,7 @@ import Testing
                     for viewer in healthy { wrong.formUnion(Self.wronglySuspected(fleet, by: viewer, among: healthy).map { "\($0) by \(viewer)" }) }
                     usleep(200_000)
                 }
-                #expect(wrong.isEmpty, "\(describe): healthy members shown suspect or down: \(wrong.sorted())\nreplay: \(replay)")
+                #expect(wrong.isEmpty, "\(describe): healthy members shown suspect or down: \(wrong.sorted())\nreplay: \(replay)\n\(Self.livenessLines(fleet))")
                 // It knows it was the one stopped (a round late by the freeze) and says so, once per freeze.
                 let pausesLogged = fleet.agents[victim]!.stderr.components(separatedBy: "gossip round ran late").count - 1
                 #expect(pausesLogged >= round, "\(describe): \(victim) logged \(pausesLogged) pauses in \(round) freezes: \(fleet.agents[victim]!.stderr.suffix(1500))")
