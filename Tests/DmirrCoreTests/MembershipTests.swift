@@ -106,6 +106,15 @@ struct MiniFleet {
         }
     }
 
+    /// Runs up to `within` rounds; returns the round (from 1) after which `viewer`'s own record first suspects `node`.
+    mutating func roundsUntil(_ viewer: String, suspects node: String, within: Int) -> Int? {
+        for round in 1...within {
+            self.round()
+            if members[viewer]!.own.suspects.contains(where: { $0.node == node }) { return round }
+        }
+        return nil
+    }
+
     func views(of node: String) -> [Liveness] {
         members.filter { $0.key != node && !down.contains($0.key) }.map { $0.value.entries[node]?.liveness ?? .down }
     }
@@ -603,11 +612,7 @@ extension Membership {
         #expect(fleet.members["a"]!.entries["b"]?.liveness == .alive, "a did not learn b's record again over the link")
         // And the link still judges b: once b dies, a suspects it on its silence.
         fleet.down = ["b"]
-        var suspectedAfter: Int?
-        for second in 1...6 where suspectedAfter == nil {
-            fleet.round()
-            if fleet.members["a"]!.own.suspects.contains(where: { $0.node == "b" }) { suspectedAfter = second }
-        }
+        let suspectedAfter = fleet.roundsUntil("a", suspects: "b", within: 6)
         #expect((3...4).contains(suspectedAfter ?? 0), "a suspected the dead b \(suspectedAfter ?? -1) s after it died")
     }
 
@@ -648,11 +653,7 @@ extension Membership {
         // Well after the pause, a link lost is watched again: m4 dies and m0 suspects it within suspect_after.
         fleet.down = ["m4"]
         fleet.members["m0"]!.onDisconnected("m4", now: fleet.now)
-        var suspectedAfter: Int?
-        for second in 1...8 where suspectedAfter == nil {
-            fleet.round()
-            if fleet.members["m0"]!.own.suspects.contains(where: { $0.node == "m4" }) { suspectedAfter = second }
-        }
+        let suspectedAfter = fleet.roundsUntil("m0", suspects: "m4", within: 8)
         #expect((4...6).contains(suspectedAfter ?? 0), "m0 suspected the dead m4 \(suspectedAfter ?? -1) s after losing its link")
     }
 
