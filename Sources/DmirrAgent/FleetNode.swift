@@ -22,7 +22,8 @@ public actor FleetNode {
     /// Per open session, the author certificate each node's records last went out with (sent once per connection).
     private var certificatesSent: [ObjectIdentifier: [String: [UInt8]]] = [:]
     private var openedAt: [ObjectIdentifier: Duration] = [:]
-    private var authors = RecordSigner.AuthorCache()
+    /// Author certificates verified so far. Kept when a member is forgotten for an expired record (see `forget`).
+    private(set) var authors = RecordSigner.AuthorCache()
     private var plan = PlanStatus()
     /// The revocation list in force, as signed by the CA (relayed as it is), and the file it may come from.
     private var signedRevocations: WireSignedRevocationList?
@@ -203,7 +204,7 @@ public actor FleetNode {
             guard signer.revocation(ofAuthor: node, in: authors) != nil else { continue }
             revoked.append(node)
         }
-        forget(revoked, why: "its certificate is revoked")
+        forget(revoked, why: "its certificate is revoked", certificates: true)
         var envelope = WireEnvelope()
         envelope.revocations = signed
         for peer in sessions.keys where peer != sender { send(envelope, to: peer) }
@@ -211,11 +212,16 @@ public actor FleetNode {
     }
 
     /// Forgets members in memory and in SQLite.
-    private func forget(_ nodes: [String], why: String) {
+    /// - Parameter certificates: also drop their certificates from the author cache (revoked ones). A member forgotten
+    ///   because its record expired keeps its certificate here: it may come back (a long freeze, a clock corrected),
+    ///   and a peer that already sent us its certificate on their link sends its next records without it, which we
+    ///   could not check otherwise until that link was replaced. A cached certificate is checked for validity and
+    ///   revocation at every use, so keeping it trusts nothing more.
+    private func forget(_ nodes: [String], why: String, certificates: Bool = false) {
         guard !nodes.isEmpty else { return }
         for node in nodes {
             membership.forget(node)
-            authors.forget(node)
+            if certificates { authors.forget(node) }
             logger.notice("forgot a member", metadata: ["member.node": "\(node)", "reason": "\(why)"])
         }
         do { try store.deleteMembers(nodes) } catch {

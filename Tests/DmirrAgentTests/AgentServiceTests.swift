@@ -146,6 +146,17 @@ import Testing
         // Expired means past `expiresMillis` by more than receipt's skew (60 s): the first round after 210 s.
         #expect(forgottenAt == .seconds(150) + .milliseconds(RecordPolicy.Limit.skewMillis) + .seconds(1), "\(timeline)")
         #expect(try h.store.members().map(\.node) == ["m1"], "m2's row is deleted with it")
+        // Its certificate stays known: a peer that sent it on our link sends m2's next records without it, and m2 may
+        // well come back (a long freeze). Without it those records were dropped as "came without a certificate".
+        #expect(await h.node.authors.certificate(of: "m2") != nil, "m2's certificate was forgotten with its record")
+        var back = record
+        back.generation = 2
+        back.expiresMillis = h.clock.wallMillis + 150_000
+        var stripped = try h.signer("m2").sign(back)
+        stripped.authorCertificate = Data()
+        stripped.authorIntermediates = []
+        let (results, _) = await (try h.signer("m1")).verify(batch: [stripped], known: await h.node.authors, now: h.clock.wallNow)
+        #expect((try? results[0].get())?.record.generation == 2, "m2's record without its certificate: \(results)")
     }
 
     /// The systemd watchdog in virtual time: a keep-alive every half of WATCHDOG_USEC while gossip ticks, none once
