@@ -262,8 +262,7 @@ public struct Membership: Sendable {
     /// of resuming (a dial round and a handshake on a loaded host). It is judged as members we are not linked to are:
     /// by its refreshes and by the suspicions of those linked to it.
     public mutating func onDisconnected(_ peer: String, deliberate: Bool = false, now: Duration) {
-        let roundOverdue = lastRound.map { now - $0 - configuration.gossipInterval >= configuration.gossipInterval } ?? false
-        let lostToOurPause = roundOverdue || resumedAt.map { now - $0 < configuration.suspectAfter } ?? false
+        let lostToOurPause = pauseLateness(at: now) != nil || resumedAt.map { now - $0 < configuration.suspectAfter } ?? false
         linkEnded(peer, deliberate: deliberate || lostToOurPause)
     }
 
@@ -279,10 +278,16 @@ public struct Membership: Sendable {
         }
     }
 
+    /// How late a round at `now` comes, when that is a whole round or more (we were paused); nil otherwise.
+    private func pauseLateness(at now: Duration) -> Duration? {
+        guard let late = lastRound.map({ now - $0 - configuration.gossipInterval }), late >= configuration.gossipInterval else { return nil }
+        return late
+    }
+
     /// A gossip round: judge liveness, re-sign our record when it changed or is due, send summaries.
     public mutating func onTick(now: Duration) -> [Directive] {
         var out: [Directive] = []
-        if let late = lastRound.map({ now - $0 - configuration.gossipInterval }), late >= configuration.gossipInterval {
+        if let late = pauseLateness(at: now) {
             excusePause(late, now: now)
             resumedAt = now
             out.append(.resumedAfterPause(late: late))
